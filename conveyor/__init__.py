@@ -1,0 +1,34 @@
+"""conveyor: multi-stage pipelines whose stages need different hardware.
+
+Declare stages as plain Python with the resources they need; conveyor streams
+items through them on this machine (or a Ray cluster), never overcommits the
+budget, records every (stage, item) durably and resumes where it stopped.
+
+    from conveyor import Pipeline
+
+    pipe = Pipeline("demo")
+
+    @pipe.stage(cpus=1)
+    def double(x):
+        return 2 * x
+
+    result = pipe.run([1, 2, 3], run_dir="runs/demo")
+"""
+
+from .context import Context, context
+from .errors import (BudgetError, ConveyorError, GraphError, InputError, LedgerError,
+                     PipelineError, RunInterrupted, RunLockedError, StageContractError,
+                     StageDefinitionError)
+from .items import Item
+from .pipeline import Pipeline, Stage
+from .resources import Budget, Resources
+from .result import RunResult, open_run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget", "BudgetError", "Context", "ConveyorError", "GraphError", "InputError", "Item",
+    "LedgerError", "Pipeline", "PipelineError", "Resources", "RunInterrupted",
+    "RunLockedError", "RunResult", "Stage", "StageContractError", "StageDefinitionError",
+    "context", "open_run",
+]

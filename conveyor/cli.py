@@ -1,0 +1,191 @@
+"""The ``conveyor`` command: a thin typer app over the library.
+
+Exit codes: 0 the run is ok; 1 some items failed (or are left pending);
+2 a usage, definition or input error (nothing ran); 130 interrupted (rerun
+the same command to resume).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConveyorError, InputError, LedgerError, PipelineError, RunInterrupted, \
+    RunLockedError
+from .pipeline import Pipeline
+from .result import RunResult, open_run
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Run multi-stage pipelines whose stages need different hardware.")
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """The pipeline named by ``module:attr`` or ``path/to/file.py:attr``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise typer.BadParameter(f"expected MODULE:PIPELINE, got {spec!r}")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name).resolve()
+        if not path.exists():
+            raise typer.BadParameter(f"no such file: {module_name}")
+        sys.path.insert(0, str(path.parent))
+        module_name = path.stem
+    elif "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    pipeline = getattr(module, attr, None)
+    if not isinstance(pipeline, Pipeline):
+        raise typer.BadParameter(f"{spec!r} is not a conveyor Pipeline (got {type(pipeline).__name__})")
+    return pipeline
+
+
+def _read_inputs(path: Path) -> Iterator[Any]:
+    """Inputs from a file: one string per line, or one JSON value per line for ``.jsonl``."""
+    is_json = path.suffix == ".jsonl"
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if not is_json:
+                yield line
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: not JSON: {exc}") from None
+
+
+@app.command()
+def run(
+    pipeline: str = typer.Argument(..., help="MODULE:PIPELINE or path/to/file.py:PIPELINE"),
+    inputs: List[str] = typer.Argument(None, help="Inputs (strings; each is its own key)."),
+    inputs_file: Optional[Path] = typer.Option(None, "--inputs-file", help=(
+        "A file of inputs: one per line (JSON values if it ends in .jsonl).")),
+    run_dir: Path = typer.Option(..., "--run-dir", help="Where the ledger and outputs live."),
+    executor: str = typer.Option("local", help="local (worker processes) or inline."),
+    cpus: Optional[float] = typer.Option(None, help="CPUs the run may use (default: detected)."),
+    ram: Optional[str] = typer.Option(None, help="RAM the run may use, e.g. 8GiB."),
+    gpus: Optional[int] = typer.Option(None, help="GPUs the run may use (default: NVML)."),
+    force: List[str] = typer.Option([], "--force", help="Recompute this stage (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Run a pipeline; running again on the same --run-dir resumes."""
+    try:
+        pipe = load_pipeline(pipeline)
+        given: Any = None
+        if inputs or inputs_file:
+            given = list(inputs or [])
+            if inputs_file:
+                given = _chain(given, _read_inputs(inputs_file))
+        result = pipe.run(given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
+                          gpus=gpus, force=force, progress=not quiet)
+    except RunInterrupted as exc:
+        errors.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (PipelineError, InputError, RunLockedError, LedgerError, KeyError) as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    with result:
+        _finish(result, quiet)
+
+
+def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    yield from first
+    yield from rest
+
+
+def _finish(result: RunResult, quiet: bool) -> None:
+    if not quiet:
+        _print_counts(result)
+    failed = sum(c["failed"] for c in result.counts.values())
+    if result.ok:
+        raise typer.Exit(EXIT_OK)
+    if failed:
+        errors.print(f"[red]{failed} item(s) failed[/]; see: conveyor failures {result.run_dir}")
+    else:
+        errors.print("[yellow]the run did not finish every item[/]")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _print_counts(result: RunResult) -> None:
+    table = Table(title=f"{result.pipeline} — {result.run_dir}")
+    table.add_column("stage")
+    for column in ("done", "routed-out", "failed", "pending", "running"):
+        table.add_column(column, justify="right")
+    for stage, c in result.counts.items():
+        table.add_row(stage, *(str(c[k]) for k in ("done", "routed-out", "failed", "pending",
+                                                   "running")))
+    console.print(table)
+
+
+def _open(run_dir: Path) -> RunResult:
+    try:
+        return open_run(run_dir)
+    except LedgerError as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="A run directory."),
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show per-stage counts of a run (works while it runs)."""
+    with _open(run_dir) as result:
+        if as_json:
+            print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
+                              "stages": result.counts}))
+        else:
+            _print_counts(result)
+
+
+@app.command()
+def failures(run_dir: Path = typer.Argument(..., help="A run directory."),
+             stage: Optional[str] = typer.Option(None, help="Only this stage."),
+             as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+             lines: int = typer.Option(6, help="Traceback lines to show per item.")) -> None:
+    """List failed items with their reason and the end of their traceback."""
+    with _open(run_dir) as result:
+        rows = result.failures(stage)
+        if as_json:
+            print(json.dumps(rows))
+            return
+        if not rows:
+            console.print("no failed items")
+            return
+        for row in rows:
+            console.print(f"[bold]{row['stage']}[/] {row['key']} "
+                          f"(attempts: {row['attempts']}): [red]{row['error']}[/]",
+                          highlight=False)
+            if row["traceback"]:
+                tail = row["traceback"].rstrip().splitlines()[-lines:]
+                console.print("\n".join("    " + line for line in tail), highlight=False,
+                              markup=False)
+
+
+def main() -> None:
+    """Entry point of the ``conveyor`` script."""
+    try:
+        app()
+    except ConveyorError as exc:  # anything not mapped above is still reported plainly
+        errors.print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The executor interface: where stage code runs, and nothing about policy.
+
+An executor starts workers for a stage, hands them tasks, reports what comes
+back and notices when a worker dies. It never decides how many workers a
+stage gets, which items go where, or whether a failure is retried: that is
+the scheduler's and the driver's job, identical for every backend. A backend
+implements the five abstract methods; :meth:`Executor.shutdown` is shared.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Mapping, NamedTuple, Union
+
+from ..ledger.base import Claim
+from ..runner import Outcome, WorkerSpec
+
+
+class Ready(NamedTuple):
+    """A worker finished ``setup()`` and is taking tasks."""
+
+    worker: int
+
+
+class Results(NamedTuple):
+    """Outcomes from a worker, in the order its tasks were sent."""
+
+    worker: int
+    outcomes: list[Outcome]
+
+
+class SetupFailed(NamedTuple):
+    """A worker's ``setup()`` raised; the worker is exiting."""
+
+    worker: int
+    error: str
+    traceback: str
+
+
+class Exited(NamedTuple):
+    """A worker is gone: stopped on request, or died (``reason`` says how)."""
+
+    worker: int
+    reason: str
+
+
+Event = Union[Ready, Results, SetupFailed, Exited]
+
+
+class Executor(ABC):
+    """Runs workers. Worker ids are unique for the executor's lifetime."""
+
+    name = "base"
+    #: Whether a worker can be killed from outside (timeouts, RAM limits).
+    can_kill = True
+
+    @abstractmethod
+    def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
+        """Start a worker for ``spec.stage`` with ``env`` set; return its id.
+
+        Returns at once; the worker reports :class:`Ready` (or
+        :class:`SetupFailed`) through :meth:`poll`. Tasks may be sent before
+        it is ready; they wait for it.
+        """
+
+    @abstractmethod
+    def send(self, worker: int, tasks: list[Claim]) -> None:
+        """Queue ``tasks`` on ``worker``; it runs them in order."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Event]:
+        """Events since the last poll, waiting up to ``timeout`` seconds for one."""
+
+    @abstractmethod
+    def stop(self, worker: int, kill: bool = False) -> None:
+        """Ask ``worker`` to finish the tasks it holds and exit, or kill it now.
+
+        Either way an :class:`Exited` event follows.
+        """
+
+    @abstractmethod
+    def pid(self, worker: int) -> int | None:
+        """The worker's process id where it has one on this machine (for RSS checks)."""
+
+    def shutdown(self, grace: float = 5.0) -> list[Event]:
+        """Stop every worker: ask first, kill what has not exited after ``grace`` seconds.
+
+        Returns the events other than exits that arrived meanwhile (results
+        of tasks the workers finished), so the caller can still record them.
+        """
+        import time
+
+        live = set(self.workers())
+        for worker in live:
+            self.stop(worker)
+        seen: list[Event] = []
+        deadline = time.monotonic() + grace
+        while live:
+            if time.monotonic() >= deadline:
+                for worker in live:
+                    self.stop(worker, kill=True)
+                deadline = float("inf")
+            for event in self.poll(0.05):
+                if isinstance(event, Exited):
+                    live.discard(event.worker)
+                else:
+                    seen.append(event)
+        return seen
+
+    @abstractmethod
+    def workers(self) -> list[int]:
+        """Ids of workers that have not exited yet."""

@@ -1,0 +1,72 @@
+"""The inline executor: every stage runs in the driver's own process, one call at a time.
+
+For debugging (a breakpoint in a stage just works) and for tests. A "worker"
+is a :class:`~conveyor.runner.StageRunner` held in this process; tasks run as
+soon as they are sent. Nothing can be killed from outside, so per-item
+timeouts are not enforced and the stage's ``env`` is not applied.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Mapping
+
+from ..ledger.base import Claim
+from ..runner import StageRunner, WorkerSpec
+from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+
+
+class InlineExecutor(Executor):
+    """Runs stages in this process; see the module docstring."""
+
+    name = "inline"
+    can_kill = False
+
+    def __init__(self) -> None:
+        self._runners: dict[int, StageRunner] = {}
+        self._events: list[Event] = []
+        self._next_id = 0
+
+    def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
+        worker = self._next_id
+        self._next_id += 1
+        runner = StageRunner(spec)
+        try:
+            runner.setup()
+        except Exception as exc:
+            self._events.append(SetupFailed(
+                worker, f"setup of stage {spec.stage.name!r} failed: "
+                f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            self._events.append(Exited(worker, "setup failed"))
+            return worker
+        self._runners[worker] = runner
+        self._events.append(Ready(worker))
+        return worker
+
+    def send(self, worker: int, tasks: list[Claim]) -> None:
+        runner = self._runners.get(worker)
+        if runner is None:
+            return
+        loaded = [runner.load(task) for task in tasks]
+        size = runner.stage.batch_size or 1
+        outcomes = []
+        for start in range(0, len(loaded), size):
+            outcomes.extend(runner.run(loaded[start:start + size]))
+        self._events.append(Results(worker, outcomes))
+
+    def poll(self, timeout: float) -> list[Event]:
+        if not self._events and timeout > 0:
+            time.sleep(timeout)  # nothing runs in the background: only time can pass
+        events, self._events = self._events, []
+        return events
+
+    def stop(self, worker: int, kill: bool = False) -> None:
+        if self._runners.pop(worker, None) is not None:
+            self._events.append(Exited(worker, "exited"))
+
+    def pid(self, worker: int) -> int | None:
+        return None
+
+    def workers(self) -> list[int]:
+        return list(self._runners)

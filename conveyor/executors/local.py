@@ -1,0 +1,155 @@
+"""The local executor: worker processes on this machine.
+
+::
+
+     driver process                                    worker processes
+    ┌──────────────────────────────┐                 ┌─────────────────────────┐
+    │ Driver loop (one thread)     │  socketpair     │ python -m conveyor.worker│
+    │   send(tasks) ───────────────┼────────────────▶│  reader thread: decode   │
+    │   poll(): wait() on sockets ◀┼─────────────────┤  main thread: setup once,│
+    │     results / ready / EOF    │  per worker     │  call stage, send results│
+    └──────────────────────────────┘                 └─────────────────────────┘
+
+Each worker is a fresh interpreter started with ``subprocess`` (never fork:
+the driver holds SQLite handles and threads), with the environment the driver
+computed (pinned thread counts, ``CUDA_VISIBLE_DEVICES``, the stage's ``env``)
+so native libraries see it before they load. The stage is sent over the
+socket with cloudpickle, along with the driver's ``sys.path`` so the user's
+modules import the same way. A worker's stdout and stderr go to
+``<run_dir>/logs/<stage>.log``. A worker dies with its driver (PDEATHSIG), so
+a ``kill -9`` of the driver leaves no process behind. End of file on a
+worker's socket means it exited; its exit status says how.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Mapping
+
+import cloudpickle
+
+from ..ledger.base import Claim
+from ..runner import WorkerSpec
+from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+
+
+class LocalExecutor(Executor):
+    """Worker processes on this machine; see the module docstring."""
+
+    name = "local"
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self._workers: dict[int, _Worker] = {}
+        self._next_id = 0
+
+    def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
+        log_dir = Path(spec.run_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair()
+        full_env = dict(os.environ)
+        full_env.update(env)
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        with open(log_dir / f"{spec.stage.name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [self.python, "-m", "conveyor.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=full_env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log)
+        theirs.close()
+        conn = Connection(ours.detach())
+        worker_id = self._next_id
+        self._next_id += 1
+        self._workers[worker_id] = _Worker(proc, conn)
+        self._send(worker_id, ("init", cloudpickle.dumps(spec), list(sys.path)))
+        return worker_id
+
+    def send(self, worker: int, tasks: list[Claim]) -> None:
+        self._send(worker, ("tasks", tasks))
+
+    def _send(self, worker: int, msg: object) -> None:
+        try:
+            self._workers[worker].conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # it died; poll() reports the exit with its reason
+
+    def poll(self, timeout: float) -> list[Event]:
+        if not self._workers:
+            return []
+        by_conn = {w.conn: wid for wid, w in self._workers.items()}
+        events: list[Event] = []
+        for conn in wait(list(by_conn), timeout):
+            wid = by_conn[conn]  # type: ignore[index]
+            try:
+                while conn.poll():  # type: ignore[union-attr]
+                    events.append(_event(wid, conn.recv()))  # type: ignore[union-attr]
+            except (EOFError, OSError):
+                events.append(self._reap(wid))
+        return events
+
+    def _reap(self, wid: int) -> Exited:
+        worker = self._workers.pop(wid)
+        worker.conn.close()
+        try:
+            code = worker.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            code = worker.proc.wait()
+        return Exited(wid, describe_exit(code))
+
+    def stop(self, worker: int, kill: bool = False) -> None:
+        if worker not in self._workers:
+            return
+        if kill:
+            try:
+                self._workers[worker].proc.kill()
+            except ProcessLookupError:
+                pass
+        else:
+            self._send(worker, ("stop",))
+
+    def pid(self, worker: int) -> int | None:
+        w = self._workers.get(worker)
+        return w.proc.pid if w else None
+
+    def workers(self) -> list[int]:
+        return list(self._workers)
+
+
+def _event(wid: int, msg: tuple) -> Event:  # type: ignore[type-arg]
+    kind = msg[0]
+    if kind == "results":
+        return Results(wid, msg[1])
+    if kind == "ready":
+        return Ready(wid)
+    if kind == "setup_failed":
+        return SetupFailed(wid, msg[1], msg[2])
+    raise ValueError(f"unknown message from worker {wid}: {kind!r}")
+
+
+def describe_exit(code: int) -> str:
+    """A person's words for a process exit status."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    if code == 0:
+        return "exited"
+    return f"exited with code {code}"

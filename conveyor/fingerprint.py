@@ -1,0 +1,69 @@
+"""Stage fingerprints: what decides whether a finished stage can be reused.
+
+A stage's fingerprint hashes its own source (the function, or the whole
+class), its ``when=`` predicate, its ``version=``, the options that change
+what it computes (being a reduce, batch size does not), and the fingerprints
+of its upstream stages. Editing a stage therefore recomputes it and every
+stage below it, and nothing above. Code the stage calls into (helpers, other
+modules, model files) is not hashed: bump ``version=`` when it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline, Stage
+
+
+def _code_digest(code: types.CodeType, h: "hashlib._Hash") -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_digest(const, h)
+        else:
+            h.update(repr(const).encode())
+
+
+def source_digest(obj: Any) -> str:
+    """A digest of ``obj``'s code: its source text, or its bytecode for lambdas."""
+    h = hashlib.blake2b(digest_size=16)
+    code = getattr(obj, "__code__", None)
+    if getattr(obj, "__name__", "") == "<lambda>" and code is not None:
+        # A lambda's source is the whole statement around it; hash the lambda alone.
+        _code_digest(code, h)
+        return h.hexdigest()
+    try:
+        h.update(inspect.getsource(obj).encode())
+    except (OSError, TypeError):
+        if code is None:
+            code = getattr(getattr(obj, "__call__", None), "__code__", None)
+        if code is None:
+            h.update(repr(obj).encode())
+        else:
+            _code_digest(code, h)
+    return h.hexdigest()
+
+
+def stage_fingerprint(stage: "Stage", upstream: list[str]) -> str:
+    """The fingerprint of ``stage`` given its upstreams' fingerprints."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (stage.name, source_digest(stage.target),
+                 source_digest(stage.when) if stage.when is not None else "",
+                 stage.version or "", "reduce" if stage.reduce else "map", *upstream):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def fingerprints(pipeline: "Pipeline") -> dict[str, str]:
+    """Every stage's fingerprint, computed in graph order."""
+    result: dict[str, str] = {}
+    for name in pipeline.order():
+        stage = pipeline[name]
+        result[name] = stage_fingerprint(stage, sorted(result[u] for u in stage.upstream))
+    return result

@@ -1,0 +1,49 @@
+"""Items and their keys.
+
+Every value that flows through a pipeline has a key: the name the ledger,
+resume, failures and the report use for it. An input's key is the value itself
+when it is a string (a path is its own key), the key given with
+``Item(key, value)``, or else a stable digest of the value. A child yielded by
+a fan-out stage is keyed ``parent/0``, ``parent/1``, ... unless it is yielded
+as an ``Item``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, NamedTuple
+
+from . import codec
+from .errors import InputError
+
+
+class Item(NamedTuple):
+    """A value with an explicit key."""
+
+    key: str
+    value: Any
+
+
+def check_key(key: Any) -> str:
+    """``key`` if it is a usable key, else a ``ValueError`` saying why."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"an item key must be a non-empty string, got {key!r}")
+    return key
+
+
+def input_items(inputs: Iterable[Any]) -> Iterator[tuple[str, bytes]]:
+    """(key, encoded value) for each input, lazily; raises :class:`InputError`."""
+    for position, raw in enumerate(inputs):
+        if isinstance(raw, Item):
+            key, value = raw
+        else:
+            key, value = None, raw
+        try:
+            data = codec.encode(value)
+        except codec.EncodeError as exc:
+            raise InputError(f"input #{position} is not JSON-serialisable: {exc}") from None
+        if key is None:
+            key = value if isinstance(value, str) else codec.digest(data)[:16]
+        try:
+            yield check_key(key), data
+        except ValueError as exc:
+            raise InputError(f"input #{position}: {exc}") from None

@@ -1,0 +1,277 @@
+"""The ledger: the durable record of a run, one row per (stage, item key).
+
+Every backend keeps the same model and honours the same contract:
+
+* **Rows.** A row is one item at one stage. Its status moves only along the
+  edges :func:`transition` allows; any other move raises
+  :class:`IllegalTransition`. A row consumes one *value* (a run input, or an
+  output of an upstream row) and, once done, has produced zero or more output
+  values (more than one for a fan-out stage). An output is routed to the
+  stages its ``targets`` name: each target gets a new pending row, or, for a
+  reduce stage, a *gather* entry.
+* **Grouped, atomic, durable writes.** Everything written between two
+  :meth:`Ledger.commit` calls becomes visible to other readers and durable at
+  once, at ``commit()``; a crash before it leaves the ledger exactly as the
+  previous ``commit()`` left it. A row therefore never says ``done`` without
+  its outputs and downstream rows, and an output file is stored before the
+  commit that references it.
+* **One writer.** Only the driver writes. Readers (``conveyor status`` from
+  another terminal, :func:`conveyor.open_run`) see the last commit.
+
+Keys in a stage are unique. When a stage has several upstreams and a key
+arrives from a second one (a diamond: ``a -> b -> c`` and ``a -> c``), the
+second row is keyed ``key@upstream``; a key produced twice by the same
+upstream stage is a :class:`KeyCollision` and fails the producing item.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import Any, Iterable, Iterator, NamedTuple
+
+from ..errors import IllegalTransition, LedgerError
+from ..store import Stored
+
+
+class Status(str, Enum):
+    """Where an item stands at one stage."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    ROUTED_OUT = "routed-out"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in Status)
+
+_ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.RUNNING}),
+    # Finished one way or another, or handed back (worker lost, run stopped, retry).
+    Status.RUNNING: frozenset({Status.DONE, Status.FAILED, Status.ROUTED_OUT, Status.PENDING}),
+    # Recomputed: a failed item retried, a finished one invalidated by a rerun;
+    # or a rerun changed where a finished item's outputs go.
+    Status.DONE: frozenset({Status.PENDING, Status.ROUTED_OUT}),
+    Status.FAILED: frozenset({Status.PENDING}),
+    Status.ROUTED_OUT: frozenset({Status.PENDING, Status.DONE}),
+}
+
+
+def transition(old: Status | str, new: Status | str) -> Status:
+    """``new`` as a :class:`Status` if ``old -> new`` is legal, else raise."""
+    old, new = Status(old), Status(new)
+    if new not in _ALLOWED[old]:
+        raise IllegalTransition(f"an item cannot go from {old} to {new}")
+    return new
+
+
+class KeyCollision(LedgerError):
+    """An output key that a stage already holds from the same upstream stage."""
+
+
+class Claim(NamedTuple):
+    """A row handed out for work: its input as the ledger recorded it."""
+
+    id: int
+    key: str
+    attempt: int
+    data: bytes | None
+    ref: str | None
+
+
+class Output(NamedTuple):
+    """One value a finished row produced, and where it was routed.
+
+    ``targets`` are the stages that get a new row for it; ``gathers`` the
+    reduce stages that will read it.
+    """
+
+    key: str
+    value: Stored
+    targets: tuple[str, ...] = ()
+    gathers: tuple[str, ...] = ()
+
+
+class Gathered(NamedTuple):
+    """One value gathered for a reduce stage."""
+
+    key: str
+    digest: str
+    data: bytes | None
+    ref: str | None
+
+
+class InputReport(NamedTuple):
+    """What :meth:`Ledger.add_inputs` found: counts and keys no longer given."""
+
+    added: int
+    changed: int
+    unchanged: int
+    missing: list[str]
+
+
+class Ledger(ABC):
+    """The record of one run. See the module docstring for the contract."""
+
+    # -- setting a run up --------------------------------------------------
+
+    @abstractmethod
+    def get_meta(self, name: str) -> str | None:
+        """A run-level fact recorded with :meth:`set_meta`, or ``None``."""
+
+    @abstractmethod
+    def set_meta(self, name: str, value: str) -> None:
+        """Record a run-level fact (the pipeline's name, the run's options)."""
+
+    @abstractmethod
+    def stage_fingerprints(self) -> dict[str, str]:
+        """The fingerprint each stage had when the ledger last ran it."""
+
+    @abstractmethod
+    def set_stage_fingerprint(self, stage: str, fingerprint: str) -> None:
+        """Record the fingerprint ``stage`` runs with from now on."""
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Put every ``running`` row back to ``pending`` (its driver is gone).
+
+        Returns how many rows moved. Attempts are kept, so an item that kills
+        its driver every time still runs out of retries.
+        """
+
+    @abstractmethod
+    def add_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]) -> InputReport:
+        """Make one pending row of ``stage`` per input, reusing what is unchanged.
+
+        An input whose key and value are already recorded keeps its row and
+        everything derived from it. One whose value changed is reset to
+        ``pending`` and what was derived from it is removed. Raises
+        ``InputError`` naming the key when two inputs share a key; nothing of
+        this call is then kept once the caller rolls back by not committing.
+        """
+
+    @abstractmethod
+    def reset_stage(self, stage: str) -> int:
+        """Every row of ``stage`` back to ``pending``, attempts cleared.
+
+        Outputs of those rows and everything derived from them are removed, so
+        the stage and all below it recompute. Returns the rows reset.
+        """
+
+    @abstractmethod
+    def drop_stage(self, stage: str) -> int:
+        """Remove every row of ``stage`` (and its gathers), their outputs and all derived rows.
+
+        Used when a stage below the first changed or was removed: its rows are
+        then made again from its upstreams' outputs with :meth:`route`.
+        Returns the rows removed.
+        """
+
+    @abstractmethod
+    def finished_outputs(self, stage: str) -> Iterator[tuple[int, str, str, bytes | None, str | None]]:
+        """``(output_id, key, digest, data, ref)`` of every output of ``stage``'s finished rows."""
+
+    @abstractmethod
+    def route(self, target: str, key: str, output_id: int, digest: str, source: str) -> None:
+        """Give ``target`` a pending row for an existing output of stage ``source``.
+
+        Keys are qualified or refused as for :meth:`complete`.
+        """
+
+    @abstractmethod
+    def gather(self, stage: str, output_id: int) -> None:
+        """Record that reduce ``stage`` reads an existing output."""
+
+    @abstractmethod
+    def refresh_routed(self, stage: str) -> None:
+        """Set ``stage``'s finished rows to ``routed-out`` if no output of theirs goes anywhere,
+        else to ``done`` (after its routes changed)."""
+
+    @abstractmethod
+    def retry_failed(self, stage: str | None = None) -> int:
+        """Every ``failed`` row (of ``stage``, or of all) back to ``pending``, attempts cleared."""
+
+    # -- doing the work ------------------------------------------------------
+
+    @abstractmethod
+    def claim(self, stage: str, limit: int, worker: str, now: float) -> list[Claim]:
+        """Up to ``limit`` claimable pending rows of ``stage``, oldest first, now ``running``.
+
+        A row is claimable once its retry back-off (``not_before``) has passed.
+        Its attempt count is incremented.
+        """
+
+    @abstractmethod
+    def complete(self, item_id: int, outputs: list[Output], status: Status, fingerprint: str,
+                 now: float) -> Status:
+        """A running row finished with ``outputs``; it becomes ``status``.
+
+        ``status`` is ``done``, or ``routed-out`` when the row produced values
+        and no stage took any. Each output is stored and routed in the same
+        atomic group as the status change. Raises :class:`KeyCollision` and
+        changes nothing if an output key collides; the caller then fails the row.
+        """
+
+    @abstractmethod
+    def fail(self, item_id: int, error: str, traceback: str | None, now: float,
+             retry_at: float | None) -> Status:
+        """A running row failed: ``pending`` again from ``retry_at``, or ``failed`` if ``None``."""
+
+    @abstractmethod
+    def release(self, item_ids: Iterable[int]) -> None:
+        """Running rows that never started go back to ``pending``; the attempt is not counted."""
+
+    @abstractmethod
+    def reduce_row(self, stage: str) -> tuple[Status, str | None] | None:
+        """The status and input digest of ``stage``'s single reduce row, if it has one."""
+
+    @abstractmethod
+    def open_reduce(self, stage: str, key: str, input_digest: str) -> None:
+        """Create ``stage``'s reduce row as pending for ``input_digest``, or reset it.
+
+        A reset removes the previous output and what was derived from it.
+        """
+
+    @abstractmethod
+    def gathered(self, stage: str) -> Iterator[Gathered]:
+        """The values gathered for reduce ``stage``, by key (a stable order)."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make every write since the last commit durable and visible, atomically."""
+
+    # -- reading ---------------------------------------------------------------
+
+    @abstractmethod
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per status per stage (only stages that have rows)."""
+
+    @abstractmethod
+    def next_retry(self, stage: str) -> float | None:
+        """The earliest ``not_before`` of a pending row of ``stage`` still backing off."""
+
+    @abstractmethod
+    def failures(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """Failed rows: ``stage``, ``key``, ``error``, ``traceback``, ``attempts``."""
+
+    @abstractmethod
+    def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
+        """``(key, data, ref)`` of every output of ``stage``'s done rows, by key."""
+
+    @abstractmethod
+    def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every row (of ``stage``) as a dict, for status views and tests."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the backend; uncommitted writes are discarded."""
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

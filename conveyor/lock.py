@@ -1,0 +1,70 @@
+"""One driver per run directory.
+
+The lock is an ``flock`` on ``<run_dir>/lock``, which the kernel releases the
+moment its holder dies, however it dies: a lock left by a ``kill -9`` is never
+stale. The file also records who holds it (pid, host, since) so a refused
+second driver can say whom it is waiting for, and a new holder can say whose
+lock it took over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import RunLockedError
+
+
+class RunLock:
+    """Hold ``<run_dir>/lock`` for the life of a ``with`` block."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / "lock"
+        self._fd: int | None = None
+        self.previous: dict[str, Any] | None = None  # a dead holder's record, if any
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"run directory {self.path.parent} is in use by another driver "
+                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+                f"{holder.get('since', '?')}); wait for it or stop it first") from None
+        self.previous = _read(fd) or None
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read(fd: int) -> dict[str, Any]:
+    try:
+        data = os.pread(fd, 4096, 0)
+        return json.loads(data) if data else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,359 @@
+"""Pipelines and stages: what a user declares, and the checks on the graph.
+
+A stage is a plain function, or a class with an optional ``setup()`` and a
+``__call__``; the decorators register it and hand it back unchanged, so it
+stays an ordinary, testable Python callable. The graph is checked as it is
+built where that is possible (an upstream that is a Python object must exist
+already) and as a whole by :meth:`Pipeline.validate` before anything runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import GraphError, StageDefinitionError
+from .resources import Resources
+
+if TYPE_CHECKING:
+    from .result import RunResult
+
+Upstream = "str | Callable[..., Any] | type"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One declared stage: the user's code, its place in the graph and its resources."""
+
+    name: str
+    target: Callable[..., Any]
+    upstream: tuple[str, ...] = ()
+    when: Callable[[Any], bool] | None = None
+    resources: Resources = field(default_factory=Resources)
+    concurrency: int | None = None
+    batch_size: int | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    version: str | None = None
+    reduce: bool = False
+
+    @property
+    def is_class(self) -> bool:
+        return inspect.isclass(self.target)
+
+    @property
+    def call(self) -> Callable[..., Any]:
+        """The function whose signature matters: the target or its ``__call__``."""
+        return self.target.__call__ if self.is_class else self.target  # type: ignore[operator]
+
+    @property
+    def takes_ctx(self) -> bool:
+        """Whether the stage's callable takes the context as a second argument."""
+        return _positional_count(self.call, skip_self=self.is_class) >= 2
+
+    @property
+    def is_generator(self) -> bool:
+        return inspect.isgeneratorfunction(self.call)
+
+
+@dataclass(frozen=True)
+class Route:
+    """An edge as a worker sees it: where outputs may go and on what condition."""
+
+    stage: str
+    when: Callable[[Any], bool] | None
+    reduce: bool
+
+
+def _positional_count(fn: Callable[..., Any], skip_self: bool) -> int:
+    params = list(inspect.signature(fn).parameters.values())
+    if skip_self and params:
+        params = params[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+class Pipeline:
+    """A named graph of stages. Declare stages with :meth:`stage` and :meth:`reduce`."""
+
+    def __init__(self, name: str) -> None:
+        if not name or not isinstance(name, str):
+            raise StageDefinitionError("a pipeline needs a non-empty name")
+        self.name = name
+        self._stages: dict[str, Stage] = {}
+        self._names: dict[int, str] = {}  # id(user callable) -> stage name
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, stages={list(self._stages)})"
+
+    # -- declaring -----------------------------------------------------------
+
+    def stage(self, target: Callable[..., Any] | None = None, *,
+              after: Upstream | Sequence[Upstream] | None = None,
+              when: Callable[[Any], bool] | None = None,
+              name: str | None = None,
+              cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
+              threads: int | None = None, concurrency: int | None = None,
+              batch_size: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
+              timeout: float | None = None, env: Mapping[str, str] | None = None,
+              version: str | None = None) -> Any:
+        """Register a function or class as a stage; usable as ``@pipe.stage`` or ``@pipe.stage(...)``.
+
+        Args:
+            after: the upstream stage(s), as the decorated objects or names;
+                none for the first stage, which takes the run's inputs.
+            when: a predicate on an upstream output; the item comes here only if it is true.
+            name: the stage's name (default: the function or class name).
+            cpus, ram, gpus, threads: what each worker holds; ``threads``
+                (default ``ceil(cpus)``) pins OMP/MKL/OpenBLAS/torch threads.
+            concurrency: the most workers this stage may have at once.
+            batch_size: call the stage with lists of up to this many values.
+            retries, retry_backoff, timeout: per item; backoff doubles each retry.
+            env: extra environment variables for the stage's workers.
+            version: bump to force a recompute when the code did not change.
+        """
+        def register(obj: Callable[..., Any]) -> Callable[..., Any]:
+            self._add(obj, after=after, when=when, name=name,
+                      resources=(cpus, ram, gpus, threads),
+                      concurrency=concurrency, batch_size=batch_size, retries=retries,
+                      retry_backoff=retry_backoff, timeout=timeout, env=env,
+                      version=version, reduce=False)
+            return obj
+
+        return register(target) if target is not None else register
+
+    def reduce(self, target: Callable[..., Any] | None = None, *,
+               after: Upstream | Sequence[Upstream],
+               when: Callable[[Any], bool] | None = None,
+               name: str | None = None,
+               cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
+               threads: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
+               timeout: float | None = None, env: Mapping[str, str] | None = None,
+               version: str | None = None) -> Any:
+        """Register a stage that runs once over every output of its upstreams.
+
+        The function receives an iterator of the upstream values (ordered by
+        key) and returns one value, keyed by the stage's name. It runs when
+        nothing upstream can produce more, over the items that succeeded.
+        """
+        def register(obj: Callable[..., Any]) -> Callable[..., Any]:
+            self._add(obj, after=after, when=when, name=name,
+                      resources=(cpus, ram, gpus, threads),
+                      concurrency=1, batch_size=None, retries=retries,
+                      retry_backoff=retry_backoff, timeout=timeout, env=env,
+                      version=version, reduce=True)
+            return obj
+
+        return register(target) if target is not None else register
+
+    def _add(self, obj: Callable[..., Any], *, after: Any, name: str | None,
+             reduce: bool, **options: Any) -> None:
+        if not callable(obj):
+            raise StageDefinitionError(f"a stage must be a function or a class, got {obj!r}")
+        stage_name = name or getattr(obj, "__name__", None)
+        if not stage_name or not isinstance(stage_name, str):
+            raise StageDefinitionError(f"cannot name the stage {obj!r}; pass name=")
+        if stage_name in self._stages:
+            raise StageDefinitionError(
+                f"pipeline {self.name!r} already has a stage named {stage_name!r}")
+        if "@" in stage_name or "/" in stage_name:
+            raise StageDefinitionError(f"stage name {stage_name!r} must not contain '@' or '/'")
+        try:
+            options["resources"] = Resources.declare(*options["resources"])
+        except StageDefinitionError as exc:
+            raise StageDefinitionError(f"stage {stage_name!r}: {exc}") from None
+        upstream = tuple(self._resolve(u, stage_name) for u in _as_list(after))
+        if len(set(upstream)) != len(upstream):
+            raise GraphError(f"stage {stage_name!r} names the same upstream twice")
+        options["env"] = dict(options["env"] or {})
+        stage = Stage(name=stage_name, target=obj, upstream=upstream, reduce=reduce, **options)
+        _check_stage(stage)
+        self._stages[stage_name] = stage
+        self._names[id(obj)] = stage_name
+
+    def _resolve(self, ref: Any, for_stage: str) -> str:
+        if isinstance(ref, str):
+            return ref  # may name a stage declared later; validate() checks it
+        name = self._names.get(id(ref))
+        if name is None:
+            raise GraphError(f"stage {for_stage!r}: {ref!r} is not a stage of pipeline "
+                             f"{self.name!r}")
+        return name
+
+    # -- the graph ---------------------------------------------------------------
+
+    @property
+    def stages(self) -> dict[str, Stage]:
+        """The stages by name, in declaration order."""
+        return dict(self._stages)
+
+    def __getitem__(self, name: str) -> Stage:
+        try:
+            return self._stages[name]
+        except KeyError:
+            raise KeyError(f"pipeline {self.name!r} has no stage {name!r}") from None
+
+    def validate(self) -> None:
+        """Raise a :class:`GraphError` naming the stage if the graph cannot run."""
+        if not self._stages:
+            raise GraphError(f"pipeline {self.name!r} has no stages")
+        for stage in self._stages.values():
+            for up in stage.upstream:
+                if up not in self._stages:
+                    raise GraphError(f"stage {stage.name!r} comes after {up!r}, "
+                                     f"which is not a stage of pipeline {self.name!r}")
+        roots = [s.name for s in self._stages.values() if not s.upstream]
+        if len(roots) > 1:
+            raise GraphError(
+                f"stages {', '.join(map(repr, roots))} all have no upstream; only one "
+                f"stage can take the run's inputs; give the others after=")
+        self.order()  # raises on a cycle
+        if not roots:
+            raise GraphError(f"pipeline {self.name!r} has no first stage (one without after=)")
+
+    def root(self) -> Stage:
+        """The stage that takes the run's inputs."""
+        self.validate()
+        return next(s for s in self._stages.values() if not s.upstream)
+
+    def order(self) -> list[str]:
+        """Stage names, each after all of its upstreams; raises on a cycle."""
+        done: list[str] = []
+        state: dict[str, int] = {}  # 1: on the path, 2: placed
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = path[path.index(name):] + [name]
+                raise GraphError(f"the stages form a cycle: {' -> '.join(cycle)}")
+            state[name] = 1
+            for up in self._stages[name].upstream:
+                if up in self._stages:
+                    visit(up, path + [name])
+            state[name] = 2
+            done.append(name)
+
+        for name in self._stages:
+            visit(name, [])
+        return done
+
+    def downstream(self, name: str) -> list[Stage]:
+        """Stages that take ``name``'s outputs, in declaration order."""
+        return [s for s in self._stages.values() if name in s.upstream]
+
+    def routes(self, name: str) -> tuple[Route, ...]:
+        """Where outputs of ``name`` can go, with each edge's condition."""
+        return tuple(Route(s.name, s.when, s.reduce) for s in self.downstream(name))
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every stage upstream of ``name``, transitively."""
+        seen: set[str] = set()
+        todo = list(self._stages[name].upstream)
+        while todo:
+            up = todo.pop()
+            if up not in seen:
+                seen.add(up)
+                todo.extend(self._stages[up].upstream)
+        return seen
+
+    def descendants(self, name: str) -> set[str]:
+        """Every stage downstream of ``name``, transitively."""
+        seen: set[str] = set()
+        todo = [s.name for s in self.downstream(name)]
+        while todo:
+            down = todo.pop()
+            if down not in seen:
+                seen.add(down)
+                todo.extend(s.name for s in self.downstream(down))
+        return seen
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self, inputs: Iterable[Any] | None = None, *, run_dir: str | os.PathLike[str],
+            executor: str = "local", cpus: float | None = None, ram: int | str | None = None,
+            gpus: int | None = None, force: Iterable[str] = (), progress: bool = False,
+            ) -> "RunResult":
+        """Run the pipeline over ``inputs`` and return the run's result.
+
+        Args:
+            inputs: JSON-serialisable values or :class:`~conveyor.Item`; a string
+                is its own key. ``None`` resumes the inputs the run dir already has.
+            run_dir: where the ledger, values and logs live; running again on
+                the same directory resumes and reuses finished work.
+            executor: ``"local"`` (worker processes, the default) or ``"inline"``
+                (in this process, one item at a time, for debugging).
+            cpus, ram, gpus: override the detected machine budget.
+            force: stages to recompute even if unchanged.
+            progress: print a progress line per stage as the run goes.
+
+        Raises:
+            PipelineError: the definition cannot run (before any work), or a
+                stage broke its contract while running.
+            InputError: duplicate keys or values that are not JSON.
+            RunLockedError: another driver holds ``run_dir``.
+            RunInterrupted: SIGINT/SIGTERM stopped the run; rerun to resume.
+        """
+        from .driver import Driver
+        from .executors import make_executor
+        from .resources import Budget
+
+        self.validate()
+        budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
+        driver = Driver(self, Path(run_dir), make_executor(executor), budget,
+                        force=tuple(force), progress=progress)
+        return driver.run(inputs)
+
+
+def _as_list(after: Any) -> list[Any]:
+    if after is None:
+        return []
+    if isinstance(after, (list, tuple)):
+        return list(after)
+    return [after]
+
+
+def _check_stage(stage: Stage) -> None:
+    """Options that cannot work, named with the stage."""
+    def bad(msg: str) -> StageDefinitionError:
+        return StageDefinitionError(f"stage {stage.name!r}: {msg}")
+
+    if stage.is_class and not callable(getattr(stage.target, "__call__", None)):
+        raise bad("a class stage needs a __call__ method")
+    try:
+        count = _positional_count(stage.call, skip_self=stage.is_class)
+    except (TypeError, ValueError):
+        count = 1  # builtins without a signature take one argument
+    if count < 1:
+        raise bad("its callable must take the value (and optionally ctx) as arguments")
+    if stage.reduce and not stage.upstream:
+        raise bad("a reduce needs after= (it reduces the outputs of other stages)")
+    if stage.when is not None and not stage.upstream:
+        raise bad("when= routes an upstream's outputs; the first stage has no upstream")
+    if stage.when is not None and not callable(stage.when):
+        raise bad("when= must be a callable taking the upstream value")
+    if stage.batch_size is not None:
+        if stage.reduce:
+            raise bad("a reduce takes all values at once; batch_size does not apply")
+        if not isinstance(stage.batch_size, int) or stage.batch_size < 1:
+            raise bad(f"batch_size must be a positive integer, got {stage.batch_size!r}")
+        if stage.is_generator:
+            raise bad("a batch stage returns one output per input; it cannot be a generator")
+    if stage.concurrency is not None and (not isinstance(stage.concurrency, int)
+                                          or stage.concurrency < 1):
+        raise bad(f"concurrency must be a positive integer, got {stage.concurrency!r}")
+    if not isinstance(stage.retries, int) or stage.retries < 0:
+        raise bad(f"retries must be a non-negative integer, got {stage.retries!r}")
+    if stage.retry_backoff < 0:
+        raise bad(f"retry_backoff must be >= 0, got {stage.retry_backoff!r}")
+    if stage.timeout is not None and stage.timeout <= 0:
+        raise bad(f"timeout must be > 0 seconds, got {stage.timeout!r}")
+    for k, v in dict(stage.env).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise bad(f"env must map strings to strings, got {k!r}: {v!r}")

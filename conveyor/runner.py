@@ -1,0 +1,231 @@
+"""Running one stage's code on tasks: the part every executor shares.
+
+A :class:`StageRunner` lives wherever the stage's code runs (the driver's own
+process for the inline executor, a worker process, a Ray actor). It calls
+``setup()`` once, then turns tasks (ledger claims) into :class:`Outcome`:
+it decodes each input, calls the user's code with its context, names the
+outputs (``parent/0`` for a generator's children), encodes and stores them,
+and evaluates the downstream ``when=`` predicates so the driver only records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple
+
+from . import codec
+from .context import Context, activate, deactivate
+from .errors import StageContractError
+from .items import Item, check_key
+from .ledger.base import Claim, Output, Status
+from .pipeline import Route, Stage
+from .store import INLINE_LIMIT, Store
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to run a stage, picklable with cloudpickle."""
+
+    stage: Stage
+    routes: tuple[Route, ...]
+    run_dir: str
+    inline_limit: int = INLINE_LIMIT
+
+
+class Outcome(NamedTuple):
+    """What became of one task.
+
+    ``status`` is ``done`` or ``routed-out`` (with ``outputs``), ``error`` (the
+    user's code raised: retried under the stage's rules) or ``fatal`` (the
+    stage broke its contract: the run stops).
+    """
+
+    id: int
+    status: str
+    outputs: list[Output]
+    error: str | None
+    traceback: str | None
+    started: float
+    ended: float
+
+
+class Loaded(NamedTuple):
+    """A task with its input decoded ahead of the call (or the error decoding it)."""
+
+    task: Claim
+    value: Any
+    error: BaseException | None
+
+
+ERROR = "error"
+FATAL = "fatal"
+
+
+class StageRunner:
+    """Calls one stage's code; see the module docstring."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.stage: Stage = spec.stage
+        self.store = Store(spec.run_dir, spec.inline_limit)
+        self.logger = logging.getLogger(f"conveyor.stage.{self.stage.name}")
+        self._call: Any = None
+        self._takes_ctx = self.stage.takes_ctx  # inspected once, not per item
+        self._is_generator = self.stage.is_generator
+
+    def setup(self) -> None:
+        """Instantiate a class stage and run its ``setup()``; once per worker."""
+        if self.stage.is_class:
+            obj = self.stage.target()
+            setup = getattr(obj, "setup", None)
+            if callable(setup):
+                setup()
+            self._call = obj
+        else:
+            self._call = self.stage.target
+
+    def load(self, task: Claim) -> Loaded:
+        """Read and decode a task's input (a prefetch thread calls this ahead of time)."""
+        if self.stage.reduce:
+            return Loaded(task, None, None)
+        try:
+            return Loaded(task, codec.decode(self.store.get(task.data, task.ref)), None)
+        except Exception as exc:  # a missing or corrupt value fails the item, not the worker
+            return Loaded(task, None, exc)
+
+    def run(self, loaded: list[Loaded]) -> list[Outcome]:
+        """Outcomes of a list of loaded tasks: one call per item, or one per batch."""
+        if self.stage.batch_size:
+            return self._call_batch(loaded)
+        return [self._call_one(item) for item in loaded]
+
+    # -- calls -------------------------------------------------------------------
+
+    def _context(self, keys: list[str], attempt: int) -> Context:
+        return Context(self.stage.name, keys, attempt, self.stage.resources, self.store,
+                       self.logger)
+
+    def _invoke(self, arg: Any, ctx: Context) -> Any:
+        args = (arg, ctx) if self._takes_ctx else (arg,)
+        token = activate(ctx)
+        try:
+            result = self._call(*args)
+            if self._is_generator:
+                result = list(result)  # the body runs here, inside the context
+            return result
+        finally:
+            deactivate(token)
+
+    def _call_one(self, item: Loaded) -> Outcome:
+        task = item.task
+        started = time.time()
+        try:
+            if item.error is not None:
+                raise item.error
+            ctx = self._context([task.key], task.attempt)
+            if self.stage.reduce:
+                result = self._invoke(self._gathered(task), ctx)
+                produced = [_keyed(task.key, result)]
+            elif self._is_generator:
+                produced = [_keyed(f"{task.key}/{i}", v)
+                            for i, v in enumerate(self._invoke(item.value, ctx))]
+            else:
+                produced = [_keyed(task.key, self._invoke(item.value, ctx))]
+            outputs, status = self._outputs(produced, task.key)
+        except StageContractError as exc:
+            return Outcome(task.id, FATAL, [], str(exc), None, started, time.time())
+        except Exception as exc:
+            return Outcome(task.id, ERROR, [], _describe(exc), traceback.format_exc(),
+                           started, time.time())
+        return Outcome(task.id, status, outputs, None, None, started, time.time())
+
+    def _call_batch(self, loaded: list[Loaded]) -> list[Outcome]:
+        started = time.time()
+        bad = [item for item in loaded if item.error is not None]
+        good = [item for item in loaded if item.error is None]
+        outcomes = [self._call_one(item) for item in bad]  # each fails on its own input error
+        if not good:
+            return outcomes
+        keys = [item.task.key for item in good]
+        try:
+            ctx = self._context(keys, max(item.task.attempt for item in good))
+            results = self._invoke([item.value for item in good], ctx)
+            if not isinstance(results, (list, tuple)) or len(results) != len(good):
+                got = (f"{len(results)} values" if isinstance(results, (list, tuple))
+                       else f"a {type(results).__name__}")
+                raise StageContractError(
+                    f"stage {self.stage.name!r} is a batch stage: it was called with "
+                    f"{len(good)} values and must return a list of {len(good)}, got {got}")
+            per_item = [self._outputs([_keyed(key, r)], key) for key, r in zip(keys, results)]
+        except StageContractError as exc:
+            ended = time.time()
+            return outcomes + [Outcome(item.task.id, FATAL, [], str(exc), None, started, ended)
+                               for item in good]
+        except Exception as exc:
+            ended, text, tb = time.time(), _describe(exc), traceback.format_exc()
+            return outcomes + [Outcome(item.task.id, ERROR, [], text, tb, started, ended)
+                               for item in good]
+        ended = time.time()
+        return outcomes + [Outcome(item.task.id, status, outputs, None, None, started, ended)
+                           for item, (outputs, status) in zip(good, per_item)]
+
+    def _gathered(self, task: Claim) -> Iterator[Any]:
+        """A reduce's input: the gather file the driver wrote, one value per line."""
+        assert task.ref is not None
+        with open(Path(self.spec.run_dir) / task.ref, "rb") as fh:
+            for line in fh:
+                line = line.rstrip(b"\n")
+                if line.startswith(b"@"):
+                    yield codec.decode(self.store.get(None, line[1:].decode()))
+                else:
+                    yield codec.decode(line)
+
+    # -- outputs -------------------------------------------------------------------
+
+    def _outputs(self, produced: Iterable[tuple[str, Any]], key: str
+                 ) -> tuple[list[Output], str]:
+        outputs = []
+        for out_key, value in produced:
+            try:
+                data = codec.encode(value)
+            except codec.EncodeError as exc:
+                raise StageContractError(
+                    f"stage {self.stage.name!r} returned an unserialisable output for item "
+                    f"{key!r}: {exc}") from None
+            targets, gathers = self._route(value)
+            outputs.append(Output(out_key, self.store.put(data), targets, gathers))
+        taken = any(o.targets or o.gathers for o in outputs)
+        routed_out = bool(self.spec.routes) and bool(outputs) and not taken
+        return outputs, (Status.ROUTED_OUT if routed_out else Status.DONE).value
+
+    def _route(self, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        targets: list[str] = []
+        gathers: list[str] = []
+        for route in self.spec.routes:
+            try:
+                accepted = route.when is None or bool(route.when(value))
+            except Exception as exc:
+                raise RoutingError(f"the when= predicate of stage {route.stage!r} raised "
+                                   f"{_describe(exc)}") from exc
+            if accepted:
+                (gathers if route.reduce else targets).append(route.stage)
+        return tuple(targets), tuple(gathers)
+
+
+class RoutingError(Exception):
+    """A downstream ``when=`` predicate raised on this item's output."""
+
+
+def _keyed(default_key: str, value: Any) -> tuple[str, Any]:
+    if isinstance(value, Item):
+        return check_key(value.key), value.value
+    return default_key, value
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,89 @@
+"""The artifact store: where encoded values live.
+
+A value up to ``inline_limit`` bytes travels inline and is kept in the ledger
+row itself. A larger one is written by the process that produced it to a
+content-addressed file ``<root>/values/ab/abcd....json``, fsynced, and only its
+reference travels; a retried item rewrites the same file, so writes are
+idempotent. Stages that make large artifacts of their own (rendered pages,
+model outputs) write them under :meth:`Store.item_dir` and return the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import codec
+
+INLINE_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An encoded value as the ledger records it: inline bytes or a file reference."""
+
+    data: bytes | None
+    ref: str | None
+    digest: str
+    size: int
+
+
+class Store:
+    """Values and per-item folders under one run directory."""
+
+    def __init__(self, root: str | os.PathLike[str], inline_limit: int = INLINE_LIMIT) -> None:
+        self.root = Path(root)
+        self.inline_limit = inline_limit
+
+    def put(self, data: bytes) -> Stored:
+        """Keep ``data``: inline if small, else durably in a file."""
+        dig = codec.digest(data)
+        if len(data) <= self.inline_limit:
+            return Stored(data, None, dig, len(data))
+        ref = f"values/{dig[:2]}/{dig}.json"
+        path = self.root / ref
+        if not path.exists():
+            _write_durably(path, data)
+        return Stored(None, ref, dig, len(data))
+
+    def get(self, data: bytes | None, ref: str | None) -> bytes:
+        """The bytes of a value recorded as ``(data, ref)``."""
+        if data is not None:
+            return data
+        if ref is None:
+            raise ValueError("a stored value needs inline data or a reference")
+        return (self.root / ref).read_bytes()
+
+    def item_dir(self, stage: str, key: str) -> Path:
+        """A folder for one item's large artifacts (created on first use)."""
+        path = self.root / "artifacts" / stage / safe_name(key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(key: str) -> str:
+    """A file name for ``key``: readable, and unique thanks to a short hash."""
+    readable = _UNSAFE.sub("_", key).strip("._")[:80] or "item"
+    return f"{readable}-{hashlib.blake2b(key.encode(), digest_size=4).hexdigest()}"
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write, fsync, then rename into place so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

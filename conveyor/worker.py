@@ -1,0 +1,181 @@
+"""The worker process: ``python -m conveyor.worker FD``.
+
+::
+
+    driver ──("init", spec) ("tasks", [...]) ("stop",)──▶ socket ──▶ reader thread
+                                                                       │ decodes inputs
+                                                                       ▼ ahead of time
+    driver ◀──("ready",) ("results", [...]) ("setup_failed", ...)──── main thread
+                                                                   (setup once, then
+                                                                    calls the stage)
+
+The main thread owns the stage: it runs ``setup()`` once, then takes loaded
+tasks from the inbox, calls the stage (assembling batches for batch stages,
+flushed after a short deadline when input runs dry) and sends outcomes back in
+chunks. The reader thread is the prefetcher: while the stage computes, it
+receives the next tasks and reads and decodes their inputs, so a GPU stage
+never waits for deserialisation. Thread counts and ``CUDA_VISIBLE_DEVICES``
+are set in the environment by the driver before this process starts (see
+:func:`pinned_env`), so native libraries see them when they load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Mapping
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
+
+FLUSH_SECONDS = 0.01  # the longest a finished outcome waits in the worker
+BATCH_WAIT = 0.05  # how long a partial batch waits for more input
+
+
+def pinned_env(threads: int, devices: tuple[str, ...], extra: Mapping[str, str]
+               ) -> dict[str, str]:
+    """Environment variables that pin a worker's threads and GPU visibility."""
+    env = {var: str(threads) for var in THREAD_VARS}
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    env["CONVEYOR_THREADS"] = str(threads)
+    if threads == 1:
+        env["TOKENIZERS_PARALLELISM"] = "false"
+    env.update(extra)
+    return env
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the driver dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the driver died before we got here
+        os._exit(1)
+
+
+def _pin_torch(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+class _Reader(threading.Thread):
+    """Receives messages and decodes task inputs ahead of the main thread."""
+
+    def __init__(self, conn: Connection, inbox: "queue.Queue[Any]", runner: Any) -> None:
+        super().__init__(name="conveyor-prefetch", daemon=True)
+        self.conn, self.inbox, self.runner = conn, inbox, runner
+
+    def run(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                if msg[0] == "tasks":
+                    for task in msg[1]:
+                        self.inbox.put(self.runner.load(task))
+                elif msg[0] == "stop":
+                    break
+        except (EOFError, OSError):
+            pass  # the driver is gone: stop after the work in hand
+        self.inbox.put(None)
+
+
+def serve(conn: Connection, runner: Any) -> None:
+    """Run tasks from ``conn`` until told to stop or the driver goes away."""
+    inbox: queue.Queue[Any] = queue.Queue()
+    _Reader(conn, inbox, runner).start()
+    batch = runner.stage.batch_size or 1
+    pending: list[Any] = []
+    outcomes: list[Any] = []
+    last_flush = time.monotonic()
+    stopping = False
+    while True:
+        if not stopping:
+            stopping = _take(inbox, pending, batch, block=not pending and not outcomes)
+            if batch > 1 and 0 < len(pending) < batch and not stopping:
+                stopping = _fill(inbox, pending, batch)
+        if pending:
+            take, pending = pending[:batch], pending[batch:]
+            outcomes.extend(runner.run(take))
+        idle = not pending and inbox.empty()
+        if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
+            _send(conn, ("results", outcomes))
+            outcomes = []
+            last_flush = time.monotonic()
+        if stopping and not pending and not outcomes:
+            return
+
+
+def _take(inbox: "queue.Queue[Any]", pending: list[Any], want: int, block: bool) -> bool:
+    """Move ready items into ``pending`` (waiting for one if ``block``). True on stop."""
+    while len(pending) < want:
+        try:
+            item = inbox.get() if block else inbox.get_nowait()
+        except queue.Empty:
+            return False
+        block = False
+        if item is None:
+            return True
+        pending.append(item)
+    return False
+
+
+def _fill(inbox: "queue.Queue[Any]", pending: list[Any], batch: int) -> bool:
+    """Top ``pending`` up to a batch, waiting a little for stragglers. True on stop."""
+    deadline = time.monotonic() + BATCH_WAIT
+    while len(pending) < batch:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return False
+        try:
+            item = inbox.get(timeout=wait)
+        except queue.Empty:
+            return False
+        if item is None:
+            return True
+        pending.append(item)
+    return False
+
+
+def _send(conn: Connection, msg: Any) -> None:
+    try:
+        conn.send(msg)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        os._exit(0)  # the driver is gone; nothing left to report to
+
+
+def main(fd: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver coordinates Ctrl-C
+    _die_with_parent()
+    conn = Connection(fd)
+    kind, payload, path = conn.recv()
+    assert kind == "init", kind
+    sys.path[:0] = [p for p in path if p not in sys.path]
+    import cloudpickle
+
+    from .runner import StageRunner
+
+    spec = cloudpickle.loads(payload)
+    runner = StageRunner(spec)
+    try:
+        runner.setup()
+    except BaseException as exc:
+        _send(conn, ("setup_failed", f"setup of stage {spec.stage.name!r} failed: "
+                     f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        return
+    _pin_torch(spec.stage.resources.threads)
+    _send(conn, ("ready", os.getpid()))
+    serve(conn, runner)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
