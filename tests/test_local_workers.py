@@ -1,0 +1,164 @@
+"""The local executor's promises about resources, checked with real worker processes.
+
+The budget is checked twice over: from the driver's event log (each worker's
+life, from start to exit, with its declared resources) and from the workers
+themselves (each call records its pid and time span).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conveyor import Item, Pipeline
+from conveyor.events import read_events
+from helpers import append_log, read_log
+
+GiB = 2**30
+
+
+def peak(intervals: list[tuple[float, float, dict[str, float]]]) -> dict[str, float]:
+    """The largest sum of each resource over intervals alive at the same moment."""
+    points = sorted({start for start, _, _ in intervals})
+    best: dict[str, float] = {}
+    for t in points:
+        alive = [res for start, end, res in intervals if start <= t < end]
+        for name in alive[0] if alive else {}:
+            best[name] = max(best.get(name, 0.0), sum(r[name] for r in alive))
+    return best
+
+
+def worker_lives(run_dir) -> list[tuple[float, float, dict[str, float]]]:
+    starts, lives = {}, []
+    for event in read_events(run_dir):
+        if event["event"] == "worker_start":
+            starts[event["worker"]] = event
+        elif event["event"] == "worker_exit":
+            s = starts.pop(event["worker"])
+            lives.append((s["t"], event["t"], {"cpus": s["cpus"], "ram": s["ram"],
+                                               "gpus": s["gpus"]}))
+    assert not starts, "every worker that started is recorded as exited"
+    return lives
+
+
+def test_the_sum_of_running_workers_never_exceeds_the_budget(run_dir, tmp_path):
+    log = tmp_path / "calls.log"
+    declared = {"a": (1.0, 1 * GiB, 0.0), "b": (0.5, GiB // 2, 0.5), "c": (0.5, 0, 0.0)}
+    pipe = Pipeline("budget")
+
+    def record(stage):
+        start = time.time()
+        time.sleep(0.02)
+        append_log(log, f"{stage} {os.getpid()} {start} {time.time()}")
+
+    @pipe.stage(cpus=1, ram="1GiB")
+    def a(x):
+        record("a")
+        return x
+
+    @pipe.stage(after=a, cpus=0.5, ram="512MiB", gpus=0.5)
+    def b(x):
+        record("b")
+        return x
+
+    @pipe.stage(after=b, cpus=0.5)
+    def c(x):
+        record("c")
+        return x
+
+    result = pipe.run([Item(str(i), i) for i in range(60)], run_dir=run_dir, cpus=2,
+                      ram="2GiB", gpus=1)
+    assert result.ok
+
+    by_driver = peak(worker_lives(run_dir))
+    assert by_driver["cpus"] <= 2 and by_driver["ram"] <= 2 * GiB and by_driver["gpus"] <= 1
+    assert by_driver["cpus"] >= 1.5, "the budget was not used: workers ran one at a time"
+
+    calls = []
+    for line in read_log(log):
+        stage, pid, start, end = line.split()
+        cpus, ram, gpus = declared[stage]
+        calls.append((float(start), float(end), pid, {"cpus": cpus, "ram": ram, "gpus": gpus}))
+    # one process counts once, however many of its calls overlap a moment
+    worst: dict[str, float] = {}
+    for t, _, _, _ in calls:
+        alive = {pid: res for s, e, pid, res in calls if s <= t < e}
+        for name in ("cpus", "ram", "gpus"):
+            worst[name] = max(worst.get(name, 0), sum(r[name] for r in alive.values()))
+    assert worst["cpus"] <= 2 and worst["ram"] <= 2 * GiB and worst["gpus"] <= 1
+
+
+def test_threads_and_gpu_visibility_are_pinned_per_worker(run_dir):
+    pipe = Pipeline("pinning")
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+             "CUDA_VISIBLE_DEVICES", "CONVEYOR_TEST_VAR")
+
+    def environment():
+        return {name: os.environ.get(name) for name in names}
+
+    @pipe.stage(cpus=1)
+    def cpu_only(x):
+        return environment()
+
+    @pipe.stage(after=cpu_only, cpus=1, threads=3, env={"CONVEYOR_TEST_VAR": "set"})
+    def threaded(x):
+        return environment()
+
+    @pipe.stage(after=threaded, cpus=0.5, gpus=1)
+    def one_gpu(x):
+        return environment()
+
+    @pipe.stage(after=one_gpu, cpus=0.5, gpus=0.5)
+    def half_gpu(x):
+        return environment()
+
+    result = pipe.run(["x"], run_dir=run_dir, cpus=4, gpus=2)
+    out = {stage: dict(result.outputs(stage))["x"]
+           for stage in ("cpu_only", "threaded", "one_gpu", "half_gpu")}
+    assert out["cpu_only"] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                               "OPENBLAS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                               "CONVEYOR_TEST_VAR": None}
+    assert out["threaded"]["OMP_NUM_THREADS"] == "3"
+    assert out["threaded"]["OPENBLAS_NUM_THREADS"] == "3"
+    assert out["threaded"]["CONVEYOR_TEST_VAR"] == "set"
+    assert out["one_gpu"]["CUDA_VISIBLE_DEVICES"] in ("0", "1")
+    assert out["half_gpu"]["CUDA_VISIBLE_DEVICES"] in ("0", "1")
+
+
+def test_concurrency_caps_a_stage_with_room_to_spare(run_dir):
+    pipe = Pipeline("cap")
+
+    @pipe.stage(cpus=0.25, concurrency=1)
+    def limited(x):
+        time.sleep(0.01)
+        return os.getpid()
+
+    result = pipe.run([Item(str(i), i) for i in range(30)], run_dir=run_dir, cpus=2)
+    assert result.ok
+    lives = worker_lives(run_dir)
+    assert peak([(s, e, {"n": 1.0}) for s, e, _ in lives])["n"] == 1
+
+
+def test_an_uncapped_cheap_stage_uses_several_workers(run_dir):
+    pipe = Pipeline("spread")
+
+    @pipe.stage(cpus=0.5)
+    def work(x):
+        time.sleep(0.05)
+        return os.getpid()
+
+    result = pipe.run([Item(str(i), i) for i in range(40)], run_dir=run_dir, cpus=2)
+    pids = {pid for _, pid in result.outputs("work")}
+    assert 2 <= len(pids) <= 4
+
+
+def test_worker_logs_land_in_the_run_directory(run_dir):
+    pipe = Pipeline("logs")
+
+    @pipe.stage
+    def noisy(x):
+        print(f"hello from {x}", flush=True)
+        return x
+
+    pipe.run(["k"], run_dir=run_dir)
+    assert "hello from k" in (run_dir / "logs" / "noisy.log").read_text()

@@ -1,0 +1,78 @@
+"""Sizes, budgets and the pool that grants resources to workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.errors import BudgetError
+from conveyor.resources import Budget, Pool, Resources, detect_cpus, detect_ram, parse_size
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("512", 512), (512, 512), ("256MiB", 256 * 2**20), ("2GiB", 2 * 2**30),
+    ("1.5GB", 1_500_000_000), ("64 KiB", 65536), ("1g", 10**9), (None, 0)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1", "2 parsecs", True])
+def test_parse_size_refuses_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_threads_default_to_ceil_cpus():
+    assert Resources.declare(cpus=0.5).threads == 1
+    assert Resources.declare(cpus=2.5).threads == 3
+    assert Resources.declare(cpus=4, threads=1).threads == 1
+
+
+def test_pool_never_grants_past_the_budget():
+    pool = Pool(Budget(cpus=2, ram=2**30, devices=()))
+    half = Resources.declare(cpus=0.5, ram="256MiB")
+    grants = [pool.acquire(half) for _ in range(4)]
+    assert all(grants)
+    assert pool.acquire(half) is None  # cpus exhausted
+    pool.release(grants[0])
+    assert pool.acquire(Resources.declare(cpus=0.5, ram="512MiB")) is None  # ram exhausted
+    assert pool.acquire(half) is not None
+
+
+def test_fractions_do_not_drift():
+    pool = Pool(Budget(cpus=0.3, ram=0, devices=()))
+    tenth = Resources.declare(cpus=0.1)
+    assert all(pool.acquire(tenth) for _ in range(3))
+    assert pool.acquire(tenth) is None
+
+
+def test_fractional_gpus_share_a_device_and_whole_ones_do_not():
+    pool = Pool(Budget(cpus=16, ram=0, devices=("0", "1")))
+    half = Resources.declare(cpus=1, gpus=0.5)
+    a, b = pool.acquire(half), pool.acquire(half)
+    assert a.devices == b.devices  # packed onto one device
+    whole = pool.acquire(Resources.declare(cpus=1, gpus=1))
+    assert whole is not None and whole.devices != a.devices
+    assert pool.acquire(half) is None
+    assert pool.acquire(Resources.declare(cpus=1, gpus=1)) is None
+    pool.release(whole)
+    two = pool.acquire(Resources.declare(cpus=1, gpus=2))
+    assert two is None  # one device is half-used twice over
+    pool.release(a)
+    pool.release(b)
+    two = pool.acquire(Resources.declare(cpus=1, gpus=2))
+    assert two is not None and sorted(two.devices) == ["0", "1"]
+
+
+def test_budget_override_and_detection():
+    detected = Budget.detect()
+    assert detected.cpus == detect_cpus() and detected.ram == detect_ram()
+    budget = Budget.detect(cpus=2, ram="8GiB", gpus=2)
+    assert budget.cpus == 2 and budget.ram == 8 * 2**30 and budget.gpus == 2
+    assert len(set(budget.devices)) == 2
+
+
+def test_check_fits_names_the_stage_and_the_shortfall():
+    budget = Budget(cpus=2, ram=2**30, devices=())
+    budget.check_fits("small", Resources.declare(cpus=2, ram="1GiB"))
+    with pytest.raises(BudgetError, match="stage 'big' needs ram=2 GiB but the budget has 1 GiB"):
+        budget.check_fits("big", Resources.declare(cpus=1, ram="2GiB"))
