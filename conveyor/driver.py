@@ -133,23 +133,23 @@ class Driver:
         for stage in self.pipeline.stages.values():
             self.budget.check_fits(stage.name, stage.resources)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.run_dir) as lock:
+        with RunLock(self.run_dir) as lock, self._signals():
             self._ledger = SqliteLedger(self.run_dir / LEDGER_FILE)
             self._events = EventLog(self.run_dir)
-            clean = False
+            clean = prepared = False
             try:
                 self._events.emit("run_start", pipeline=self.pipeline.name,
                                   executor=self.executor.name, budget=self.budget.describe(),
                                   pid=os.getpid(), took_over=lock.previous)
                 self._prepare(inputs)
                 self._ledger.commit()
-                with self._signals():
-                    self._loop()
+                prepared = True
+                self._loop()
                 clean = True
             finally:
                 self._stop_all()
-                if clean or self._fatal or self._signal:
-                    self._ledger.commit()
+                if clean or (prepared and (self._fatal or self._signal)):
+                    self._ledger.commit()  # consistent: each item is recorded whole
                 self._events.emit("run_end", counts=self._ledger.counts(),
                                   interrupted=self._signal, fatal=str(self._fatal or "") or None)
                 self._events.close()
@@ -209,7 +209,7 @@ class Driver:
                 ledger.refresh_routed(name)
         if inputs is not None:
             report = ledger.add_inputs(
-                root, ((key, self.store.put(data)) for key, data in input_items(inputs)))
+                root, ((key, self.store.put(data)) for key, data in self._interruptible(inputs)))
             self._events.emit("inputs", added=report.added, changed=report.changed,
                               unchanged=report.unchanged, missing=len(report.missing),
                               missing_keys=report.missing[:20])
@@ -224,6 +224,14 @@ class Driver:
                                 reduces_below={n for n in below if pipe[n].reduce})
             state.pending = counts.get(name, {}).get("pending", 0)
             self.stages[name] = state
+
+    def _interruptible(self, inputs: Iterable[Any]) -> Iterator[tuple[str, bytes]]:
+        """The inputs, stopping with nothing kept if a signal arrives while they are read."""
+        for pair in input_items(inputs):
+            if self._signal is not None:
+                raise RunInterrupted(f"interrupted by {self._signal} while reading inputs; "
+                                     f"nothing was recorded")
+            yield pair
 
     def _reroute(self, name: str) -> None:
         """Give a (re)defined stage the rows its upstreams' finished outputs route to it."""
@@ -249,14 +257,13 @@ class Driver:
     def _loop(self) -> None:
         while self._signal is None and self._fatal is None:
             now = time.time()
+            self._open_reduces()
+            self._reconcile(now)
             busy = self._dispatch(now)
-            timeout = 0.0 if busy else self._idle_timeout(now)
-            for event in self.executor.poll(timeout):
+            for event in self.executor.poll(0.0 if busy else self._idle_timeout(now)):
                 self._handle(event)
             now = time.time()
             self._check_timeouts(now)
-            self._open_reduces()
-            self._reconcile(now)
             self._maybe_commit(now)
             if self._finished():
                 return
@@ -440,32 +447,48 @@ class Driver:
                 cap=s.stage.concurrency, depth=s.depth, throttled=self._throttled(s)))
         return loads
 
+    def _room(self, state: _StageState) -> int:
+        """How many more items ``state`` may take before its downstream queues are full.
+
+        Items in flight count against the room: each will land downstream.
+        """
+        queued = [self.stages[d].pending for d in state.downstream
+                  if not self.stages[d].stage.reduce]
+        return QUEUE_LIMIT - max(queued, default=0) - state.running
+
     def _throttled(self, state: _StageState) -> bool:
-        return any(self.stages[d].pending >= QUEUE_LIMIT for d in state.downstream
-                   if not self.stages[d].stage.reduce)
+        return self._room(state) <= 0
 
     def _reconcile(self, now: float) -> None:
+        """Start and drain workers to meet the plan's targets."""
         targets = plan(self._loads(), self.budget)
+        live = {name: [self.workers[w] for w in state.workers if not self.workers[w].draining]
+                for name, state in self.stages.items()}
+        # A stage short of its target that cannot start a worker now waits for room.
+        starved = any(len(live[name]) < targets[name] and not self.pool.fits(state.stage.resources)
+                      for name, state in self.stages.items())
         for name, state in self.stages.items():
-            live = [self.workers[w] for w in state.workers if not self.workers[w].draining]
-            excess = len(live) - targets[name]
-            if excess > 0:
-                has_work = state.pending > 0 or state.running > 0
-                # Idle workers first, then the youngest; busy ones only once settled in.
-                for worker in sorted(live, key=lambda w: (bool(w.inflight), -w.started)):
-                    if excess <= 0:
-                        break
-                    if has_work and now - worker.started < MIN_WORKER_LIFE:
-                        continue
-                    if not has_work and self._upstream_active(state) and \
-                            now - worker.idle_since < IDLE_SECONDS:
-                        continue
-                    worker.draining = True
-                    excess -= 1
-            elif excess < 0:
-                for _ in range(-excess):
-                    if not self._start_worker(state, now):
-                        break
+            excess = len(live[name]) - targets[name]
+            if excess <= 0:
+                continue
+            has_work = state.pending > 0 or state.running > 0
+            # Idle workers first, then the youngest; busy ones only once settled in.
+            for worker in sorted(live[name], key=lambda w: (bool(w.inflight), -w.started)):
+                if excess <= 0:
+                    break
+                if has_work and now - worker.started < MIN_WORKER_LIFE:
+                    continue
+                # An idle worker waits a moment for more work from upstream, unless
+                # another stage needs its room now.
+                if (not has_work and not starved and self._upstream_active(state)
+                        and now - worker.idle_since < IDLE_SECONDS):
+                    continue
+                worker.draining = True
+                excess -= 1
+        for name, state in self.stages.items():
+            for _ in range(targets[name] - len(live[name])):
+                if not self._start_worker(state, now):
+                    break
         for worker in list(self.workers.values()):
             if worker.draining and not worker.inflight and worker.kill_reason is None:
                 worker.kill_reason = "stopped"
@@ -531,6 +554,9 @@ class Driver:
                 # Top up by at least half a window, so claims and messages stay chunky.
                 if worker.draining or want < max(1, window // 2):
                     continue
+                want = min(want, self._room(state))
+                if want <= 0:
+                    break
                 claims = self._ledger.claim(name, want, f"w{worker_id}", now)
                 if claims:
                     if state.stage.reduce:

@@ -103,7 +103,8 @@ def test_definition_and_usage_errors_exit_2(module, run_dir, tmp_path):
     assert proc.returncode == 2 and "not a conveyor run directory" in proc.stderr
 
 
-def test_sigint_stops_cleanly_and_the_same_command_resumes(module, run_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_cleanly_and_the_same_command_resumes(signum, module, run_dir, tmp_path):
     log = tmp_path / "calls.log"
     env = {"CLI_TEST_LOG": str(log), "CLI_TEST_SLEEP": "0.1"}
     words = [f"w{i:02d}" for i in range(40)]
@@ -114,7 +115,7 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(module, run_dir, tmp_
     deadline = time.time() + 60
     while time.time() < deadline and len(log.read_text().splitlines() if log.exists() else []) < 8:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err

@@ -197,24 +197,23 @@ def test_same_key_twice_from_one_stage_is_a_collision_and_changes_nothing(ledger
 
 # -- reruns ----------------------------------------------------------------------------------------
 
-def test_reset_stage_recomputes_it_and_drops_below(ledger):
+def three_stages(ledger):
+    """x and y done at a and routed to b; x done at b and routed to c."""
     ledger.add_inputs("a", [("x", value(1)), ("y", value(2))])
-    for _ in range(2):
-        (claim,) = ledger.claim("a", 1, "w", 1.0)
+    for claim in ledger.claim("a", 2, "w", 1.0):
         ledger.complete(claim.id, [Output(claim.key, value(claim.key), ("b",))], Status.DONE,
                         "fp", 1.0)
     run_one(ledger, "b", [Output("x", value("bx"), ("c",))])
+
+
+def test_reset_stage_recomputes_it_and_drops_below(ledger):
+    three_stages(ledger)
     assert ledger.reset_stage("a") == 2
     assert ledger.counts() == {"a": {"pending": 2}}
 
 
 def test_drop_stage_and_route_again(ledger):
-    ledger.add_inputs("a", [("x", value(1)), ("y", value(2))])
-    for _ in range(2):
-        (claim,) = ledger.claim("a", 1, "w", 1.0)
-        ledger.complete(claim.id, [Output(claim.key, value(claim.key), ("b",))], Status.DONE,
-                        "fp", 1.0)
-    run_one(ledger, "b", [Output("x", value("bx"), ("c",))])
+    three_stages(ledger)
     assert ledger.drop_stage("b") == 2
     assert ledger.counts() == {"a": {"done": 2}}
     outputs = list(ledger.finished_outputs("a"))

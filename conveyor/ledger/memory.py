@@ -161,17 +161,17 @@ class MemoryLedger(Ledger):
         self._gathers.pop(stage, None)
         return len(ids)
 
-    def finished_outputs(self, stage: str
-                         ) -> Iterator[tuple[int, str, str, bytes | None, str | None]]:
+    def _finished_outputs(self, stage: str) -> list[dict[str, Any]]:
+        """Outputs of ``stage``'s finished rows, by row key then position."""
         rows = sorted((r for r in self._rows.values()
                        if r["stage"] == stage and r["status"] in _FINISHED),
                       key=lambda r: r["key"])
-        result = []
-        for row in rows:
-            for output_id in self._outputs_of.get(row["id"], []):
-                o = self._outputs[output_id]
-                result.append((output_id, o["key"], o["digest"], o["data"], o["ref"]))
-        return iter(result)
+        return [self._outputs[o] for row in rows for o in self._outputs_of.get(row["id"], [])]
+
+    def finished_outputs(self, stage: str
+                         ) -> Iterator[tuple[int, str, str, bytes | None, str | None]]:
+        return iter([(o["id"], o["key"], o["digest"], o["data"], o["ref"])
+                     for o in self._finished_outputs(stage)])
 
     def route(self, target: str, key: str, output_id: int, digest: str, source: str) -> None:
         if (target, key) not in self._by_key:
@@ -310,15 +310,7 @@ class MemoryLedger(Ledger):
                 for r in rows]
 
     def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        rows = sorted((r for r in self._rows.values()
-                       if r["stage"] == stage and r["status"] in _FINISHED),
-                      key=lambda r: r["key"])
-        result = []
-        for row in rows:
-            for output_id in self._outputs_of.get(row["id"], []):
-                o = self._outputs[output_id]
-                result.append((o["key"], o["data"], o["ref"]))
-        return iter(result)
+        return iter([(o["key"], o["data"], o["ref"]) for o in self._finished_outputs(stage)])
 
     def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
         cols = ("id", "stage", "key", "status", "attempts", "input_digest", "fingerprint",
