@@ -2,43 +2,46 @@
 
 ::
 
-      inputs ──▶ ledger (pending rows) ◀──────────────── record outcomes ◀──┐
-                    │                                    (grouped commits)  │
-                    ▼                                                       │
-      scheduler.plan() ── targets ──▶ start / drain workers (executor)      │
-                    │                                                       │
-                    ▼                                                       │
-      claim pending rows ── send(tasks) ──▶ workers ── Results/Exited ──────┘
+     inputs ──▶ ledger: pending rows ◀─────────── record(outcomes), grouped commits ◀──┐
+                   │                                                                  │
+                   ▼                                                                  │
+     scheduler.plan / lease_order ──▶ WorkerPool: start, lease, stop workers          │
+                   │                                                                  │
+                   ▼                                                                  │
+     claim rows ── executor.send(tasks) ──▶ workers (one process per worker) ─────────┘
+                                            Results / Ready / SetupFailed / Exited
 
-Only this loop, in one thread, writes the ledger. Each turn it:
+Only this loop, in one thread, writes the ledger; workers compute and report.
+The unit of scheduling is a *group*: a stage, or a chain of stages fused into
+one worker (:mod:`conveyor.fusion`). Each turn the loop:
 
-1. polls the executor for outcomes, exits and setup failures, and records
-   them: an outcome becomes ``done`` with its outputs and the downstream rows
-   they were routed to; an error is retried after a back-off or becomes
-   ``failed``; a dead worker's current task fails with the reason and the
-   tasks it had not started go back to ``pending``;
-2. kills workers whose current task ran past the stage's ``timeout``;
-3. asks :func:`conveyor.scheduler.plan` for worker targets and starts or
-   drains workers to meet them within the budget;
-4. tops up each worker's window of tasks from the ledger, except for stages
-   whose downstream queue is full (backpressure);
-5. opens a reduce once nothing above it can produce more;
-6. commits the ledger every few tens of milliseconds (durability is grouped:
-   a crash loses at most the last group, whose items simply run again).
+1. opens a reduce once nothing above it can produce more;
+2. asks the scheduler how many workers each group should keep alive and
+   starts or stops workers to match, within the budget (:mod:`.workerpool`);
+3. hands out CPU leases, most urgent group first (:mod:`.scheduler`);
+4. tops up every leased worker's window of tasks from the ledger, deepest
+   stage first, except where the downstream queue is full (backpressure);
+5. polls the executor and records what came back in one ledger call per
+   message: outputs and the rows they were routed to, retries after a
+   back-off, failures with their tracebacks, a dead worker's current task
+   failed with the reason and the rest handed back;
+6. kills workers whose current task ran past the stage's ``timeout``;
+7. commits the ledger every few tens of milliseconds: durability is grouped,
+   and a crash loses at most the last group, whose items simply run again.
 
-The run ends when no stage has pending or running items. Its per-stage
-counters live in memory and are derived from the ledger at start, so the
-driver's memory does not grow with the number of items.
+The run ends when no stage has pending or running items. The per-stage
+counters live in memory and start from the ledger, so the driver's memory
+does not grow with the number of items.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
 import threading
 import time
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,56 +53,69 @@ from . import codec
 from .errors import RunInterrupted, StageContractError
 from .events import EventLog
 from .executors.base import Executor, Exited, Ready, Results, SetupFailed
-from .fingerprint import fingerprints
-from .items import input_items
-from .ledger.base import Claim, KeyCollision, Output, Status
+from .fusion import Group, fuse
+from .ledger.base import Claim, Record, Status
 from .ledger.sqlite import SqliteLedger
 from .lock import RunLock
 from .pipeline import Pipeline, Stage
-from .resources import Budget, Grant, Pool
+from .prepare import prepare
+from .resources import Budget
 from .result import LEDGER_FILE, RunResult
-from .runner import ERROR, FATAL, Outcome, WorkerSpec
-from .scheduler import StageLoad, plan
+from .runner import ERROR, FATAL, Outcome, StageSpec, WorkerSpec
+from .scheduler import Load, plan
 from .store import Store
-from .worker import pinned_env
+from .workerpool import IDLE_SECONDS, Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
-MIN_WORKER_LIFE = 1.0  # seconds before a busy stage's worker may be moved elsewhere
-IDLE_SECONDS = 0.5  # an idle worker whose stage has nothing coming is stopped after this
 QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
-SETUP_FAILURES = 3  # setups failing in a row that mark a stage as broken
-
-
-@dataclass
-class _Worker:
-    id: int
-    stage: str
-    grant: Grant
-    started: float
-    ready: bool = False
-    draining: bool = False
-    kill_reason: str | None = None
-    # item id -> claim, in the order sent; the first is the one running now
-    inflight: dict[int, Claim] = field(default_factory=dict)
-    head_since: float = 0.0  # when the task now at the head began
-    idle_since: float = 0.0
+SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
 
 @dataclass
 class _StageState:
     stage: Stage
+    group: str
     depth: int
-    fingerprint: str
     pending: int = 0
     running: int = 0
-    workers: set[int] = field(default_factory=set)
-    service: float | None = None  # seconds per item per worker, smoothed
+    service: float | None = None  # seconds per item, smoothed
     wait_until: float = 0.0  # nothing claimable before (retry back-off)
     ancestors: set[str] = field(default_factory=set)
     downstream: list[str] = field(default_factory=list)
     reduces_below: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _GroupState:
+    group: Group
+    members: list[_StageState]  # chain order
+    spec: WorkerSpec
     setup_failures: int = 0  # in a row, without a worker getting ready
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def head(self) -> Stage:
+        return self.members[0].stage
+
+    @property
+    def pending(self) -> int:
+        return sum(m.pending for m in self.members)
+
+    @property
+    def running(self) -> int:
+        return sum(m.running for m in self.members)
+
+    def ready(self, now: float) -> int:
+        return sum(m.pending for m in self.members if m.wait_until <= now)
+
+    @property
+    def service(self) -> float | None:
+        known = [m.service for m in self.members if m.service is not None]
+        return sum(known) if known else None
 
 
 class Driver:
@@ -113,10 +129,9 @@ class Driver:
         self.budget = budget
         self.force = force
         self.progress = progress
-        self.pool = Pool(budget)
         self.store = Store(run_dir)
-        self.workers: dict[int, _Worker] = {}
         self.stages: dict[str, _StageState] = {}
+        self.groups: dict[str, _GroupState] = {}
         self._fatal: StageContractError | None = None
         self._signal: str | None = None
         self._last_commit = 0.0
@@ -124,6 +139,7 @@ class Driver:
         self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
         self._ledger: SqliteLedger
         self._events: EventLog
+        self._pool: WorkerPool
 
     # -- the run --------------------------------------------------------------------
 
@@ -136,12 +152,15 @@ class Driver:
         with RunLock(self.run_dir) as lock, self._signals():
             self._ledger = SqliteLedger(self.run_dir / LEDGER_FILE)
             self._events = EventLog(self.run_dir)
+            self._pool = WorkerPool(self.executor, self.budget, self._events)
             clean = prepared = False
             try:
                 self._events.emit("run_start", pipeline=self.pipeline.name,
                                   executor=self.executor.name, budget=self.budget.describe(),
                                   pid=os.getpid(), took_over=lock.previous)
-                self._prepare(inputs)
+                prepare(self.pipeline, self._ledger, self.store, inputs, self.force,
+                        self._events, lambda: self._signal)
+                self._build_state()
                 self._ledger.commit()
                 prepared = True
                 self._loop()
@@ -177,80 +196,25 @@ class Driver:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    # -- preparing the ledger ------------------------------------------------------------
-
-    def _prepare(self, inputs: Iterable[Any] | None) -> None:
-        ledger, pipe = self._ledger, self.pipeline
-        recovered = ledger.recover()
-        if recovered:
-            self._events.emit("recovered", items=recovered)
+    def _build_state(self) -> None:
+        pipe = self.pipeline
+        counts = self._ledger.counts()
         order = pipe.order()
-        ledger.set_meta("pipeline", pipe.name)
-        ledger.set_meta("stages", ",".join(pipe.stages))
-        fps = fingerprints(pipe)
-        old = ledger.stage_fingerprints()
-        root = pipe.root().name
-        for gone in sorted(set(old) - set(fps)):
-            ledger.drop_stage(gone)
-            self._events.emit("stage_removed", stage=gone)
-        changed = [n for n in order if n in self.force or old.get(n) != fps[n]]
-        for name in changed:
-            if old:
-                self._events.emit("stage_reset", stage=name, forced=name in self.force,
-                                  new=name not in old)
-            if name == root:
-                ledger.reset_stage(name)
-            else:
-                ledger.drop_stage(name)
-                self._reroute(name)
-            ledger.set_stage_fingerprint(name, fps[name])
-        for name in {up for n in changed for up in pipe[n].upstream}:
-            if pipe.routes(name):
-                ledger.refresh_routed(name)
-        if inputs is not None:
-            report = ledger.add_inputs(
-                root, ((key, self.store.put(data)) for key, data in self._interruptible(inputs)))
-            self._events.emit("inputs", added=report.added, changed=report.changed,
-                              unchanged=report.unchanged, missing=len(report.missing),
-                              missing_keys=report.missing[:20])
-        ledger.retry_failed()
-        counts = ledger.counts()
-        for depth, name in enumerate(order):
-            stage = pipe[name]
-            below = pipe.descendants(name)
-            state = _StageState(stage, depth, fps[name],
-                                ancestors=pipe.ancestors(name),
-                                downstream=[s.name for s in pipe.downstream(name)],
-                                reduces_below={n for n in below if pipe[n].reduce})
-            state.pending = counts.get(name, {}).get("pending", 0)
-            self.stages[name] = state
-
-    def _interruptible(self, inputs: Iterable[Any]) -> Iterator[tuple[str, bytes]]:
-        """The inputs, stopping with nothing kept if a signal arrives while they are read."""
-        for pair in input_items(inputs):
-            if self._signal is not None:
-                raise RunInterrupted(f"interrupted by {self._signal} while reading inputs; "
-                                     f"nothing was recorded")
-            yield pair
-
-    def _reroute(self, name: str) -> None:
-        """Give a (re)defined stage the rows its upstreams' finished outputs route to it."""
-        stage = self.pipeline[name]
-        for up in stage.upstream:
-            for output_id, key, digest, data, ref in self._ledger.finished_outputs(up):
-                if stage.when is not None:
-                    try:
-                        if not stage.when(codec.decode(self.store.get(data, ref))):
-                            continue
-                    except Exception:
-                        continue  # the item's producer recorded no such route before either
-                try:
-                    if stage.reduce:
-                        self._ledger.gather(name, output_id)
-                    else:
-                        self._ledger.route(name, key, output_id, digest, up)
-                except KeyCollision as exc:
-                    self._events.emit("route_refused", stage=name, key=key, error=str(exc))
+        for group in fuse(pipe):
+            members = []
+            for name in group.stages:
+                stage = pipe[name]
+                state = _StageState(
+                    stage, group.name, order.index(name), ancestors=pipe.ancestors(name),
+                    downstream=[s.name for s in pipe.downstream(name)],
+                    reduces_below={n for n in pipe.descendants(name) if pipe[n].reduce})
+                state.pending = counts.get(name, {}).get("pending", 0)
+                self.stages[name] = state
+                members.append(state)
+            spec = WorkerSpec(group.name, tuple(StageSpec(m.stage, pipe.routes(m.stage.name))
+                                                for m in members),
+                              str(self.run_dir), self.store.inline_limit)
+            self.groups[group.name] = _GroupState(group, members, spec)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -258,7 +222,9 @@ class Driver:
         while self._signal is None and self._fatal is None:
             now = time.time()
             self._open_reduces()
-            self._reconcile(now)
+            loads = self._loads(now)
+            self._reconcile(loads, now)
+            self._pool.assign_leases(loads, now)
             busy = self._dispatch(now)
             for event in self.executor.poll(0.0 if busy else self._idle_timeout(now)):
                 self._handle(event)
@@ -278,8 +244,8 @@ class Driver:
             return False
         return all(name in self._settled for name, s in self.stages.items() if s.stage.reduce)
 
-    def _maybe_commit(self, now: float, force: bool = False) -> None:
-        if force or now - self._last_commit >= COMMIT_SECONDS:
+    def _maybe_commit(self, now: float) -> None:
+        if now - self._last_commit >= COMMIT_SECONDS:
             self._ledger.commit()
             self._events.flush()
             self._last_commit = now
@@ -288,301 +254,304 @@ class Driver:
                 self._last_progress = now
 
     def _print_progress(self) -> None:
-        parts = []
-        for name, s in self.stages.items():
-            parts.append(f"{name}: {s.pending} pending {s.running} running "
-                         f"{len(s.workers)} workers")
+        parts = [f"{name}: {s.pending} pending {s.running} running"
+                 for name, s in self.stages.items()]
         print(" | ".join(parts), flush=True)
 
-    # -- events from workers ----------------------------------------------------------------
+    # -- what comes back from workers --------------------------------------------------------
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, Results):
             self._record(event.worker, event.outcomes)
-        elif isinstance(event, Ready):
-            worker = self.workers.get(event.worker)
-            if worker is not None:
-                worker.ready = True
-                worker.head_since = worker.idle_since = time.time()
-                self.stages[worker.stage].setup_failures = 0
-        elif isinstance(event, SetupFailed):
-            worker = self.workers.get(event.worker)
-            if worker is not None:
-                self._setup_failed(worker, event.error, event.traceback)
-        elif isinstance(event, Exited):
+            return
+        worker = self._pool.workers.get(event.worker)
+        if isinstance(event, Exited):
             self._exited(event.worker, event.reason)
+        elif worker is None:
+            return
+        elif isinstance(event, Ready):
+            worker.ready = True
+            worker.head_since = worker.idle_since = time.time()
+            self.groups[worker.group].setup_failures = 0
+        elif isinstance(event, SetupFailed):
+            self._setup_failed(worker, event.error, event.traceback)
 
     def _record(self, worker_id: int, outcomes: list[Outcome]) -> None:
-        worker = self.workers.get(worker_id)
+        worker = self._pool.workers.get(worker_id)
         if worker is None:
             return
-        state = self.stages[worker.stage]
-        calls: dict[tuple[float, float], int] = {}  # a batch's outcomes share one call
+        records = []
         for outcome in outcomes:
-            claim = worker.inflight.get(outcome.id)
-            if claim is None:
-                continue
-            if outcome.status == FATAL:
-                self._fail(worker, claim, outcome.error or "", None, retry=False)
-                self._fatal = StageContractError(outcome.error)
-            elif outcome.status == ERROR:
-                self._fail(worker, claim, outcome.error or "", outcome.traceback)
-            else:
-                self._complete(worker, claim, outcome)
-            span = (outcome.started, outcome.ended)
-            calls[span] = calls.get(span, 0) + 1
-        for (started, ended), n in calls.items():
-            per_item = max(ended - started, 1e-6) / n
-            state.service = per_item if state.service is None else (
-                0.8 * state.service + 0.2 * per_item)
+            if outcome.item_id is not None:
+                if worker.inflight.pop(outcome.item_id, None) is None:
+                    continue  # already settled (a timeout raced the result)
+            records.append(self._verdict(outcome, f"w{worker_id}"))
+            self._measure(outcome)
+        self._apply(records)
         now = time.time()
         worker.head_since = now
         if not worker.inflight:
             worker.idle_since = now
 
-    def _complete(self, worker: _Worker, claim: Claim, outcome: Outcome) -> None:
-        state = self.stages[worker.stage]
-        try:
-            self._ledger.complete(claim.id, outcome.outputs, Status(outcome.status),
-                                  state.fingerprint, outcome.ended)
-        except KeyCollision as exc:
-            self._fail(worker, claim, str(exc), None, retry=False)
-            return
-        del worker.inflight[claim.id]
-        state.running -= 1
-        for out in outcome.outputs:
-            for target in out.targets:
-                self.stages[target].pending += 1
-            for reduce in out.gathers:
-                self._settled.discard(reduce)
-        self._settled.difference_update(state.reduces_below)
-
-    def _fail(self, worker: _Worker, claim: Claim, error: str, tb: str | None,
-              retry: bool = True) -> None:
-        state = self.stages[worker.stage]
-        stage = state.stage
-        now = time.time()
-        retry_at = None
-        if retry and claim.attempt <= stage.retries:
-            retry_at = now + stage.retry_backoff * 2 ** (claim.attempt - 1)
-        status = self._ledger.fail(claim.id, error, tb, now, retry_at)
-        worker.inflight.pop(claim.id, None)
-        state.running -= 1
-        if status is Status.PENDING:
-            state.pending += 1
-            self._events.emit("retry", stage=stage.name, key=claim.key, attempt=claim.attempt,
-                              error=error)
+    def _verdict(self, outcome: Outcome, worker: str) -> Record:
+        """The ledger record for an outcome: retry an error while retries last."""
+        stage = self.stages[outcome.stage].stage
+        status, retry_at = Status.FAILED, None
+        if outcome.status == FATAL:
+            self._fatal = StageContractError(outcome.error)
+        elif outcome.status == ERROR:
+            if outcome.attempt <= stage.retries:
+                status = Status.PENDING
+                retry_at = time.time() + stage.retry_backoff * 2 ** (outcome.attempt - 1)
         else:
-            self._events.emit("failed", stage=stage.name, key=claim.key,
-                              attempts=claim.attempt, error=error)
+            status = Status(outcome.status)
+        return Record(outcome.stage, outcome.key, outcome.item_id, status, outcome.attempt,
+                      outcome.started, outcome.ended, outcome.outputs, outcome.error,
+                      outcome.traceback, retry_at, worker)
 
-    def _setup_failed(self, worker: _Worker, error: str, tb: str) -> None:
-        """The tasks sent to a worker whose setup raised fail with that error.
+    def _measure(self, outcome: Outcome) -> None:
+        state = self.stages[outcome.stage]
+        batch = state.stage.batch_size or 1
+        per_item = max(outcome.ended - outcome.started, 1e-6) / batch
+        state.service = per_item if state.service is None else (
+            0.9 * state.service + 0.1 * per_item)
 
-        After SETUP_FAILURES in a row the stage is taken as broken: every item
+    def _apply(self, records: list[Record]) -> None:
+        """Write records to the ledger and keep the in-memory counters in step."""
+        if not records:
+            return
+        refused = {id(r.record): r.reason for r in self._ledger.record(records)}
+        fused = {(r.stage, r.key) for r in records
+                 if r.item_id is None and id(r) not in refused}
+        collided = []
+        for r in records:
+            state = self.stages[r.stage]
+            reason = refused.get(id(r))
+            if reason is not None:
+                if r.item_id is not None:
+                    collided.append(r._replace(status=Status.FAILED, outputs=[], error=reason,
+                                               traceback=None, retry_at=None))
+                continue
+            if r.item_id is not None:
+                state.running -= 1
+            if r.status is Status.PENDING:
+                state.pending += 1
+                self._events.emit("retry", stage=r.stage, key=r.key, attempt=r.attempt,
+                                  error=r.error)
+            elif r.status is Status.FAILED:
+                self._events.emit("failed", stage=r.stage, key=r.key, attempts=r.attempt,
+                                  error=r.error)
+            for out in r.outputs:
+                for target in out.targets:
+                    if (target, out.key) not in fused:
+                        self.stages[target].pending += 1
+            self._settled.difference_update(state.reduces_below)
+        if collided:  # the key collided: the producing item fails for good
+            self._apply(collided)
+
+    def _setup_failed(self, worker: Worker, error: str, tb: str) -> None:
+        """Tasks sent to a worker whose setup raised fail with that error.
+
+        After SETUP_FAILURES in a row the group is taken as broken: every item
         waiting for it fails now with the setup error, instead of each one
         waiting for a worker that cannot start.
         """
-        state = self.stages[worker.stage]
-        state.setup_failures += 1
-        self._events.emit("setup_failed", stage=worker.stage, worker=worker.id, error=error)
+        group = self.groups[worker.group]
+        group.setup_failures += 1
+        self._events.emit("setup_failed", group=worker.group, worker=worker.id, error=error)
         worker.kill_reason = "setup failed"
-        for claim in list(worker.inflight.values()):
-            self._fail(worker, claim, error, tb)
-        if state.setup_failures < SETUP_FAILURES:
+        self._fail_claims(worker, list(worker.inflight.values()), error, tb, retry=True)
+        worker.inflight.clear()
+        if group.setup_failures < SETUP_FAILURES:
             return
-        while state.pending:
-            claims = self._ledger.claim(state.stage.name, 1000, f"w{worker.id}", time.time())
-            if not claims:
-                break
-            state.pending -= len(claims)
-            state.running += len(claims)
-            for claim in claims:
-                worker.inflight[claim.id] = claim
-                self._fail(worker, claim, error, tb, retry=False)
+        now = time.time()
+        for member in group.members:
+            while member.pending:
+                claims = self._ledger.claim(member.stage.name, 1000, f"w{worker.id}", now)
+                if not claims:
+                    break
+                member.pending -= len(claims)
+                member.running += len(claims)
+                self._fail_claims(worker, claims, error, tb, retry=False)
+
+    def _fail_claims(self, worker: Worker, claims: list[Claim], error: str, tb: str | None,
+                     retry: bool) -> None:
+        records = []
+        for claim in claims:
+            stage = self.stages[claim.stage].stage
+            again = retry and claim.attempt <= stage.retries
+            records.append(Record(
+                claim.stage, claim.key, claim.id, Status.PENDING if again else Status.FAILED,
+                claim.attempt, time.time(), time.time(), [], error, tb,
+                time.time() + stage.retry_backoff * 2 ** (claim.attempt - 1) if again else None,
+                f"w{worker.id}"))
+        self._apply(records)
 
     def _exited(self, worker_id: int, reason: str) -> None:
-        worker = self.workers.pop(worker_id, None)
-        if worker is None:
-            return
-        state = self.stages[worker.stage]
-        state.workers.discard(worker_id)
-        self.pool.release(worker.grant)
-        self._events.emit("worker_exit", stage=worker.stage, worker=worker_id,
-                          reason=worker.kill_reason or reason)
-        if not worker.inflight:
+        worker = self._pool.exited(worker_id, reason)
+        if worker is None or not worker.inflight:
             return
         # The head task (the head batch for a batch stage) was running: it failed.
         # The tasks behind it never started: they go back without using an attempt.
         claims = list(worker.inflight.values())
-        running = claims[: state.stage.batch_size or 1]
-        why = worker.kill_reason or f"worker {reason}"
-        for claim in running:
-            self._fail(worker, claim, why, None)
-        rest = [c.id for c in claims[len(running):]]
-        self._ledger.release(rest)
-        state.running -= len(rest)
-        state.pending += len(rest)
+        running = claims[: self.groups[worker.group].spec.batch_size or 1]
+        why = worker.kill_reason if worker.kill_reason not in (None, "stopped") else \
+            f"worker {reason}"
+        self._fail_claims(worker, running, why, None, retry=True)
+        self._release(claims[len(running):])
+
+    def _release(self, claims: list[Claim]) -> None:
+        self._ledger.release([c.id for c in claims])
+        for claim in claims:
+            self.stages[claim.stage].running -= 1
+            self.stages[claim.stage].pending += 1
 
     def _check_timeouts(self, now: float) -> None:
         if not self.executor.can_kill:
             return
-        for worker in self.workers.values():
-            timeout = self.stages[worker.stage].stage.timeout
-            if (timeout and worker.inflight and worker.ready and worker.kill_reason is None
-                    and now - worker.head_since > timeout):
-                worker.kill_reason = f"timed out after {timeout:g} s"
-                self.executor.stop(worker.id, kill=True)
-
-    # -- workers ---------------------------------------------------------------------------
-
-    def _loads(self) -> list[StageLoad]:
-        loads = []
-        for name, s in self.stages.items():
-            ready = s.pending if s.wait_until <= time.time() else 0
-            live = [w for w in s.workers if not self.workers[w].draining]
-            loads.append(StageLoad(
-                name=name, resources=s.stage.resources, ready=ready, running=s.running,
-                workers=len(live), service=s.service, batch=s.stage.batch_size or 1,
-                cap=s.stage.concurrency, depth=s.depth, throttled=self._throttled(s)))
-        return loads
-
-    def _room(self, state: _StageState) -> int:
-        """How many more items ``state`` may take before its downstream queues are full.
-
-        Items in flight count against the room: each will land downstream.
-        """
-        queued = [self.stages[d].pending for d in state.downstream
-                  if not self.stages[d].stage.reduce]
-        return QUEUE_LIMIT - max(queued, default=0) - state.running
-
-    def _throttled(self, state: _StageState) -> bool:
-        return self._room(state) <= 0
-
-    def _reconcile(self, now: float) -> None:
-        """Start and drain workers to meet the plan's targets."""
-        targets = plan(self._loads(), self.budget)
-        live = {name: [self.workers[w] for w in state.workers if not self.workers[w].draining]
-                for name, state in self.stages.items()}
-        # A stage short of its target that cannot start a worker now waits for room.
-        starved = any(len(live[name]) < targets[name] and not self.pool.fits(state.stage.resources)
-                      for name, state in self.stages.items())
-        for name, state in self.stages.items():
-            excess = len(live[name]) - targets[name]
-            if excess <= 0:
+        for worker in list(self._pool.workers.values()):
+            if not worker.inflight or not worker.ready or worker.kill_reason is not None:
                 continue
-            has_work = state.pending > 0 or state.running > 0
-            # Idle workers first, then the youngest; busy ones only once settled in.
-            for worker in sorted(live[name], key=lambda w: (bool(w.inflight), -w.started)):
-                if excess <= 0:
-                    break
-                if has_work and now - worker.started < MIN_WORKER_LIFE:
-                    continue
-                # An idle worker waits a moment for more work from upstream, unless
-                # another stage needs its room now.
-                if (not has_work and not starved and self._upstream_active(state)
-                        and now - worker.idle_since < IDLE_SECONDS):
-                    continue
-                worker.draining = True
-                excess -= 1
-        for name, state in self.stages.items():
-            for _ in range(targets[name] - len(live[name])):
-                if not self._start_worker(state, now):
-                    break
-        for worker in list(self.workers.values()):
-            if worker.draining and not worker.inflight and worker.kill_reason is None:
-                worker.kill_reason = "stopped"
-                self.executor.stop(worker.id)
-
-    def _upstream_active(self, state: _StageState) -> bool:
-        return any(self.stages[a].pending or self.stages[a].running for a in state.ancestors)
-
-    def _start_worker(self, state: _StageState, now: float) -> bool:
-        grant = self.pool.acquire(state.stage.resources)
-        if grant is None:
-            return False
-        stage = state.stage
-        spec = WorkerSpec(stage, self.pipeline.routes(stage.name), str(self.run_dir),
-                          self.store.inline_limit)
-        env = pinned_env(stage.resources.threads, grant.devices, stage.env)
-        worker_id = self.executor.start(spec, env)
-        self.workers[worker_id] = _Worker(worker_id, stage.name, grant, now,
-                                          head_since=now, idle_since=now)
-        state.workers.add(worker_id)
-        self._events.emit("worker_start", stage=stage.name, worker=worker_id,
-                          pid=self.executor.pid(worker_id), cpus=stage.resources.cpus,
-                          ram=stage.resources.ram, gpus=stage.resources.gpus,
-                          devices=list(grant.devices), threads=stage.resources.threads)
-        return True
+            head = next(iter(worker.inflight.values()))
+            timeout = self.stages[head.stage].stage.timeout
+            if timeout and now - worker.head_since > timeout:
+                self._pool.stop(worker, f"timed out after {timeout:g} s", kill=True)
 
     def _stop_all(self) -> None:
         """Stop every worker; record what they finish, hand back what they did not start."""
+        if not hasattr(self, "_pool"):
+            return
         for event in self.executor.shutdown(grace=5.0 if self._signal is None else 2.0):
             if isinstance(event, Results):
                 self._record(event.worker, event.outcomes)
-        for worker in list(self.workers.values()):
-            state = self.stages[worker.stage]
-            self._ledger.release(list(worker.inflight))
-            state.running -= len(worker.inflight)
-            state.pending += len(worker.inflight)
+        for worker in list(self._pool.workers.values()):
+            self._release(list(worker.inflight.values()))
             worker.inflight.clear()
-            self._exited(worker.id, "stopped with the run")
+            self._pool.exited(worker.id, "stopped with the run")
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _loads(self, now: float) -> dict[str, Load]:
+        loads = {}
+        for name, g in self.groups.items():
+            ready = g.ready(now)
+            head = g.members[0]
+            if g.head.reduce:
+                ready = ready if self._reduce_due(head) else 0
+            in_fill = 1.0 if not head.stage.upstream else min(1.0, g.pending / QUEUE_LIMIT)
+            loads[name] = Load(
+                name=name, resources=g.head.resources, ready=ready, running=g.running,
+                workers=len(self._pool.of(name)), service=g.service,
+                batch=g.head.batch_size or 1, cap=g.head.concurrency, depth=head.depth,
+                throttled=self._room(g) <= 0,
+                expected=not g.pending and not g.head.reduce and self._fed(g),
+                in_fill=in_fill, out_fill=self._out_fill(g))
+        return loads
+
+    def _out_fill(self, group: _GroupState) -> float:
+        queued = [self.stages[d].pending for d in group.members[-1].downstream
+                  if not self.stages[d].stage.reduce]
+        return min(1.0, max(queued, default=0) / QUEUE_LIMIT)
+
+    def _room(self, group: _GroupState) -> int:
+        """How many more items the group may take before its downstream queues are full.
+
+        Items in flight count against the room: each will land downstream.
+        """
+        queued = [self.stages[d].pending for d in group.members[-1].downstream
+                  if not self.stages[d].stage.reduce]
+        return QUEUE_LIMIT - max(queued, default=0) - group.running
+
+    def _fed(self, group: _GroupState) -> bool:
+        """Whether work may still arrive: something above the group is pending or running."""
+        head = group.members[0]
+        return any(self.stages[a].pending or self.stages[a].running for a in head.ancestors)
+
+    def _reconcile(self, loads: dict[str, Load], now: float) -> None:
+        """Start and stop workers to match the plan's targets."""
+        targets = plan(list(loads.values()), self._pool.live_budget)
+        for name, group in self.groups.items():
+            for _ in range(targets[name] - len(self._pool.of(name))):
+                if self._pool.start(group.spec, now) is None:
+                    break
+
+        def wanted(worker: Worker) -> bool:
+            group = self.groups[worker.group]
+            if not (group.pending or group.running or self._fed(group)):
+                return False  # nothing left for it to do
+            surplus = len(self._pool.of(worker.group)) - targets[worker.group]
+            return surplus <= 0 or now - worker.idle_since < IDLE_SECONDS
+
+        self._pool.stop_idle(wanted, now)
 
     # -- handing out work ----------------------------------------------------------------------
 
-    def _window(self, state: _StageState) -> int:
-        batch = state.stage.batch_size
+    def _window(self, group: _GroupState) -> int:
+        batch = group.head.batch_size
         if batch:
             return 2 * batch
-        if state.service is None:
+        service = group.service
+        if service is None:
             return 2
-        return max(2, min(512, math.ceil(WINDOW_SECONDS / state.service)))
+        return max(2, min(512, math.ceil(WINDOW_SECONDS / service)))
 
     def _dispatch(self, now: float) -> bool:
-        """Top up every worker's window; True if any task was sent."""
+        """Top up every leased worker's window; True if any task was sent."""
         sent = False
-        for state in sorted(self.stages.values(), key=lambda s: -s.depth):
-            if not state.pending or state.wait_until > now or self._throttled(state):
+        for group in sorted(self.groups.values(), key=lambda g: -g.members[0].depth):
+            if not group.pending:
                 continue
-            name = state.stage.name
-            if state.stage.reduce and (name not in self._settled or self._upstream_active(state)):
+            if group.head.reduce and not self._reduce_due(group.members[0]):
                 continue
-            window = self._window(state)
-            for worker_id in sorted(state.workers):
-                worker = self.workers[worker_id]
+            window = self._window(group)
+            for worker in self._pool.of(group.name):
                 want = window - len(worker.inflight)
                 # Top up by at least half a window, so claims and messages stay chunky.
-                if worker.draining or want < max(1, window // 2):
+                if not worker.can_take_work or want < max(1, window // 2):
                     continue
-                want = min(want, self._room(state))
+                want = min(want, self._room(group))
                 if want <= 0:
                     break
-                claims = self._ledger.claim(name, want, f"w{worker_id}", now)
-                if claims:
-                    if state.stage.reduce:
-                        claims = [c._replace(ref=self._write_gather_file(name)) for c in claims]
-                    if not worker.inflight:
-                        worker.head_since = now
-                    for claim in claims:
-                        worker.inflight[claim.id] = claim
-                    state.pending -= len(claims)
-                    state.running += len(claims)
-                    self.executor.send(worker_id, claims)
-                    sent = True
-                if len(claims) < want:
-                    if state.pending:  # the rest is backing off before a retry
-                        state.wait_until = self._ledger.next_retry(name) or now
+                claims = self._claim(group, want, worker, now)
+                if not claims:
                     break
+                if group.head.reduce:
+                    claims = [c._replace(ref=self._write_gather_file(c.stage)) for c in claims]
+                if not worker.inflight:
+                    worker.head_since = now
+                for claim in claims:
+                    worker.inflight[claim.id] = claim
+                self.executor.send(worker.id, claims)
+                sent = True
         return sent
 
-    # -- reduces ----------------------------------------------------------------------------------
+    def _claim(self, group: _GroupState, want: int, worker: Worker, now: float) -> list[Claim]:
+        """Claim up to ``want`` rows for a worker, deepest stage of the group first."""
+        claims: list[Claim] = []
+        for member in reversed(group.members):
+            if len(claims) >= want or not member.pending or member.wait_until > now:
+                continue
+            got = self._ledger.claim(member.stage.name, want - len(claims), f"w{worker.id}", now)
+            member.pending -= len(got)
+            member.running += len(got)
+            claims.extend(got)
+            if member.pending and len(claims) < want:
+                # the rest is backing off before a retry
+                member.wait_until = self._ledger.next_retry(member.stage.name) or now
+        return claims
+
+    # -- reduces -------------------------------------------------------------------------------------
+
+    def _reduce_due(self, state: _StageState) -> bool:
+        return state.stage.name in self._settled and not any(
+            self.stages[a].pending or self.stages[a].running for a in state.ancestors)
 
     def _open_reduces(self) -> None:
         """Check each reduce once nothing above it can change; (re)open it if its input did."""
         for name, state in self.stages.items():
-            if not state.stage.reduce or name in self._settled:
+            if not state.stage.reduce or name in self._settled or state.running:
                 continue
-            if state.running or self._upstream_active(state):
+            if any(self.stages[a].pending or self.stages[a].running for a in state.ancestors):
                 continue
             digest = _gather_digest(self._ledger.gathered(name))
             row = self._ledger.reduce_row(name)
@@ -604,9 +573,7 @@ class Driver:
 
 
 def _gather_digest(rows: Iterable[Any]) -> str:
-    import hashlib
-
     h = hashlib.blake2b(digest_size=16)
     for row in rows:
-        h.update(orjson.dumps([row.key, row.digest]))
+        h.update(orjson.dumps([row.key, row.digest or codec.digest(row.data or b"")]))
     return h.hexdigest()

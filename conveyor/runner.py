@@ -1,11 +1,13 @@
-"""Running one stage's code on tasks: the part every executor shares.
+"""Running a group's code on tasks: the part every executor shares.
 
-A :class:`StageRunner` lives wherever the stage's code runs (the driver's own
-process for the inline executor, a worker process, a Ray actor). It calls
-``setup()`` once, then turns tasks (ledger claims) into :class:`Outcome`:
-it decodes each input, calls the user's code with its context, names the
-outputs (``parent/0`` for a generator's children), encodes and stores them,
-and evaluates the downstream ``when=`` predicates so the driver only records.
+A :class:`GroupRunner` lives wherever a group's code runs (the driver's own
+process for the inline executor, a worker process, a Ray actor). It runs each
+stage's ``setup()`` once, then turns tasks (ledger claims) into
+:class:`Outcome`: it decodes each input, calls the user's code with its
+context, names the outputs (``parent/0`` for a generator's children), encodes
+and stores them, and evaluates the downstream ``when=`` predicates so the
+driver only records. In a fused group an output bound for the next stage of
+the chain is carried straight into it, and its outcome follows its parent's.
 """
 
 from __future__ import annotations
@@ -25,26 +27,48 @@ from .ledger.base import Claim, Output, Status
 from .pipeline import Route, Stage
 from .store import INLINE_LIMIT, Store
 
+DONE, ROUTED_OUT = Status.DONE.value, Status.ROUTED_OUT.value
+ERROR = "error"  # the user's code raised: retried under the stage's rules
+FATAL = "fatal"  # the stage broke its contract: the run stops
+
 
 @dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to run a stage, picklable with cloudpickle."""
+class StageSpec:
+    """One stage as a worker sees it: its code and where its outputs may go."""
 
     stage: Stage
     routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to run a group, picklable with cloudpickle."""
+
+    group: str
+    stages: tuple[StageSpec, ...]  # chain order
     run_dir: str
     inline_limit: int = INLINE_LIMIT
 
+    @property
+    def batch_size(self) -> int | None:
+        return self.stages[0].stage.batch_size
+
+    @property
+    def resources(self) -> Any:
+        return self.stages[0].stage.resources
+
 
 class Outcome(NamedTuple):
-    """What became of one task.
+    """What became of one task, or of a row its parent created in the same worker.
 
-    ``status`` is ``done`` or ``routed-out`` (with ``outputs``), ``error`` (the
-    user's code raised: retried under the stage's rules) or ``fatal`` (the
-    stage broke its contract: the run stops).
+    ``item_id`` is ``None`` for such a fused row. ``status`` is ``done`` or
+    ``routed-out`` (with ``outputs``), ``error`` or ``fatal``.
     """
 
-    id: int
+    stage: str
+    key: str
+    item_id: int | None
+    attempt: int
     status: str
     outputs: list[Output]
     error: str | None
@@ -61,17 +85,18 @@ class Loaded(NamedTuple):
     error: BaseException | None
 
 
-ERROR = "error"
-FATAL = "fatal"
+class RoutingError(Exception):
+    """A downstream ``when=`` predicate raised on this item's output."""
 
 
 class StageRunner:
-    """Calls one stage's code; see the module docstring."""
+    """Calls one stage's code."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: StageSpec, store: Store, run_dir: str) -> None:
         self.stage: Stage = spec.stage
-        self.store = Store(spec.run_dir, spec.inline_limit)
+        self.routes = spec.routes
+        self.store = store
+        self.run_dir = run_dir
         self.logger = logging.getLogger(f"conveyor.stage.{self.stage.name}")
         self._call: Any = None
         self._takes_ctx = self.stage.takes_ctx  # inspected once, not per item
@@ -97,14 +122,6 @@ class StageRunner:
         except Exception as exc:  # a missing or corrupt value fails the item, not the worker
             return Loaded(task, None, exc)
 
-    def run(self, loaded: list[Loaded]) -> list[Outcome]:
-        """Outcomes of a list of loaded tasks: one call per item, or one per batch."""
-        if self.stage.batch_size:
-            return self._call_batch(loaded)
-        return [self._call_one(item) for item in loaded]
-
-    # -- calls -------------------------------------------------------------------
-
     def _context(self, keys: list[str], attempt: int) -> Context:
         return Context(self.stage.name, keys, attempt, self.stage.resources, self.store,
                        self.logger)
@@ -120,7 +137,13 @@ class StageRunner:
         finally:
             deactivate(token)
 
-    def _call_one(self, item: Loaded) -> Outcome:
+    def _outcome(self, task: Claim, status: str, outputs: list[Output], error: str | None,
+                 tb: str | None, started: float) -> Outcome:
+        return Outcome(self.stage.name, task.key, task.id, task.attempt, status, outputs,
+                       error, tb, started, time.time())
+
+    def call_one(self, item: Loaded) -> Outcome:
+        """Call the stage on one value."""
         task = item.task
         started = time.time()
         try:
@@ -128,8 +151,7 @@ class StageRunner:
                 raise item.error
             ctx = self._context([task.key], task.attempt)
             if self.stage.reduce:
-                result = self._invoke(self._gathered(task), ctx)
-                produced = [_keyed(task.key, result)]
+                produced = [_keyed(task.key, self._invoke(self._gathered(task), ctx))]
             elif self._is_generator:
                 produced = [_keyed(f"{task.key}/{i}", v)
                             for i, v in enumerate(self._invoke(item.value, ctx))]
@@ -137,17 +159,16 @@ class StageRunner:
                 produced = [_keyed(task.key, self._invoke(item.value, ctx))]
             outputs, status = self._outputs(produced, task.key)
         except StageContractError as exc:
-            return Outcome(task.id, FATAL, [], str(exc), None, started, time.time())
+            return self._outcome(task, FATAL, [], str(exc), None, started)
         except Exception as exc:
-            return Outcome(task.id, ERROR, [], _describe(exc), traceback.format_exc(),
-                           started, time.time())
-        return Outcome(task.id, status, outputs, None, None, started, time.time())
+            return self._outcome(task, ERROR, [], _describe(exc), traceback.format_exc(), started)
+        return self._outcome(task, status, outputs, None, None, started)
 
-    def _call_batch(self, loaded: list[Loaded]) -> list[Outcome]:
+    def call_batch(self, loaded: list[Loaded]) -> list[Outcome]:
+        """Call a batch stage once on the values of ``loaded``."""
         started = time.time()
-        bad = [item for item in loaded if item.error is not None]
+        outcomes = [self.call_one(item) for item in loaded if item.error is not None]
         good = [item for item in loaded if item.error is None]
-        outcomes = [self._call_one(item) for item in bad]  # each fails on its own input error
         if not good:
             return outcomes
         keys = [item.task.key for item in good]
@@ -162,29 +183,24 @@ class StageRunner:
                     f"{len(good)} values and must return a list of {len(good)}, got {got}")
             per_item = [self._outputs([_keyed(key, r)], key) for key, r in zip(keys, results)]
         except StageContractError as exc:
-            ended = time.time()
-            return outcomes + [Outcome(item.task.id, FATAL, [], str(exc), None, started, ended)
-                               for item in good]
+            return outcomes + [self._outcome(i.task, FATAL, [], str(exc), None, started)
+                               for i in good]
         except Exception as exc:
-            ended, text, tb = time.time(), _describe(exc), traceback.format_exc()
-            return outcomes + [Outcome(item.task.id, ERROR, [], text, tb, started, ended)
-                               for item in good]
-        ended = time.time()
-        return outcomes + [Outcome(item.task.id, status, outputs, None, None, started, ended)
-                           for item, (outputs, status) in zip(good, per_item)]
+            text, tb = _describe(exc), traceback.format_exc()
+            return outcomes + [self._outcome(i.task, ERROR, [], text, tb, started) for i in good]
+        return outcomes + [self._outcome(i.task, status, outputs, None, None, started)
+                           for i, (outputs, status) in zip(good, per_item)]
 
     def _gathered(self, task: Claim) -> Iterator[Any]:
         """A reduce's input: the gather file the driver wrote, one value per line."""
         assert task.ref is not None
-        with open(Path(self.spec.run_dir) / task.ref, "rb") as fh:
+        with open(Path(self.run_dir) / task.ref, "rb") as fh:
             for line in fh:
                 line = line.rstrip(b"\n")
                 if line.startswith(b"@"):
                     yield codec.decode(self.store.get(None, line[1:].decode()))
                 else:
                     yield codec.decode(line)
-
-    # -- outputs -------------------------------------------------------------------
 
     def _outputs(self, produced: Iterable[tuple[str, Any]], key: str
                  ) -> tuple[list[Output], str]:
@@ -199,13 +215,13 @@ class StageRunner:
             targets, gathers = self._route(value)
             outputs.append(Output(out_key, self.store.put(data), targets, gathers))
         taken = any(o.targets or o.gathers for o in outputs)
-        routed_out = bool(self.spec.routes) and bool(outputs) and not taken
-        return outputs, (Status.ROUTED_OUT if routed_out else Status.DONE).value
+        routed_out = bool(self.routes) and bool(outputs) and not taken
+        return outputs, ROUTED_OUT if routed_out else DONE
 
     def _route(self, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         targets: list[str] = []
         gathers: list[str] = []
-        for route in self.spec.routes:
+        for route in self.routes:
             try:
                 accepted = route.when is None or bool(route.when(value))
             except Exception as exc:
@@ -216,8 +232,45 @@ class StageRunner:
         return tuple(targets), tuple(gathers)
 
 
-class RoutingError(Exception):
-    """A downstream ``when=`` predicate raised on this item's output."""
+class GroupRunner:
+    """Runs a group: one stage, or a fused chain carried item by item."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.store = Store(spec.run_dir, spec.inline_limit)
+        self.runners = {s.stage.name: StageRunner(s, self.store, spec.run_dir)
+                        for s in spec.stages}
+        names = [s.stage.name for s in spec.stages]
+        self._next = dict(zip(names, names[1:]))
+        self.batch_size = spec.batch_size or 1
+
+    def setup(self) -> None:
+        """Every stage's ``setup()``, in chain order."""
+        for runner in self.runners.values():
+            runner.setup()
+
+    def load(self, task: Claim) -> Loaded:
+        return self.runners[task.stage].load(task)
+
+    def run(self, loaded: list[Loaded]) -> list[Outcome]:
+        """Outcomes of loaded tasks, each followed by those of the rows fused below it."""
+        if self.spec.batch_size:
+            return self.runners[loaded[0].task.stage].call_batch(loaded)
+        outcomes: list[Outcome] = []
+        for item in loaded:
+            self._carry(self.runners[item.task.stage].call_one(item), outcomes)
+        return outcomes
+
+    def _carry(self, outcome: Outcome, into: list[Outcome]) -> None:
+        into.append(outcome)
+        nxt = self._next.get(outcome.stage)
+        if nxt is None or outcome.status not in (DONE, ROUTED_OUT):
+            return
+        runner = self.runners[nxt]
+        for out in outcome.outputs:
+            if nxt in out.targets:
+                child = Claim(None, nxt, out.key, 1, out.value.data, out.value.ref)  # type: ignore[arg-type]
+                self._carry(runner.call_one(runner.load(child)), into)
 
 
 def _keyed(default_key: str, value: Any) -> tuple[str, Any]:

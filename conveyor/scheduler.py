@@ -1,27 +1,34 @@
-"""The scheduling policy: how many workers each stage should have now.
+"""The scheduling policy: which groups get worker processes, and which get the CPUs.
 
-The driver describes every stage as a :class:`StageLoad` (work waiting, work
-in flight, live workers, measured service time, whether its downstream queue
-is full) and :func:`plan` answers with a target worker count per stage. It is
-a pure function of its inputs, so its decisions are unit-tested without
-processes or clocks.
+The driver describes every group (a stage, or stages fused together; see
+:mod:`conveyor.fusion`) as a :class:`Load` and asks two questions. Both
+answers are pure functions of the loads, unit-tested without processes.
 
-The policy, in order:
+**How many workers should each group keep alive?** :func:`plan`. A group can
+use at most as many workers as it has work for (ready plus in flight, in
+batches), at most its ``concurrency``, and at least one as soon as work is
+on its way from upstream (so the worker is set up before the work arrives).
+Workers are handed out one at a time to the group with the most work per
+worker (items times measured seconds per item; a group not yet measured
+counts at the mean of the others), ties to the group further downstream, as
+long as the worker's declared resources fit what is left. RAM and GPUs are
+held for a worker's whole life. Where the executor lends CPUs per task (the
+local executor does), the CPU figure here is a ceiling on live processes,
+a multiple of the real CPUs, because an idle worker uses no CPU.
 
-1. A stage can use at most as many workers as it has work for (ready plus in
-   flight, in batches), and at most its ``concurrency``. A stage whose
-   downstream queue is full (*throttled*) may not take new work, so it only
-   keeps the workers its in-flight items need.
-2. Slots are handed out one worker at a time, each to the stage with the most
-   work per worker, where work is items times measured seconds per item (a
-   stage not yet measured counts at the mean of the measured ones). Ties go
-   to the stage further downstream, so items finish and memory stays flat.
-3. A worker is only planned if its declared cpus, ram and gpus fit in what
-   the budget has left: the sum over planned workers never exceeds it.
-
-The driver turns targets into actions: it starts workers where a stage is
-below target and the budget has room, and drains workers (no new tasks, stop
-when their tasks are done) where a stage is above target.
+**Which workers may run now?** :func:`lease_order`. A worker computes only
+while it holds a CPU lease, and the leases never add up to more than the
+CPU budget. Leases go first to the group whose input queue is fullest and
+whose output queue is emptiest (``in_fill - out_fill``): a stage that is
+holding up its upstream, or whose downstream is about to run dry, runs
+first. The first stage's input never runs out (``in_fill`` is 1), so it
+runs exactly when its downstream is hungry; a stage whose downstream queue
+is full is *throttled* and takes nothing. A GPU worker keeps its lease for
+life, so the most expensive device never waits for a CPU. When the most
+urgent group waits for a lease, the driver stops topping up a less urgent
+worker that has held its lease past a short quantum; the lease passes on
+when that worker's tasks are done. Work moves between stages this way
+within a fraction of a second, without starting or stopping processes.
 """
 
 from __future__ import annotations
@@ -31,42 +38,52 @@ from dataclasses import dataclass
 
 from .resources import Budget, Pool, Resources
 
+URGENCY_MARGIN = 0.25  # how much more urgent a waiting group must be to take a lease
+
 
 @dataclass(frozen=True)
-class StageLoad:
-    """What the policy knows about one stage at one moment."""
+class Load:
+    """What the policy knows about one group at one moment."""
 
     name: str
     resources: Resources
-    ready: int
-    running: int
+    ready: int  # items it could take now
+    running: int  # items in flight
     workers: int = 0
     service: float | None = None  # seconds per item per worker, measured
     batch: int = 1
     cap: int | None = None
-    depth: int = 0
-    throttled: bool = False
+    depth: int = 0  # position in graph order; larger is further downstream
+    throttled: bool = False  # its downstream queue is full
+    expected: bool = False  # work is on its way from upstream
+    in_fill: float = 0.0  # how full its input queue is, 0..1 (1 for the first stage)
+    out_fill: float = 0.0  # how full its fullest downstream queue is, 0..1
 
     def useful_workers(self) -> int:
-        """How many workers this stage could keep busy right now."""
+        """How many workers this group could keep busy right now."""
         items = self.running if self.throttled else self.ready + self.running
-        if items <= 0:
-            return 0
         n = math.ceil(items / self.batch)
+        if n == 0 and self.expected:
+            n = 1
         return min(n, self.cap) if self.cap is not None else n
 
+    @property
+    def urgency(self) -> float:
+        """Positive when it holds its upstream up or its downstream runs dry."""
+        return self.in_fill - self.out_fill
 
-def plan(loads: list[StageLoad], budget: Budget) -> dict[str, int]:
-    """Target worker count for each stage; see the module docstring."""
+
+def plan(loads: list[Load], budget: Budget) -> dict[str, int]:
+    """Live worker target for each group; see the module docstring."""
     targets = {load.name: 0 for load in loads}
     known = [load.service for load in loads if load.service]
     default_service = sum(known) / len(known) if known else 1.0
     pool = Pool(budget)
     useful = {load.name: load.useful_workers() for load in loads}
 
-    def priority(load: StageLoad) -> tuple[float, int]:
+    def priority(load: Load) -> tuple[float, int]:
         items = load.running if load.throttled else load.ready + load.running
-        work = items * (load.service or default_service)
+        work = max(items, 1) * (load.service or default_service)
         return (work / (targets[load.name] + 1), load.depth)
 
     while True:
@@ -77,3 +94,15 @@ def plan(loads: list[StageLoad], budget: Budget) -> dict[str, int]:
         best = max(candidates, key=priority)
         pool.acquire(best.resources)
         targets[best.name] += 1
+
+
+def lease_order(loads: list[Load]) -> list[Load]:
+    """Groups that may run now (work ready, not throttled), most urgent first."""
+    runnable = [load for load in loads if load.ready > 0 and not load.throttled]
+    return sorted(runnable, key=lambda load: (-load.urgency, -load.depth))
+
+
+def should_yield(waiting: Load, holder: Load) -> bool:
+    """Whether a worker of ``holder`` should give its lease up for ``waiting``."""
+    return waiting.urgency > holder.urgency + URGENCY_MARGIN or holder.throttled \
+        or holder.ready == 0

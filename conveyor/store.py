@@ -13,21 +13,24 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import codec
 
 INLINE_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Stored:
-    """An encoded value as the ledger records it: inline bytes or a file reference."""
+class Stored(NamedTuple):
+    """An encoded value as the ledger records it: inline bytes or a file reference.
+
+    ``digest`` is the content digest; a value kept inline may leave it ``None``
+    (it is cheap to compute from the bytes when it is needed).
+    """
 
     data: bytes | None
     ref: str | None
-    digest: str
+    digest: str | None
     size: int
 
 
@@ -38,11 +41,11 @@ class Store:
         self.root = Path(root)
         self.inline_limit = inline_limit
 
-    def put(self, data: bytes) -> Stored:
-        """Keep ``data``: inline if small, else durably in a file."""
-        dig = codec.digest(data)
+    def put(self, data: bytes, digest: bool = False) -> Stored:
+        """Keep ``data``: inline if small (digested only if asked), else durably in a file."""
         if len(data) <= self.inline_limit:
-            return Stored(data, None, dig, len(data))
+            return Stored(data, None, codec.digest(data) if digest else None, len(data))
+        dig = codec.digest(data)
         ref = f"values/{dig[:2]}/{dig}.json"
         path = self.root / ref
         if not path.exists():

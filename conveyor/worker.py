@@ -93,7 +93,7 @@ def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
     inbox: queue.Queue[Any] = queue.Queue()
     _Reader(conn, inbox, runner).start()
-    batch = runner.stage.batch_size or 1
+    batch = runner.batch_size
     pending: list[Any] = []
     outcomes: list[Any] = []
     last_flush = time.monotonic()
@@ -162,17 +162,17 @@ def main(fd: int) -> None:
     sys.path[:0] = [p for p in path if p not in sys.path]
     import cloudpickle
 
-    from .runner import StageRunner
+    from .runner import GroupRunner
 
     spec = cloudpickle.loads(payload)
-    runner = StageRunner(spec)
+    runner = GroupRunner(spec)
     try:
         runner.setup()
     except BaseException as exc:
-        _send(conn, ("setup_failed", f"setup of stage {spec.stage.name!r} failed: "
+        _send(conn, ("setup_failed", f"setup of {spec.group!r} failed: "
                      f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    _pin_torch(spec.stage.resources.threads)
+    _pin_torch(spec.resources.threads)
     _send(conn, ("ready", os.getpid()))
     serve(conn, runner)
 

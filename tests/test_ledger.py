@@ -16,8 +16,8 @@ import pytest
 
 from conveyor import codec
 from conveyor.errors import IllegalTransition, InputError
-from conveyor.ledger import (KeyCollision, Ledger, MemoryLedger, Output, SqliteLedger, Status,
-                             transition)
+from conveyor.ledger import (KeyCollision, Ledger, MemoryLedger, Output, Record, SqliteLedger,
+                             Status, transition)
 from conveyor.store import Stored
 
 
@@ -38,7 +38,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
 
 def run_one(ledger: Ledger, stage: str, outputs: list[Output], now: float = 1.0) -> int:
     (claim,) = ledger.claim(stage, 1, "w", now)
-    ledger.complete(claim.id, outputs, Status.DONE, "fp", now)
+    ledger.complete(claim.id, outputs, Status.DONE, now)
     return claim.id
 
 
@@ -66,7 +66,7 @@ def test_completing_a_row_that_is_not_running_is_refused(ledger):
     ledger.add_inputs("a", [("k", value(1))])
     item_id = run_one(ledger, "a", [])
     with pytest.raises(IllegalTransition):
-        ledger.complete(item_id, [], Status.DONE, "fp", 2.0)
+        ledger.complete(item_id, [], Status.DONE, 2.0)
     with pytest.raises(IllegalTransition):
         ledger.fail(item_id, "boom", None, 2.0, None)
 
@@ -117,7 +117,7 @@ def test_claim_complete_routes_outputs_downstream(ledger):
     assert claim.key == "doc" and claim.attempt == 1 and codec.decode(claim.data) == "text"
     assert ledger.counts() == {"a": {"running": 1}}
     outs = [Output("doc/0", value("t0"), ("b",)), Output("doc/1", value("t1"), ("b", "c"))]
-    assert ledger.complete(claim.id, outs, Status.DONE, "fp-a", 6.0) is Status.DONE
+    assert ledger.complete(claim.id, outs, Status.DONE, 6.0) is Status.DONE
     assert ledger.counts() == {"a": {"done": 1}, "b": {"pending": 2}, "c": {"pending": 1}}
     assert [(k, codec.decode(d)) for k, d, _ in ledger.outputs("a")] == [("doc/0", "t0"),
                                                                         ("doc/1", "t1")]
@@ -170,7 +170,7 @@ def test_recover_puts_running_rows_back_keeping_attempts(ledger):
 def test_routed_out_status(ledger):
     ledger.add_inputs("a", [("k", value(1))])
     (claim,) = ledger.claim("a", 1, "w", 1.0)
-    assert ledger.complete(claim.id, [Output("k", value(1))], Status.ROUTED_OUT, "fp", 1.0) \
+    assert ledger.complete(claim.id, [Output("k", value(1))], Status.ROUTED_OUT, 1.0) \
         is Status.ROUTED_OUT
     assert ledger.counts() == {"a": {"routed-out": 1}}
 
@@ -189,10 +189,82 @@ def test_same_key_twice_from_one_stage_is_a_collision_and_changes_nothing(ledger
     before = ledger.counts()
     with pytest.raises(KeyCollision, match="stage 'b' already has an item keyed 'child'"):
         ledger.complete(claim.id, [Output("other", value(0), ("b",)),
-                                   Output("child", value(2), ("b",))], Status.DONE, "fp", 1.0)
+                                   Output("child", value(2), ("b",))], Status.DONE, 1.0)
     assert ledger.counts() == before
     assert [r["key"] for r in ledger.rows("b")] == ["child"]
     ledger.fail(claim.id, "collision", None, 1.0, None)  # still running, so it can fail
+
+
+# -- record: batches and fused rows ----------------------------------------------------------------
+
+def test_record_creates_fused_rows_in_their_final_state(ledger):
+    ledger.add_inputs("a", [("x", value(1)), ("y", value(2))])
+    claims = ledger.claim("a", 2, "w1", 1.0)
+    records = []
+    for c in claims:
+        records.append(Record("a", c.key, c.id, Status.DONE, c.attempt, 1.0, 1.1,
+                              [Output(c.key, value(c.key + "!"), ("b",))], worker="w1"))
+    records.append(Record("b", "x", None, Status.DONE, 1, 1.1, 1.2,
+                          [Output("x", value("bx"), ("c",))], worker="w1"))
+    records.append(Record("b", "y", None, Status.PENDING, 1, 1.1, 1.2, [], "E: flaky", "tb",
+                          retry_at=5.0, worker="w1"))
+    assert ledger.record(records) == []
+    assert ledger.counts() == {"a": {"done": 2}, "b": {"done": 1, "pending": 1},
+                               "c": {"pending": 1}}
+    rows = {r["key"]: r for r in ledger.rows("b")}
+    assert rows["x"]["attempts"] == 1 and rows["x"]["worker"] == "w1"
+    assert rows["y"]["error"] == "E: flaky" and rows["y"]["attempts"] == 1
+    assert ledger.claim("b", 5, "w", 4.0) == []  # backing off until 5.0
+    (retry,) = ledger.claim("b", 5, "w", 5.0)
+    assert retry.key == "y" and retry.attempt == 2 and codec.decode(retry.data) == "y!"
+
+
+def test_a_colliding_record_is_refused_alone_with_its_fused_children(ledger):
+    ledger.add_inputs("a", [("p1", value(1)), ("p2", value(2)), ("p3", value(3))])
+    c1, c2, c3 = ledger.claim("a", 3, "w", 1.0)
+    refused = ledger.record([
+        Record("a", "p1", c1.id, Status.DONE, 1, 1.0, 1.0, [Output("same", value(1), ("b",))]),
+        Record("a", "p2", c2.id, Status.DONE, 1, 1.0, 1.0, [Output("same", value(2), ("b",))]),
+        Record("b", "same", None, Status.DONE, 1, 1.0, 1.0, [Output("same", value(9), ("c",))]),
+        Record("a", "p3", c3.id, Status.DONE, 1, 1.0, 1.0, [Output("p3", value(3), ("b",))]),
+    ])
+    assert [r.record.key for r in refused] == ["p2"]
+    assert "already has an item keyed 'same' from stage 'a'" in refused[0].reason
+    counts = ledger.counts()
+    assert counts["a"] == {"done": 2, "running": 1}
+    assert counts["b"] == {"done": 1, "pending": 1} and counts["c"] == {"pending": 1}
+
+
+def test_a_fused_record_without_a_parent_route_is_refused(ledger):
+    ledger.add_inputs("a", [("x", value(1))])
+    (c,) = ledger.claim("a", 1, "w", 1.0)
+    refused = ledger.record([
+        Record("a", "x", c.id, Status.DONE, 1, 1.0, 1.0, [Output("x", value(1), ())]),
+        Record("b", "x", None, Status.DONE, 1, 1.0, 1.0, []),
+    ])
+    assert [r.record.stage for r in refused] == ["b"]
+    assert ledger.counts() == {"a": {"done": 1}}
+
+
+def test_recording_a_row_that_is_not_running_raises(ledger):
+    ledger.add_inputs("a", [("x", value(1))])
+    (row,) = ledger.rows("a")
+    with pytest.raises(IllegalTransition, match="only a running item"):
+        ledger.record([Record("a", "x", row["id"], Status.DONE, 1, 1.0, 1.0, [])])
+    with pytest.raises(IllegalTransition, match="no item with id 999"):
+        ledger.record([Record("a", "x", 999, Status.DONE, 1, 1.0, 1.0, [])])
+
+
+def test_a_large_batch_is_recorded(ledger):
+    n = 2500  # more than one IN (...) chunk
+    ledger.add_inputs("a", [(f"k{i:05d}", value(i)) for i in range(n)])
+    claims = ledger.claim("a", n, "w", 1.0)
+    records = [Record("a", c.key, c.id, Status.DONE, 1, 1.0, 1.0,
+                      [Output(c.key, value(i), ("b",))]) for i, c in enumerate(claims)]
+    records += [Record("b", c.key, None, Status.DONE, 1, 1.0, 1.0, [Output(c.key, value(0))])
+                for c in claims]
+    assert ledger.record(records) == []
+    assert ledger.counts() == {"a": {"done": n}, "b": {"done": n}}
 
 
 # -- reruns ----------------------------------------------------------------------------------------
@@ -202,7 +274,7 @@ def three_stages(ledger):
     ledger.add_inputs("a", [("x", value(1)), ("y", value(2))])
     for claim in ledger.claim("a", 2, "w", 1.0):
         ledger.complete(claim.id, [Output(claim.key, value(claim.key), ("b",))], Status.DONE,
-                        "fp", 1.0)
+                        1.0)
     run_one(ledger, "b", [Output("x", value("bx"), ("c",))])
 
 
@@ -218,8 +290,8 @@ def test_drop_stage_and_route_again(ledger):
     assert ledger.counts() == {"a": {"done": 2}}
     outputs = list(ledger.finished_outputs("a"))
     assert [o[1] for o in outputs] == ["x", "y"]
-    output_id, key, digest, _, _ = outputs[0]
-    ledger.route("b", key, output_id, digest, "a")
+    output_id, key, _, _ = outputs[0]
+    ledger.route("b", key, output_id, "a")
     assert ledger.counts() == {"a": {"done": 2}, "b": {"pending": 1}}
     ledger.refresh_routed("a")
     assert ledger.counts() == {"a": {"done": 1, "routed-out": 1}, "b": {"pending": 1}}
@@ -230,15 +302,14 @@ def test_reduce_row_gathers_and_reopens(ledger):
     for _ in range(2):
         (claim,) = ledger.claim("a", 1, "w", 1.0)
         ledger.complete(claim.id, [Output(claim.key, value(claim.key), (), ("r",))],
-                        Status.DONE, "fp", 1.0)
+                        Status.DONE, 1.0)
     assert [g.key for g in ledger.gathered("r")] == ["x", "y"]
     assert ledger.reduce_row("r") is None
     ledger.open_reduce("r", "r", "digest-1")
     assert ledger.reduce_row("r") == (Status.PENDING, "digest-1")
     (claim,) = ledger.claim("r", 1, "w", 2.0)
     assert claim.key == "r" and claim.data is None
-    ledger.complete(claim.id, [Output("r", value({"n": 2}), ("after",))], Status.DONE,
-                    "fp", 2.0)
+    ledger.complete(claim.id, [Output("r", value({"n": 2}), ("after",))], Status.DONE, 2.0)
     assert ledger.counts()["after"] == {"pending": 1}
     ledger.open_reduce("r", "r", "digest-2")
     assert ledger.reduce_row("r") == (Status.PENDING, "digest-2")
@@ -261,7 +332,7 @@ def test_uncommitted_writes_vanish_whole(tmp_path):
         led.add_inputs("a", [("x", value(1))])
         led.commit()
         (claim,) = led.claim("a", 1, "w", 1.0)
-        led.complete(claim.id, [Output("x", value(2), ("b",))], Status.DONE, "fp", 1.0)
+        led.complete(claim.id, [Output("x", value(2), ("b",))], Status.DONE, 1.0)
         # closed without commit
     with SqliteLedger(path, readonly=True) as led:
         assert led.counts() == {"a": {"pending": 1}}
@@ -281,7 +352,7 @@ CRASHER = textwrap.dedent("""
     led.add_inputs("a", [(f"k{i}", value(i)) for i in range(100)])
     led.commit()
     for i, claim in enumerate(led.claim("a", 100, "w", 1.0)):
-        led.complete(claim.id, [Output(claim.key, value(i), ("b",))], Status.DONE, "fp", 1.0)
+        led.complete(claim.id, [Output(claim.key, value(i), ("b",))], Status.DONE, 1.0)
         if i == 49:
             led.commit()
     os.kill(os.getpid(), signal.SIGKILL)  # 50 completions never committed

@@ -1,8 +1,9 @@
 """The local executor's promises about resources, checked with real worker processes.
 
-The budget is checked twice over: from the driver's event log (each worker's
-life, from start to exit, with its declared resources) and from the workers
-themselves (each call records its pid and time span).
+The budget is checked twice over: from the driver's event log (RAM and GPUs
+over each worker's life, from start to exit; CPUs over each CPU lease, the
+only time a worker may compute) and from the workers themselves (each call
+records its pid and time span, and calls only run under a lease).
 """
 
 from __future__ import annotations
@@ -29,16 +30,30 @@ def peak(intervals: list[tuple[float, float, dict[str, float]]]) -> dict[str, fl
 
 
 def worker_lives(run_dir) -> list[tuple[float, float, dict[str, float]]]:
+    """(start, exit, {ram, gpus}) of every worker, from the event log."""
     starts, lives = {}, []
     for event in read_events(run_dir):
         if event["event"] == "worker_start":
             starts[event["worker"]] = event
         elif event["event"] == "worker_exit":
             s = starts.pop(event["worker"])
-            lives.append((s["t"], event["t"], {"cpus": s["cpus"], "ram": s["ram"],
-                                               "gpus": s["gpus"]}))
+            lives.append((s["t"], event["t"], {"ram": s["ram"], "gpus": s["gpus"]}))
     assert not starts, "every worker that started is recorded as exited"
     return lives
+
+
+def cpu_leases(run_dir) -> list[tuple[float, float, dict[str, float]]]:
+    """(granted, returned, {cpus}) of every CPU lease, from the event log."""
+    held, leases = {}, []
+    for event in read_events(run_dir):
+        if event["event"] == "lease":
+            assert event["worker"] not in held, "a worker was leased twice"
+            held[event["worker"]] = event
+        elif event["event"] == "unlease":
+            g = held.pop(event["worker"])
+            leases.append((g["t"], event["t"], {"cpus": g["cpus"]}))
+    assert not held, "every lease was returned"
+    return leases
 
 
 def test_the_sum_of_running_workers_never_exceeds_the_budget(run_dir, tmp_path):
@@ -70,9 +85,11 @@ def test_the_sum_of_running_workers_never_exceeds_the_budget(run_dir, tmp_path):
                       ram="2GiB", gpus=1)
     assert result.ok
 
-    by_driver = peak(worker_lives(run_dir))
-    assert by_driver["cpus"] <= 2 and by_driver["ram"] <= 2 * GiB and by_driver["gpus"] <= 1
-    assert by_driver["cpus"] >= 1.5, "the budget was not used: workers ran one at a time"
+    memory = peak(worker_lives(run_dir))
+    assert memory["ram"] <= 2 * GiB and memory["gpus"] <= 1
+    cpus = peak(cpu_leases(run_dir))["cpus"]
+    assert cpus <= 2
+    assert cpus >= 1.5, "the budget was not used: workers ran one at a time"
 
     calls = []
     for line in read_log(log):

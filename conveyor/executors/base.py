@@ -53,6 +53,9 @@ class Executor(ABC):
     name = "base"
     #: Whether a worker can be killed from outside (timeouts, RAM limits).
     can_kill = True
+    #: Whether an idle worker costs no CPU, so CPUs can be lent per task (see
+    #: conveyor.workerpool); False where workers reserve CPUs for life (Ray actors).
+    lends_cpu = True
 
     @abstractmethod
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:

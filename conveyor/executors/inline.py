@@ -13,7 +13,7 @@ import traceback
 from typing import Mapping
 
 from ..ledger.base import Claim
-from ..runner import StageRunner, WorkerSpec
+from ..runner import GroupRunner, WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
 
@@ -24,19 +24,19 @@ class InlineExecutor(Executor):
     can_kill = False
 
     def __init__(self) -> None:
-        self._runners: dict[int, StageRunner] = {}
+        self._runners: dict[int, GroupRunner] = {}
         self._events: list[Event] = []
         self._next_id = 0
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         worker = self._next_id
         self._next_id += 1
-        runner = StageRunner(spec)
+        runner = GroupRunner(spec)
         try:
             runner.setup()
         except Exception as exc:
             self._events.append(SetupFailed(
-                worker, f"setup of stage {spec.stage.name!r} failed: "
+                worker, f"setup of {spec.group!r} failed: "
                 f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             self._events.append(Exited(worker, "setup failed"))
             return worker
@@ -49,7 +49,7 @@ class InlineExecutor(Executor):
         if runner is None:
             return
         loaded = [runner.load(task) for task in tasks]
-        size = runner.stage.batch_size or 1
+        size = runner.batch_size
         outcomes = []
         for start in range(0, len(loaded), size):
             outcomes.extend(runner.run(loaded[start:start + size]))

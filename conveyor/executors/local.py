@@ -16,7 +16,7 @@ computed (pinned thread counts, ``CUDA_VISIBLE_DEVICES``, the stage's ``env``)
 so native libraries see it before they load. The stage is sent over the
 socket with cloudpickle, along with the driver's ``sys.path`` so the user's
 modules import the same way. A worker's stdout and stderr go to
-``<run_dir>/logs/<stage>.log``. A worker dies with its driver (PDEATHSIG), so
+``<run_dir>/logs/<group>.log`` (a group is a stage, or stages fused together). A worker dies with its driver (PDEATHSIG), so
 a ``kill -9`` of the driver leaves no process behind. End of file on a
 worker's socket means it exited; its exit status says how.
 """
@@ -66,7 +66,7 @@ class LocalExecutor(Executor):
         full_env.update(env)
         full_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-        with open(log_dir / f"{spec.stage.name}.log", "ab") as log:
+        with open(log_dir / f"{spec.group}.log", "ab") as log:
             proc = subprocess.Popen(
                 [self.python, "-m", "conveyor.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), env=full_env, stdin=subprocess.DEVNULL,

@@ -5,23 +5,28 @@ Every backend keeps the same model and honours the same contract:
 * **Rows.** A row is one item at one stage. Its status moves only along the
   edges :func:`transition` allows; any other move raises
   :class:`IllegalTransition`. A row consumes one *value* (a run input, or an
-  output of an upstream row) and, once done, has produced zero or more output
-  values (more than one for a fan-out stage). An output is routed to the
-  stages its ``targets`` name: each target gets a new pending row, or, for a
+  output of an upstream row) and, once finished, has produced zero or more
+  output values (more than one for a fan-out stage). An output is routed to
+  the stages its ``targets`` name: each target gets a new row, or, for a
   reduce stage, a *gather* entry.
+* **One write path.** :meth:`Ledger.record` applies what became of a list of
+  rows. A record may also describe a row that does not exist yet: the child
+  of another record in the same call, computed in the same worker (fused
+  stages); it is created directly in its final state.
 * **Grouped, atomic, durable writes.** Everything written between two
   :meth:`Ledger.commit` calls becomes visible to other readers and durable at
   once, at ``commit()``; a crash before it leaves the ledger exactly as the
   previous ``commit()`` left it. A row therefore never says ``done`` without
-  its outputs and downstream rows, and an output file is stored before the
-  commit that references it.
+  its outputs and the rows they were routed to, and a value file is stored
+  before the commit that references it.
 * **One writer.** Only the driver writes. Readers (``conveyor status`` from
   another terminal, :func:`conveyor.open_run`) see the last commit.
 
 Keys in a stage are unique. When a stage has several upstreams and a key
 arrives from a second one (a diamond: ``a -> b -> c`` and ``a -> c``), the
 second row is keyed ``key@upstream``; a key produced twice by the same
-upstream stage is a :class:`KeyCollision` and fails the producing item.
+upstream stage is a :class:`KeyCollision`, and the record that produced it is
+refused whole.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(s.value for s in Status)
+FINISHED = (Status.DONE, Status.ROUTED_OUT)
 
 _ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.RUNNING}),
@@ -77,6 +83,7 @@ class Claim(NamedTuple):
     """A row handed out for work: its input as the ledger recorded it."""
 
     id: int
+    stage: str
     key: str
     attempt: int
     data: bytes | None
@@ -96,11 +103,42 @@ class Output(NamedTuple):
     gathers: tuple[str, ...] = ()
 
 
+class Record(NamedTuple):
+    """What became of one row.
+
+    ``item_id`` is the row's id, or ``None`` for a row this same
+    :meth:`Ledger.record` call creates: the output of an earlier record in the
+    call, routed to ``stage`` under ``key``, that was already computed. The
+    ``status`` is final: ``done`` or ``routed-out`` (with ``outputs``),
+    ``failed``, or ``pending`` with ``retry_at`` (to try again from then).
+    """
+
+    stage: str
+    key: str
+    item_id: int | None
+    status: Status
+    attempt: int
+    started: float
+    ended: float
+    outputs: list[Output] = []
+    error: str | None = None
+    traceback: str | None = None
+    retry_at: float | None = None
+    worker: str | None = None
+
+
+class Refused(NamedTuple):
+    """A record the ledger did not apply, and why (its key collided)."""
+
+    record: Record
+    reason: str
+
+
 class Gathered(NamedTuple):
     """One value gathered for a reduce stage."""
 
     key: str
-    digest: str
+    digest: str | None
     data: bytes | None
     ref: str | None
 
@@ -147,11 +185,12 @@ class Ledger(ABC):
     def add_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]) -> InputReport:
         """Make one pending row of ``stage`` per input, reusing what is unchanged.
 
-        An input whose key and value are already recorded keeps its row and
-        everything derived from it. One whose value changed is reset to
-        ``pending`` and what was derived from it is removed. Raises
-        ``InputError`` naming the key when two inputs share a key; nothing of
-        this call is then kept once the caller rolls back by not committing.
+        Each input's value must carry its digest. An input whose key and value
+        are already recorded keeps its row and everything derived from it. One
+        whose value changed is reset to ``pending`` and what was derived from
+        it is removed. Raises ``InputError`` naming the key when two inputs
+        share a key; nothing of this call is then kept once the caller rolls
+        back by not committing.
         """
 
     @abstractmethod
@@ -172,14 +211,15 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def finished_outputs(self, stage: str) -> Iterator[tuple[int, str, str, bytes | None, str | None]]:
-        """``(output_id, key, digest, data, ref)`` of every output of ``stage``'s finished rows."""
+    def finished_outputs(self, stage: str
+                         ) -> Iterator[tuple[int, str, bytes | None, str | None]]:
+        """``(output_id, key, data, ref)`` of every output of ``stage``'s finished rows."""
 
     @abstractmethod
-    def route(self, target: str, key: str, output_id: int, digest: str, source: str) -> None:
+    def route(self, target: str, key: str, output_id: int, source: str) -> None:
         """Give ``target`` a pending row for an existing output of stage ``source``.
 
-        Keys are qualified or refused as for :meth:`complete`.
+        Keys are qualified or refused as for :meth:`record`.
         """
 
     @abstractmethod
@@ -206,20 +246,35 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def complete(self, item_id: int, outputs: list[Output], status: Status, fingerprint: str,
-                 now: float) -> Status:
-        """A running row finished with ``outputs``; it becomes ``status``.
+    def record(self, records: list[Record]) -> list[Refused]:
+        """Apply what became of rows, each record atomically; return those refused.
 
-        ``status`` is ``done``, or ``routed-out`` when the row produced values
-        and no stage took any. Each output is stored and routed in the same
-        atomic group as the status change. Raises :class:`KeyCollision` and
-        changes nothing if an output key collides; the caller then fails the row.
+        A record of an existing row needs it ``running``; one with
+        ``item_id=None`` needs an earlier record of the same call to have
+        routed an output to ``(stage, key)``. A record is refused, and nothing
+        of it applied, when one of its output keys collides
+        (:class:`KeyCollision`) or, for a new row, when its parent was refused.
+        Illegal moves of existing rows raise :class:`IllegalTransition`.
         """
 
-    @abstractmethod
+    def complete(self, item_id: int, outputs: list[Output], status: Status, now: float
+                 ) -> Status:
+        """Record one running row as finished with ``outputs`` (``done`` or ``routed-out``).
+
+        Raises :class:`KeyCollision`, changing nothing, if an output key collides.
+        """
+        refused = self.record([Record("", "", item_id, Status(status), 0, now, now, outputs)])
+        if refused:
+            raise KeyCollision(refused[0].reason)
+        return Status(status)
+
     def fail(self, item_id: int, error: str, traceback: str | None, now: float,
              retry_at: float | None) -> Status:
-        """A running row failed: ``pending`` again from ``retry_at``, or ``failed`` if ``None``."""
+        """Record one running row as failed: ``pending`` again from ``retry_at``, or ``failed``."""
+        status = Status.PENDING if retry_at is not None else Status.FAILED
+        self.record([Record("", "", item_id, status, 0, now, now, [], error, traceback,
+                            retry_at)])
+        return status
 
     @abstractmethod
     def release(self, item_ids: Iterable[int]) -> None:
@@ -260,7 +315,7 @@ class Ledger(ABC):
 
     @abstractmethod
     def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        """``(key, data, ref)`` of every output of ``stage``'s done rows, by key."""
+        """``(key, data, ref)`` of every output of ``stage``'s finished rows, by key."""
 
     @abstractmethod
     def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:

@@ -12,10 +12,8 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import IllegalTransition, InputError
 from ..store import Stored
-from .base import (Claim, Gathered, InputReport, KeyCollision, Ledger, Output, Status,
-                   transition)
-
-_FINISHED = (Status.DONE, Status.ROUTED_OUT)
+from .base import (FINISHED, Claim, Gathered, InputReport, KeyCollision, Ledger, Record,
+                   Refused, Status, transition)
 
 
 class MemoryLedger(Ledger):
@@ -48,13 +46,18 @@ class MemoryLedger(Ledger):
 
     # -- rows and values -------------------------------------------------------------------
 
-    def _new_row(self, stage: str, key: str, input_id: int | None, digest: str | None) -> int:
+    def _new_row(self, stage: str, key: str, input_id: int | None, digest: str | None = None,
+                 done: Record | None = None) -> int:
         row_id = next(self._ids)
-        self._rows[row_id] = {
-            "id": row_id, "stage": stage, "key": key, "status": Status.PENDING, "attempts": 0,
-            "input_id": input_id, "input_digest": digest, "fingerprint": None,
-            "not_before": None, "error": None, "traceback": None, "worker": None,
-            "started": None, "ended": None}
+        row = {"id": row_id, "stage": stage, "key": key, "status": Status.PENDING,
+               "attempts": 0, "input_id": input_id, "input_digest": digest,
+               "not_before": None, "error": None, "traceback": None, "worker": None,
+               "started": None, "ended": None}
+        if done is not None:
+            row.update(status=done.status, attempts=done.attempt, not_before=done.retry_at,
+                       error=done.error, traceback=done.traceback, worker=done.worker,
+                       started=done.started, ended=done.ended)
+        self._rows[row_id] = row
         self._by_key[(stage, key)] = row_id
         if input_id is not None:
             self._consumers.setdefault(input_id, set()).add(row_id)
@@ -95,17 +98,13 @@ class MemoryLedger(Ledger):
                 self._delete_row(row_id)
             self._delete_output(output_id)
 
-    def _row(self, item_id: int, new: Status) -> dict[str, Any]:
-        row = self._rows.get(item_id)
-        if row is None:
-            raise IllegalTransition(f"no item with id {item_id}")
-        transition(row["status"], new)
-        return row
-
     @staticmethod
     def _reset(row: dict[str, Any]) -> None:
         row.update(status=Status.PENDING, attempts=0, error=None, traceback=None,
-                   not_before=None, fingerprint=None)
+                   not_before=None)
+
+    def _stage_rows(self, stage: str) -> list[dict[str, Any]]:
+        return [r for r in self._rows.values() if r["stage"] == stage]
 
     # -- setting up a run -----------------------------------------------------------------------
 
@@ -136,7 +135,6 @@ class MemoryLedger(Ledger):
             if row["input_digest"] == value.digest:
                 continue
             self._drop_derived([row_id])
-            self._consumers.pop(row["input_id"], None)
             self._delete_output(row["input_id"])
             row["input_id"] = self._new_output(None, 0, key, value)
             self._consumers.setdefault(row["input_id"], set()).add(row_id)
@@ -147,43 +145,44 @@ class MemoryLedger(Ledger):
         return InputReport(added, changed, len(given) - added - changed, missing)
 
     def reset_stage(self, stage: str) -> int:
-        ids = [r["id"] for r in self._rows.values() if r["stage"] == stage]
-        self._drop_derived(ids)
-        for row_id in ids:
-            self._reset(self._rows[row_id])
-        return len(ids)
+        rows = self._stage_rows(stage)
+        self._drop_derived(r["id"] for r in rows)
+        for row in rows:
+            self._reset(row)
+        return len(rows)
 
     def drop_stage(self, stage: str) -> int:
-        ids = [r["id"] for r in self._rows.values() if r["stage"] == stage]
-        self._drop_derived(ids)
-        for row_id in ids:
-            self._delete_row(row_id)
+        rows = self._stage_rows(stage)
+        self._drop_derived(r["id"] for r in rows)
+        for row in rows:
+            self._delete_row(row["id"])
         self._gathers.pop(stage, None)
-        return len(ids)
+        return len(rows)
 
     def _finished_outputs(self, stage: str) -> list[dict[str, Any]]:
         """Outputs of ``stage``'s finished rows, by row key then position."""
-        rows = sorted((r for r in self._rows.values()
-                       if r["stage"] == stage and r["status"] in _FINISHED),
+        rows = sorted((r for r in self._stage_rows(stage) if r["status"] in FINISHED),
                       key=lambda r: r["key"])
         return [self._outputs[o] for row in rows for o in self._outputs_of.get(row["id"], [])]
 
     def finished_outputs(self, stage: str
-                         ) -> Iterator[tuple[int, str, str, bytes | None, str | None]]:
-        return iter([(o["id"], o["key"], o["digest"], o["data"], o["ref"])
+                         ) -> Iterator[tuple[int, str, bytes | None, str | None]]:
+        return iter([(o["id"], o["key"], o["data"], o["ref"])
                      for o in self._finished_outputs(stage)])
 
-    def route(self, target: str, key: str, output_id: int, digest: str, source: str) -> None:
+    def route(self, target: str, key: str, output_id: int, source: str) -> None:
+        self._route(target, key, output_id, source, None)
+
+    def _route(self, target: str, key: str, output_id: int, source: str,
+               done: Record | None) -> int:
         if (target, key) not in self._by_key:
-            self._new_row(target, key, output_id, digest)
-            return
+            return self._new_row(target, key, output_id, done=done)
         holder = self._rows[self._by_key[(target, key)]]
         producer = self._outputs[holder["input_id"]]["item_id"] if holder["input_id"] else None
         holder_stage = self._rows[producer]["stage"] if producer is not None else ""
         qualified = f"{key}@{source}"
         if holder_stage != source and (target, qualified) not in self._by_key:
-            self._new_row(target, qualified, output_id, digest)
-            return
+            return self._new_row(target, qualified, output_id, done=done)
         raise KeyCollision(
             f"stage {target!r} already has an item keyed {key!r} from stage {source!r}; "
             f"yield conveyor.Item(key, value) with distinct keys")
@@ -192,9 +191,9 @@ class MemoryLedger(Ledger):
         self._gathers.setdefault(stage, set()).add(output_id)
 
     def refresh_routed(self, stage: str) -> None:
-        for row in self._rows.values():
+        for row in self._stage_rows(stage):
             outs = self._outputs_of.get(row["id"], [])
-            if row["stage"] != stage or row["status"] not in _FINISHED or not outs:
+            if row["status"] not in FINISHED or not outs:
                 continue
             taken = any(self._consumers.get(o) or any(o in g for g in self._gathers.values())
                         for o in outs)
@@ -212,10 +211,10 @@ class MemoryLedger(Ledger):
 
     def claim(self, stage: str, limit: int, worker: str, now: float) -> list[Claim]:
         claims = []
-        for row in sorted(self._rows.values(), key=lambda r: r["id"]):
+        for row in sorted(self._stage_rows(stage), key=lambda r: r["id"]):
             if len(claims) >= limit:
                 break
-            if row["stage"] != stage or row["status"] is not Status.PENDING:
+            if row["status"] is not Status.PENDING:
                 continue
             if row["not_before"] is not None and row["not_before"] > now:
                 continue
@@ -225,59 +224,76 @@ class MemoryLedger(Ledger):
             if row["input_id"] is not None:
                 out = self._outputs[row["input_id"]]
                 data, ref = out["data"], out["ref"]
-            claims.append(Claim(row["id"], row["key"], row["attempts"], data, ref))
+            claims.append(Claim(row["id"], stage, row["key"], row["attempts"], data, ref))
         return claims
 
-    def complete(self, item_id: int, outputs: list[Output], status: Status, fingerprint: str,
-                 now: float) -> Status:
-        row = self._row(item_id, status)
-        made: list[int] = []
-        try:
-            for seq, out in enumerate(outputs):
-                output_id = self._new_output(item_id, seq, out.key, out.value)
-                made.append(output_id)
-                for target in out.targets:
-                    self.route(target, out.key, output_id, out.value.digest, row["stage"])
-                for reduce in out.gathers:
-                    self.gather(reduce, output_id)
-        except KeyCollision:
-            for output_id in made:
-                for row_id in list(self._consumers.get(output_id, ())):
-                    self._delete_row(row_id)
-                self._delete_output(output_id)
-            raise
-        row.update(status=status, fingerprint=fingerprint, ended=now, error=None,
-                   traceback=None)
-        return status
-
-    def fail(self, item_id: int, error: str, traceback: str | None, now: float,
-             retry_at: float | None) -> Status:
-        status = Status.PENDING if retry_at is not None else Status.FAILED
-        row = self._row(item_id, status)
-        row.update(status=status, error=error, traceback=traceback, ended=now,
-                   not_before=retry_at)
-        return status
+    def record(self, records: list[Record]) -> list[Refused]:
+        for r in records:
+            if r.item_id is None:
+                continue
+            row = self._rows.get(r.item_id)
+            if row is None:
+                raise IllegalTransition(f"no item with id {r.item_id}")
+            if row["status"] is not Status.RUNNING:
+                raise IllegalTransition(f"an item cannot go from {row['status']} to {r.status}: "
+                                        f"only a running item has a result to record")
+            transition(row["status"], r.status)
+        fused = {(r.stage, r.key): r for r in records if r.item_id is None}
+        created: dict[tuple[str, str], int] = {}
+        refused: list[Refused] = []
+        for r in records:
+            if r.item_id is None and (r.stage, r.key) not in created:
+                refused.append(Refused(r, f"its parent was refused, so {r.stage}/{r.key} "
+                                          f"was never created"))
+                continue
+            row = self._rows[r.item_id if r.item_id is not None else created[(r.stage, r.key)]]
+            made: dict[tuple[str, str], int] = {}
+            outputs: list[int] = []
+            try:
+                for seq, out in enumerate(r.outputs):
+                    output_id = self._new_output(row["id"], seq, out.key, out.value)
+                    outputs.append(output_id)
+                    for target in out.targets:
+                        made[(target, out.key)] = self._route(
+                            target, out.key, output_id, row["stage"],
+                            fused.get((target, out.key)))
+                    for reduce in out.gathers:
+                        self.gather(reduce, output_id)
+            except KeyCollision as exc:
+                for output_id in outputs:
+                    for row_id in list(self._consumers.get(output_id, ())):
+                        self._delete_row(row_id)
+                    self._delete_output(output_id)
+                refused.append(Refused(r, str(exc)))
+                continue
+            if r.item_id is not None:
+                row.update(status=r.status, not_before=r.retry_at, error=r.error,
+                           traceback=r.traceback, started=r.started, ended=r.ended,
+                           worker=r.worker or row["worker"])
+            created.update((k, v) for k, v in made.items() if k in fused)
+        return refused
 
     def release(self, item_ids: Iterable[int]) -> None:
         for item_id in item_ids:
-            row = self._row(item_id, Status.PENDING)
+            row = self._rows.get(item_id)
+            if row is None:
+                raise IllegalTransition(f"no item with id {item_id}")
+            transition(row["status"], Status.PENDING)
             row.update(status=Status.PENDING, attempts=max(row["attempts"] - 1, 0), worker=None)
 
     def reduce_row(self, stage: str) -> tuple[Status, str | None] | None:
-        for row in self._rows.values():
-            if row["stage"] == stage:
-                return row["status"], row["input_digest"]
+        for row in self._stage_rows(stage):
+            return row["status"], row["input_digest"]
         return None
 
     def open_reduce(self, stage: str, key: str, input_digest: str) -> None:
-        for row in self._rows.values():
-            if row["stage"] == stage:
-                if row["status"] is not Status.PENDING:
-                    transition(row["status"], Status.PENDING)
-                self._drop_derived([row["id"]])
-                self._reset(row)
-                row["input_digest"] = input_digest
-                return
+        for row in self._stage_rows(stage):
+            if row["status"] is not Status.PENDING:
+                transition(row["status"], Status.PENDING)
+            self._drop_derived([row["id"]])
+            self._reset(row)
+            row["input_digest"] = input_digest
+            return
         self._new_row(stage, key, None, input_digest)
 
     def gathered(self, stage: str) -> Iterator[Gathered]:
@@ -298,9 +314,8 @@ class MemoryLedger(Ledger):
         return counts
 
     def next_retry(self, stage: str) -> float | None:
-        times = [r["not_before"] for r in self._rows.values()
-                 if r["stage"] == stage and r["status"] is Status.PENDING
-                 and r["not_before"] is not None]
+        times = [r["not_before"] for r in self._stage_rows(stage)
+                 if r["status"] is Status.PENDING and r["not_before"] is not None]
         return min(times) if times else None
 
     def failures(self, stage: str | None = None) -> list[dict[str, Any]]:
@@ -313,8 +328,8 @@ class MemoryLedger(Ledger):
         return iter([(o["key"], o["data"], o["ref"]) for o in self._finished_outputs(stage)])
 
     def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
-        cols = ("id", "stage", "key", "status", "attempts", "input_digest", "fingerprint",
-                "error", "worker", "started", "ended")
+        cols = ("id", "stage", "key", "status", "attempts", "input_digest", "error", "worker",
+                "started", "ended")
         for row in sorted(self._rows.values(), key=lambda r: r["id"]):
             if stage in (None, row["stage"]):
                 yield {c: (row[c].value if c == "status" else row[c]) for c in cols}

@@ -7,25 +7,39 @@ per group, never one per item.
 
 Tables::
 
-    items    one row per (stage, key): status, attempts, input_id -> outputs.id
-    outputs  every value: run inputs (item_id NULL) and rows' outputs
-    gathers  (reduce stage, outputs.id): the values a reduce will read
+    items    one row per (stage, key): status, attempts, the value it reads
+             (input_id), and its output when it has exactly one (out_*)
+    outputs  the other values: run inputs (item_id NULL) and the outputs of
+             rows that produced none or several
+    gathers  (reduce stage, value id): the values a reduce will read
     stages   the fingerprint each stage last ran with
-    meta     run-level facts (pipeline name, schema version)
+    meta     run-level facts (pipeline name, stage order, schema version)
+
+A *value id* names a value wherever it lives: a positive id is an
+``outputs`` row, a negative one the single output kept in the ``items`` row
+``-id``. Most stages return one value per item, so most values cost no row of
+their own.
+
+Writes are shaped for throughput: :meth:`SqliteLedger.record` turns a whole
+batch of results into a few ``executemany`` statements with ids it assigns
+itself, and the queue of pending rows is a partial index that holds pending
+rows only, so finishing a row touches no queue index. A batch whose keys
+collide (a diamond's second arrival, a real collision) is rolled back and
+replayed one record at a time, each under its own savepoint.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import IllegalTransition, InputError, LedgerError
 from ..store import Stored
-from .base import (Claim, Gathered, InputReport, KeyCollision, Ledger, Output, Status,
-                   transition)
+from .base import (Claim, Gathered, InputReport, KeyCollision, Ledger, Output, Record, Refused,
+                   Status, transition)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,16 +52,21 @@ CREATE TABLE IF NOT EXISTS items(
     attempts INTEGER NOT NULL DEFAULT 0,
     input_id INTEGER,
     input_digest TEXT,
-    fingerprint TEXT,
     not_before REAL,
     error TEXT,
     traceback TEXT,
     worker TEXT,
     started REAL,
     ended REAL,
+    n_out INTEGER,
+    out_key TEXT,
+    out_data BLOB,
+    out_ref TEXT,
+    out_digest TEXT,
+    out_size INTEGER,
     UNIQUE(stage, key)
 );
-CREATE INDEX IF NOT EXISTS items_queue ON items(stage, status);
+CREATE INDEX IF NOT EXISTS items_pending ON items(stage, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS items_input ON items(input_id);
 CREATE TABLE IF NOT EXISTS outputs(
     id INTEGER PRIMARY KEY,
@@ -56,28 +75,73 @@ CREATE TABLE IF NOT EXISTS outputs(
     key TEXT NOT NULL,
     data BLOB,
     ref TEXT,
-    digest TEXT NOT NULL,
+    digest TEXT,
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outputs_item ON outputs(item_id);
 CREATE TABLE IF NOT EXISTS gathers(
     stage TEXT NOT NULL,
-    output_id INTEGER NOT NULL,
-    PRIMARY KEY(stage, output_id)
+    value_id INTEGER NOT NULL,
+    PRIMARY KEY(stage, value_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gathers_value ON gathers(value_id);
 """
 
-# Outputs of the given items and, transitively, every row and output derived from them.
-_DERIVED = """
-WITH RECURSIVE derived(id) AS (
-    SELECT o.id FROM outputs o WHERE o.item_id IN (SELECT id FROM temp.roots)
-    UNION
-    SELECT o.id FROM derived d
-        JOIN items i ON i.input_id = d.id
-        JOIN outputs o ON o.item_id = i.id
-)
-INSERT INTO temp.doomed(id) SELECT id FROM derived
-"""
+_ROW_COLUMNS = ("id, stage, key, status, attempts, input_id, not_before, error, traceback, "
+                "worker, started, ended, n_out, out_key, out_data, out_ref, out_digest, out_size")
+_INSERT_ITEM = f"INSERT INTO items({_ROW_COLUMNS}) VALUES({','.join('?' * 18)})"
+_INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
+                  "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")
+_UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "
+                "worker=coalesce(?, worker), started=?, ended=?, n_out=?, out_key=?, "
+                "out_data=?, out_ref=?, out_digest=?, out_size=? WHERE id=?")
+# A value by id, wherever it lives: (data, ref) of an outputs row or of a row's own output.
+_VALUE_JOIN = ("LEFT JOIN outputs o ON {col} > 0 AND o.id = {col} "
+               "LEFT JOIN items p ON {col} < 0 AND p.id = -{col}")
+_VALUE_DATA = "CASE WHEN {col} < 0 THEN p.out_data ELSE o.data END"
+_VALUE_REF = "CASE WHEN {col} < 0 THEN p.out_ref ELSE o.ref END"
+_CLEAR_OUTPUT = "n_out=NULL, out_key=NULL, out_data=NULL, out_ref=NULL, out_digest=NULL, out_size=NULL"
+_PARAMS = 900  # host parameters per IN (...) list, under SQLite's limit
+
+
+def _chunks(seq: Sequence[Any], size: int = _PARAMS) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _own_output(key: str, outputs: list[Output]) -> tuple[Any, ...]:
+    """The ``n_out, out_*`` columns of a row: its output inline when it has exactly one."""
+    if len(outputs) != 1:
+        return (len(outputs), None, None, None, None, None)
+    out = outputs[0]
+    v = out.value
+    return (1, None if out.key == key else out.key, v.data, v.ref, v.digest, v.size)
+
+
+def _new_row(row_id: int, stage: str, key: str, input_id: int, done: Record | None
+             ) -> tuple[Any, ...]:
+    """Values for a new items row: pending, or in the final state of a fused record."""
+    if done is None:
+        return (row_id, stage, key, "pending", 0, input_id, None, None, None, None, None, None,
+                None, None, None, None, None, None)
+    return (row_id, stage, key, done.status.value, done.attempt, input_id, done.retry_at,
+            done.error, done.traceback, done.worker, done.started, done.ended,
+            *_own_output(key, done.outputs))
+
+
+class _Batch:
+    """The rows and values one :meth:`SqliteLedger.record` call writes."""
+
+    def __init__(self, next_item: int, next_output: int) -> None:
+        self.next_item, self.next_output = next_item, next_output
+        self.items: list[tuple[Any, ...]] = []
+        self.outputs: list[tuple[Any, ...]] = []
+        self.gathers: list[tuple[str, int]] = []
+        self.updates: list[tuple[Any, ...]] = []
 
 
 class SqliteLedger(Ledger):
@@ -97,15 +161,21 @@ class SqliteLedger(Ledger):
                 self._db = sqlite3.connect(self.path, isolation_level=None,
                                            check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: random keys stay cached
             if not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
-                                 (SCHEMA_VERSION,))
+                version = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                if version is None:
+                    self._db.execute("INSERT INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
+                elif version[0] != SCHEMA_VERSION:
+                    raise LedgerError(f"the ledger {self.path} has schema {version[0]}; this "
+                                      f"conveyor reads schema {SCHEMA_VERSION}")
                 self._db.executescript(
-                    "CREATE TEMP TABLE roots(id INTEGER PRIMARY KEY);"
-                    "CREATE TEMP TABLE doomed(id INTEGER PRIMARY KEY);")
+                    "CREATE TEMP TABLE frontier(id INTEGER PRIMARY KEY);"
+                    "CREATE TEMP TABLE doomed_values(id INTEGER PRIMARY KEY);"
+                    "CREATE TEMP TABLE doomed_items(id INTEGER PRIMARY KEY);")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
         self._in_tx = False
@@ -162,14 +232,15 @@ class SqliteLedger(Ledger):
         db.execute("CREATE TEMP TABLE IF NOT EXISTS given("
                    "key TEXT PRIMARY KEY, data BLOB, ref TEXT, digest TEXT, size INTEGER)")
         db.execute("DELETE FROM temp.given")
-        chunk: list[tuple[str, bytes | None, str | None, str, int]] = []
+        chunk: list[tuple[str, bytes | None, str | None, str | None, int]] = []
         for key, value in inputs:
             chunk.append((key, value.data, value.ref, value.digest, value.size))
             if len(chunk) >= 5000:
                 self._stage_inputs(chunk)
                 chunk = []
         self._stage_inputs(chunk)
-        if db.execute("SELECT count(*) FROM temp.given").fetchone()[0] == 0:
+        total = db.execute("SELECT count(*) FROM temp.given").fetchone()[0]
+        if total == 0:
             return InputReport(0, 0, 0, [])
         before = db.execute("SELECT coalesce(max(id), 0) FROM outputs").fetchone()[0]
         db.execute(
@@ -182,29 +253,27 @@ class SqliteLedger(Ledger):
             "SELECT ?, o.key, 'pending', o.id, o.digest FROM outputs o WHERE o.id > ?",
             (stage, before)).rowcount
         changed = db.execute(
-            "SELECT i.id, g.data, g.ref, g.digest, g.size FROM items i "
+            "SELECT i.id, i.input_id, i.key, g.data, g.ref, g.digest, g.size FROM items i "
             "JOIN temp.given g ON g.key = i.key WHERE i.stage=? AND i.input_digest != g.digest",
             (stage,)).fetchall()
-        for item_id, data, ref, dig, size in changed:
+        for item_id, old_input, key, data, ref, dig, size in changed:
             self._drop_derived([item_id])
-            old_input = db.execute("SELECT input_id, key FROM items WHERE id=?",
-                                   (item_id,)).fetchone()
-            db.execute("DELETE FROM outputs WHERE id=?", (old_input[0],))
+            db.execute("DELETE FROM outputs WHERE id=?", (old_input,))
             new_input = db.execute(
                 "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
-                "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (old_input[1], data, ref, dig, size)).lastrowid
+                "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (key, data, ref, dig, size)).lastrowid
             db.execute(
-                "UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
-                "error=NULL, traceback=NULL, not_before=NULL WHERE id=?",
+                f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
+                f"error=NULL, traceback=NULL, not_before=NULL, {_CLEAR_OUTPUT} WHERE id=?",
                 (new_input, dig, item_id))
-        total = db.execute("SELECT count(*) FROM temp.given").fetchone()[0]
         missing = [k for (k,) in db.execute(
             "SELECT key FROM items i WHERE stage=? AND NOT EXISTS "
             "(SELECT 1 FROM temp.given g WHERE g.key = i.key) ORDER BY key", (stage,))]
         db.execute("DELETE FROM temp.given")
         return InputReport(added, len(changed), total - added - len(changed), missing)
 
-    def _stage_inputs(self, chunk: list[tuple[str, bytes | None, str | None, str, int]]) -> None:
+    def _stage_inputs(self, chunk: list[tuple[str, bytes | None, str | None, str | None, int]]
+                      ) -> None:
         if not chunk:
             return
         before = self._db.execute("SELECT coalesce(max(rowid), 0) FROM temp.given").fetchone()[0]
@@ -224,8 +293,8 @@ class SqliteLedger(Ledger):
         db = self._write()
         ids = [i for (i,) in db.execute("SELECT id FROM items WHERE stage=?", (stage,))]
         self._drop_derived(ids)
-        db.execute("UPDATE items SET status='pending', attempts=0, error=NULL, traceback=NULL, "
-                   "not_before=NULL, fingerprint=NULL WHERE stage=?", (stage,))
+        db.execute(f"UPDATE items SET status='pending', attempts=0, error=NULL, traceback=NULL, "
+                   f"not_before=NULL, {_CLEAR_OUTPUT} WHERE stage=?", (stage,))
         return len(ids)
 
     def drop_stage(self, stage: str) -> int:
@@ -235,39 +304,87 @@ class SqliteLedger(Ledger):
         db.execute("DELETE FROM gathers WHERE stage=?", (stage,))
         return db.execute("DELETE FROM items WHERE stage=?", (stage,)).rowcount
 
-    def finished_outputs(self, stage: str
-                         ) -> Iterator[tuple[int, str, str, bytes | None, str | None]]:
-        last = ""
-        while True:  # in pages of items by key, so the caller may write between them
-            items = self._db.execute(
-                "SELECT id, key FROM items WHERE stage=? AND key > ? "
-                "AND status IN ('done', 'routed-out') ORDER BY key LIMIT 500",
-                (stage, last)).fetchall()
-            if not items:
-                return
-            marks = ",".join("?" * len(items))
-            yield from self._db.execute(
-                f"SELECT o.id, o.key, o.digest, o.data, o.ref FROM outputs o "
-                f"WHERE o.item_id IN ({marks}) ORDER BY o.item_id, o.seq",
-                [i for i, _ in items]).fetchall()
-            last = items[-1][1]
+    def _drop_derived(self, item_ids: list[int]) -> None:
+        """Remove the outputs of ``item_ids`` and every row and value derived from them.
 
-    def route(self, target: str, key: str, output_id: int, digest: str, source: str) -> None:
+        Level by level: the values the frontier rows produced, the rows that
+        read those values, and so on down. The frontier rows themselves stay.
+        """
+        if not item_ids:
+            return
+        db = self._write()
+        db.execute("DELETE FROM temp.frontier")
+        db.execute("DELETE FROM temp.doomed_values")
+        db.execute("DELETE FROM temp.doomed_items")
+        db.executemany("INSERT INTO temp.frontier VALUES(?)", ((i,) for i in item_ids))
+        while True:
+            db.execute("INSERT OR IGNORE INTO temp.doomed_values "
+                       "SELECT -i.id FROM items i JOIN temp.frontier f ON f.id = i.id "
+                       "WHERE i.n_out = 1")
+            db.execute("INSERT OR IGNORE INTO temp.doomed_values "
+                       "SELECT o.id FROM outputs o JOIN temp.frontier f ON f.id = o.item_id")
+            db.execute("DELETE FROM temp.frontier")
+            added = db.execute(
+                "INSERT OR IGNORE INTO temp.frontier SELECT i.id FROM items i "
+                "WHERE i.input_id IN (SELECT id FROM temp.doomed_values) "
+                "AND i.id NOT IN (SELECT id FROM temp.doomed_items)").rowcount
+            if not added:
+                break
+            db.execute("INSERT OR IGNORE INTO temp.doomed_items SELECT id FROM temp.frontier")
+        db.execute("DELETE FROM items WHERE id IN (SELECT id FROM temp.doomed_items)")
+        db.execute("DELETE FROM gathers WHERE value_id IN (SELECT id FROM temp.doomed_values)")
+        db.execute("DELETE FROM outputs WHERE id IN (SELECT id FROM temp.doomed_values)")
+        db.executemany(f"UPDATE items SET {_CLEAR_OUTPUT} WHERE id=?", ((i,) for i in item_ids))
+
+    def finished_outputs(self, stage: str
+                         ) -> Iterator[tuple[int, str, bytes | None, str | None]]:
+        for row in self._stage_outputs(stage):
+            yield row[0], row[1], row[2], row[3]
+
+    def _stage_outputs(self, stage: str) -> Iterator[tuple[int, str, bytes | None, str | None]]:
+        """(value id, key, data, ref) of ``stage``'s finished rows' outputs, by row key.
+
+        In pages of rows, so the caller may write between them.
+        """
+        last = ""
+        while True:
+            rows = self._db.execute(
+                "SELECT id, key, n_out, coalesce(out_key, key), out_data, out_ref FROM items "
+                "WHERE stage=? AND key > ? AND status IN ('done', 'routed-out') "
+                "ORDER BY key LIMIT 500", (stage, last)).fetchall()
+            if not rows:
+                return
+            many = [r[0] for r in rows if r[2] != 1]
+            table: dict[int, list[tuple[int, str, bytes | None, str | None]]] = {}
+            if many:
+                for oid, item_id, key, data, ref in self._db.execute(
+                        f"SELECT id, item_id, key, data, ref FROM outputs "
+                        f"WHERE item_id IN ({_marks(len(many))}) ORDER BY item_id, seq", many):
+                    table.setdefault(item_id, []).append((oid, key, data, ref))
+            for row_id, _, n_out, out_key, data, ref in rows:
+                if n_out == 1:
+                    yield -row_id, out_key, data, ref
+                else:
+                    yield from table.get(row_id, [])
+            last = rows[-1][1]
+
+    def route(self, target: str, key: str, output_id: int, source: str) -> None:
         self._write()
-        self._route(target, key, output_id, digest, source)
+        self._route(target, key, output_id, source, None)
 
     def gather(self, stage: str, output_id: int) -> None:
         self._write().execute("INSERT OR IGNORE INTO gathers VALUES(?, ?)", (stage, output_id))
 
     def refresh_routed(self, stage: str) -> None:
+        taken = ("EXISTS (SELECT 1 FROM items d WHERE d.input_id = {v}) OR "
+                 "EXISTS (SELECT 1 FROM gathers g WHERE g.value_id = {v})")
         self._write().execute(
-            "UPDATE items SET status = CASE WHEN EXISTS ("
-            "  SELECT 1 FROM outputs o WHERE o.item_id = items.id AND ("
-            "    EXISTS (SELECT 1 FROM items d WHERE d.input_id = o.id) OR "
-            "    EXISTS (SELECT 1 FROM gathers g WHERE g.output_id = o.id)))"
-            " THEN 'done' ELSE 'routed-out' END "
-            "WHERE stage=? AND status IN ('done', 'routed-out') "
-            "AND EXISTS (SELECT 1 FROM outputs o WHERE o.item_id = items.id)", (stage,))
+            f"UPDATE items SET status = CASE WHEN "
+            f"  (n_out = 1 AND ({taken.format(v='-items.id')})) OR "
+            f"  EXISTS (SELECT 1 FROM outputs o WHERE o.item_id = items.id "
+            f"          AND ({taken.format(v='o.id')}))"
+            f" THEN 'done' ELSE 'routed-out' END "
+            f"WHERE stage=? AND status IN ('done', 'routed-out') AND n_out > 0", (stage,))
 
     def retry_failed(self, stage: str | None = None) -> int:
         sql = ("UPDATE items SET status='pending', attempts=0, not_before=NULL "
@@ -276,103 +393,165 @@ class SqliteLedger(Ledger):
             return self._write().execute(sql).rowcount
         return self._write().execute(sql + " AND stage=?", (stage,)).rowcount
 
-    def _drop_derived(self, item_ids: list[int]) -> None:
-        """Remove the outputs of ``item_ids`` and every row and value derived from them."""
-        if not item_ids:
-            return
-        db = self._write()
-        db.execute("DELETE FROM temp.roots")
-        db.execute("DELETE FROM temp.doomed")
-        db.executemany("INSERT INTO temp.roots VALUES(?)", ((i,) for i in item_ids))
-        db.execute(_DERIVED)
-        db.execute("DELETE FROM items WHERE input_id IN (SELECT id FROM temp.doomed)")
-        db.execute("DELETE FROM gathers WHERE output_id IN (SELECT id FROM temp.doomed)")
-        db.execute("DELETE FROM outputs WHERE id IN (SELECT id FROM temp.doomed)")
-
     # -- work ------------------------------------------------------------------------
 
     def claim(self, stage: str, limit: int, worker: str, now: float) -> list[Claim]:
         db = self._write()
+        col = "i.input_id"
         rows = db.execute(
-            "SELECT i.id, i.key, i.attempts + 1, o.data, o.ref FROM items i "
-            "LEFT JOIN outputs o ON o.id = i.input_id "
-            "WHERE i.stage=? AND i.status='pending' AND (i.not_before IS NULL OR i.not_before <= ?) "
-            "ORDER BY i.id LIMIT ?", (stage, now, limit)).fetchall()
-        db.executemany(
-            "UPDATE items SET status='running', attempts=attempts+1, worker=?, started=?, "
-            "ended=NULL, not_before=NULL WHERE id=?",
-            ((worker, now, r[0]) for r in rows))
+            f"SELECT i.id, i.stage, i.key, i.attempts + 1, {_VALUE_DATA.format(col=col)}, "
+            f"{_VALUE_REF.format(col=col)} FROM items i {_VALUE_JOIN.format(col=col)} "
+            f"WHERE i.stage=? AND i.status='pending' "
+            f"AND (i.not_before IS NULL OR i.not_before <= ?) ORDER BY i.id LIMIT ?",
+            (stage, now, limit)).fetchall()
+        for chunk in _chunks([r[0] for r in rows]):
+            db.execute(
+                f"UPDATE items SET status='running', attempts=attempts+1, worker=?, started=?, "
+                f"ended=NULL, not_before=NULL WHERE id IN ({_marks(len(chunk))})",
+                (worker, now, *chunk))
         return [Claim(*r) for r in rows]
 
-    def complete(self, item_id: int, outputs: list[Output], status: Status, fingerprint: str,
-                 now: float) -> Status:
+    def record(self, records: list[Record]) -> list[Refused]:
         db = self._write()
-        stage = self._check(item_id, status)
-        output_ids: list[int] = []
+        existing: dict[int, str] = {}  # row id -> its stage
+        for chunk in _chunks([r.item_id for r in records if r.item_id is not None]):
+            for row_id, stage, status in db.execute(
+                    f"SELECT id, stage, status FROM items WHERE id IN ({_marks(len(chunk))})",
+                    chunk):
+                existing[row_id] = stage
+                if status != Status.RUNNING.value:
+                    wanted = next(r.status for r in records if r.item_id == row_id)
+                    raise IllegalTransition(f"an item cannot go from {status} to {wanted}: "
+                                            f"only a running item has a result to record")
+        for r in records:
+            if r.item_id is not None and r.item_id not in existing:
+                raise IllegalTransition(f"no item with id {r.item_id}")
+        db.execute("SAVEPOINT batch")
         try:
-            for seq, out in enumerate(outputs):
-                v = out.value
-                oid = db.execute(
-                    "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
-                    "VALUES(?, ?, ?, ?, ?, ?, ?)",
-                    (item_id, seq, out.key, v.data, v.ref, v.digest, v.size)).lastrowid
-                output_ids.append(oid)
-                for target in out.targets:
-                    self._route(target, out.key, oid, v.digest, stage)
-                db.executemany("INSERT INTO gathers VALUES(?, ?)",
-                               ((g, oid) for g in out.gathers))
-        except KeyCollision:
-            db.executemany("DELETE FROM items WHERE input_id=?", ((o,) for o in output_ids))
-            db.executemany("DELETE FROM gathers WHERE output_id=?", ((o,) for o in output_ids))
-            db.execute("DELETE FROM outputs WHERE item_id=?", (item_id,))
-            raise
-        db.execute(
-            "UPDATE items SET status=?, fingerprint=?, ended=?, error=NULL, traceback=NULL "
-            "WHERE id=?", (status.value, fingerprint, now, item_id))
-        return status
+            self._apply_all(records)
+        except (sqlite3.IntegrityError, KeyCollision):
+            db.execute("ROLLBACK TO batch")
+            db.execute("RELEASE batch")
+            return self._apply_each(records, existing)
+        db.execute("RELEASE batch")
+        return []
 
-    def _route(self, target: str, key: str, output_id: int, digest: str, source: str) -> None:
+    def _next_ids(self) -> _Batch:
+        (item,) = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()
+        (output,) = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
+        return _Batch(item, output)
+
+    def _apply_all(self, records: list[Record]) -> None:
+        """The fast path: every record at once, in a few statements."""
+        fused = {(r.stage, r.key): r for r in records if r.item_id is None}
+        created: dict[tuple[str, str], int] = {}
+        batch = self._next_ids()
+        for r in records:
+            if r.item_id is None:
+                row_id = created.get((r.stage, r.key))
+                if row_id is None:
+                    raise KeyCollision("parent not recorded")  # resolved on the slow path
+            else:
+                row_id = r.item_id
+                batch.updates.append((r.status.value, r.retry_at, r.error, r.traceback,
+                                      r.worker, r.started, r.ended,
+                                      *_own_output(r.key, r.outputs), row_id))
+            inline = len(r.outputs) == 1
+            for seq, out in enumerate(r.outputs):
+                if inline:
+                    value_id = -row_id
+                else:
+                    value_id = batch.next_output
+                    batch.next_output += 1
+                    v = out.value
+                    batch.outputs.append((value_id, row_id, seq, out.key, v.data, v.ref,
+                                          v.digest, v.size))
+                for target in out.targets:
+                    child = fused.get((target, out.key))
+                    batch.items.append(_new_row(batch.next_item, target, out.key, value_id,
+                                                child))
+                    if child is not None:
+                        created[(target, out.key)] = batch.next_item
+                    batch.next_item += 1
+                batch.gathers.extend((g, value_id) for g in out.gathers)
         db = self._db
-        insert = ("INSERT INTO items(stage, key, status, input_id, input_digest) "
-                  "VALUES(?, ?, 'pending', ?, ?) ON CONFLICT(stage, key) DO NOTHING")
-        if db.execute(insert, (target, key, output_id, digest)).rowcount:
-            return
+        db.executemany(_UPDATE_ITEM, batch.updates)
+        db.executemany(_INSERT_OUTPUT, batch.outputs)
+        db.executemany(_INSERT_ITEM, batch.items)
+        db.executemany("INSERT INTO gathers VALUES(?, ?)", batch.gathers)
+
+    def _apply_each(self, records: list[Record], existing: dict[int, str]) -> list[Refused]:
+        """The slow path: one record at a time, qualifying union keys, refusing collisions."""
+        db = self._db
+        fused = {(r.stage, r.key): r for r in records if r.item_id is None}
+        created: dict[tuple[str, str], int] = {}
+        refused: list[Refused] = []
+        for r in records:
+            if r.item_id is None and (r.stage, r.key) not in created:
+                refused.append(Refused(r, f"its parent was refused, so {r.stage}/{r.key} "
+                                          f"was never created"))
+                continue
+            row_id = r.item_id if r.item_id is not None else created[(r.stage, r.key)]
+            source = existing[r.item_id] if r.item_id is not None else r.stage
+            made: dict[tuple[str, str], int] = {}
+            db.execute("SAVEPOINT one")
+            try:
+                if r.item_id is not None:
+                    db.execute(_UPDATE_ITEM, (r.status.value, r.retry_at, r.error, r.traceback,
+                                              r.worker, r.started, r.ended,
+                                              *_own_output(r.key, r.outputs), r.item_id))
+                inline = len(r.outputs) == 1
+                for seq, out in enumerate(r.outputs):
+                    v = out.value
+                    value_id = -row_id if inline else db.execute(
+                        "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
+                        "VALUES(?, ?, ?, ?, ?, ?, ?)",
+                        (row_id, seq, out.key, v.data, v.ref, v.digest, v.size)).lastrowid
+                    for target in out.targets:
+                        made[(target, out.key)] = self._route(
+                            target, out.key, value_id, source, fused.get((target, out.key)))
+                    db.executemany("INSERT OR IGNORE INTO gathers VALUES(?, ?)",
+                                   ((g, value_id) for g in out.gathers))
+            except KeyCollision as exc:
+                db.execute("ROLLBACK TO one")
+                db.execute("RELEASE one")
+                refused.append(Refused(r, str(exc)))
+                continue
+            db.execute("RELEASE one")
+            created.update((k, v) for k, v in made.items() if k in fused)
+        return refused
+
+    def _route(self, target: str, key: str, value_id: int, source: str,
+               done: Record | None) -> int:
+        """Insert ``target``'s row for a value; a union's second arrival gets ``key@source``."""
+        db = self._db
+        (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()
+        insert = _INSERT_ITEM.replace("INSERT", "INSERT OR IGNORE", 1)
+        if db.execute(insert, _new_row(next_id, target, key, value_id, done)).rowcount:
+            return next_id
         holder = db.execute(
-            "SELECT coalesce(p.stage, '') FROM items i JOIN outputs o ON o.id = i.input_id "
-            "LEFT JOIN items p ON p.id = o.item_id WHERE i.stage=? AND i.key=?",
+            "SELECT coalesce(p.stage, q.stage, '') FROM items i "
+            "LEFT JOIN items p ON i.input_id < 0 AND p.id = -i.input_id "
+            "LEFT JOIN outputs o ON i.input_id > 0 AND o.id = i.input_id "
+            "LEFT JOIN items q ON q.id = o.item_id WHERE i.stage=? AND i.key=?",
             (target, key)).fetchone()
         if holder and holder[0] != source:
             qualified = f"{key}@{source}"
-            if db.execute(insert, (target, qualified, output_id, digest)).rowcount:
-                return
+            if db.execute(insert, _new_row(next_id, target, qualified, value_id, done)).rowcount:
+                return next_id
         raise KeyCollision(
             f"stage {target!r} already has an item keyed {key!r} from stage {source!r}; "
             f"yield conveyor.Item(key, value) with distinct keys")
 
-    def fail(self, item_id: int, error: str, traceback: str | None, now: float,
-             retry_at: float | None) -> Status:
-        status = Status.PENDING if retry_at is not None else Status.FAILED
-        self._check(item_id, status)
-        self._db.execute(
-            "UPDATE items SET status=?, error=?, traceback=?, ended=?, not_before=? WHERE id=?",
-            (status.value, error, traceback, now, retry_at, item_id))
-        return status
-
     def release(self, item_ids: Iterable[int]) -> None:
         db = self._write()
-        for item_id in item_ids:
-            self._check(item_id, Status.PENDING)
-            db.execute("UPDATE items SET status='pending', attempts=max(attempts-1, 0), "
-                       "worker=NULL WHERE id=?", (item_id,))
-
-    def _check(self, item_id: int, new: Status) -> str:
-        """The row's stage, after checking that ``status -> new`` is legal."""
-        row = self._write().execute("SELECT stage, status FROM items WHERE id=?",
-                                    (item_id,)).fetchone()
-        if row is None:
-            raise IllegalTransition(f"no item with id {item_id}")
-        transition(row[1], new)
-        return row[0]
+        ids = list(item_ids)
+        for chunk in _chunks(ids):
+            for row_id, status in db.execute(
+                    f"SELECT id, status FROM items WHERE id IN ({_marks(len(chunk))})", chunk):
+                transition(status, Status.PENDING)
+            db.execute(f"UPDATE items SET status='pending', attempts=max(attempts-1, 0), "
+                       f"worker=NULL WHERE id IN ({_marks(len(chunk))})", chunk)
 
     # -- reduce ---------------------------------------------------------------------
 
@@ -395,10 +574,11 @@ class SqliteLedger(Ledger):
                    "traceback=NULL, not_before=NULL WHERE id=?", (input_digest, row[0]))
 
     def gathered(self, stage: str) -> Iterator[Gathered]:
+        col = "g.value_id"
         cur = self._db.execute(
-            "SELECT o.key, o.digest, o.data, o.ref FROM gathers g "
-            "JOIN outputs o ON o.id = g.output_id WHERE g.stage=? ORDER BY o.key, o.id",
-            (stage,))
+            f"SELECT coalesce(p.out_key, p.key, o.key), coalesce(p.out_digest, o.digest), "
+            f"{_VALUE_DATA.format(col=col)}, {_VALUE_REF.format(col=col)} FROM gathers g "
+            f"{_VALUE_JOIN.format(col=col)} WHERE g.stage=? ORDER BY 1, g.value_id", (stage,))
         for row in cur:
             yield Gathered(*row)
 
@@ -428,14 +608,12 @@ class SqliteLedger(Ledger):
                                                                   params)]
 
     def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        yield from self._db.execute(
-            "SELECT o.key, o.data, o.ref FROM items i JOIN outputs o ON o.item_id = i.id "
-            "WHERE i.stage=? AND i.status IN ('done', 'routed-out') ORDER BY i.key, o.seq",
-            (stage,))
+        for _, key, data, ref in self._stage_outputs(stage):
+            yield key, data, ref
 
     def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
-        cols = ("id", "stage", "key", "status", "attempts", "input_digest", "fingerprint",
-                "error", "worker", "started", "ended")
+        cols = ("id", "stage", "key", "status", "attempts", "input_digest", "error", "worker",
+                "started", "ended")
         sql = f"SELECT {', '.join(cols)} FROM items"
         params: tuple[str, ...] = ()
         if stage is not None:

@@ -1,0 +1,49 @@
+"""Shared parts of the benchmarks: CPU burning, timing, and the one JSON line each prints.
+
+Every benchmark prints exactly one JSON object on stdout: what ran, the figures,
+the bound or peer it is compared with and the ratio, all measured in the same
+process run, plus the date and the machine. ``--quick`` shrinks the sizes so
+the test suite can run every benchmark and none of them rots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def burn(seconds: float) -> None:
+    """Use one core for ``seconds`` of CPU time (not wall time)."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        for _ in range(200):
+            x += 1
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
+    p.add_argument("--executor", default="local", help="local (default), ray, inline")
+    p.add_argument("--run-dir", default=None, help="where runs go (default: a temp dir)")
+    return p
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "platform": platform.machine()}
+
+
+def emit(bench: str, **fields: Any) -> dict[str, Any]:
+    """Print the benchmark's one JSON line and return it."""
+    record = {"bench": bench, **fields, "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    print(json.dumps(record), flush=True)
+    return record

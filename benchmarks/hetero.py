@@ -1,0 +1,70 @@
+"""hetero: a CPU stage feeding a GPU stage feeding a CPU stage; can the GPU stay busy?
+
+A burns 10 ms of CPU per item, B holds one declared GPU for 20 ms per item
+(a sleep: device time costs no host CPU), C burns 5 ms. Every stage keeps
+the default declaration (cpus=1). Budget: the machine's cores, one GPU.
+Bound: min(1 / 20 ms, cores / 15 ms) items/s. Also with batch_size=8 on B
+(20 ms per item in the batch). Prints one JSON line per variant.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from common import burn, emit, machine, parser
+
+from conveyor import Item, Pipeline
+
+A_COST, B_COST, C_COST = 0.010, 0.020, 0.005
+
+
+def build(batch: int | None) -> Pipeline:
+    pipe = Pipeline("hetero")
+
+    @pipe.stage
+    def a(x):
+        burn(A_COST)
+        return x
+
+    if batch:
+        @pipe.stage(after=a, gpus=1, batch_size=batch)
+        def b(xs):
+            time.sleep(B_COST * len(xs))
+            return xs
+    else:
+        @pipe.stage(after=a, gpus=1)
+        def b(x):
+            time.sleep(B_COST)
+            return x
+
+    @pipe.stage(after=b)
+    def c(x):
+        burn(C_COST)
+        return x
+
+    return pipe
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    n = 60 if args.quick else 1000
+    cores = machine()["cpus"]
+    bound = min(1 / B_COST, cores / (A_COST + C_COST))
+    root = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-hetero-"))
+    for batch in (None, 8):
+        pipe = build(batch)
+        start = time.perf_counter()
+        result = pipe.run([Item(str(i), i) for i in range(n)], run_dir=root / f"b{batch or 1}",
+                          executor=args.executor, cpus=cores, gpus=1)
+        wall = time.perf_counter() - start
+        assert result.ok and result.counts["c"]["done"] == n
+        emit("hetero", executor=args.executor, n=n, batch_size=batch or 1,
+             seconds=round(wall, 3), items_per_s=round(n / wall, 2),
+             bound_items_per_s=round(bound, 2), ratio=round(n / wall / bound, 3),
+             target=0.95)
+
+
+if __name__ == "__main__":
+    main()

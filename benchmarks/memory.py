@@ -1,0 +1,49 @@
+"""memory: the driver's peak RSS for the no-op pipeline at 10,000 vs 100,000 items.
+
+Each size runs in a fresh process (so peaks do not mix) that reports its own
+peak resident set size; the figure is the growth between the two sizes.
+Target: at most 50 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import emit, machine, parser
+
+
+def child(n: int, run_dir: str) -> None:
+    from noop import pipe
+
+    result = pipe.run(range(n), run_dir=run_dir, cpus=machine()["cpus"])
+    assert result.ok
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": n, "peak_mb": peak_kb / 1024}))
+
+
+def measure(n: int, root: Path) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", str(n), str(root / f"n{n}")],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        child(int(sys.argv[2]), sys.argv[3])
+        return
+    args = parser(__doc__).parse_args()
+    small, large = (1_000, 10_000) if args.quick else (10_000, 100_000)
+    root = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-memory-"))
+    a, b = measure(small, root), measure(large, root)
+    emit("memory", small_n=small, large_n=large, small_peak_mb=round(a, 1),
+         large_peak_mb=round(b, 1), growth_mb=round(b - a, 1), bound_mb=50,
+         ok=b - a <= 50)
+
+
+if __name__ == "__main__":
+    main()

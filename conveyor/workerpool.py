@@ -1,0 +1,176 @@
+"""The live workers of a run: their resources, CPU leases and lives.
+
+The driver owns one :class:`WorkerPool`. It starts workers through the
+executor when the plan asks for them and the budget has room, stops them when
+they are no longer wanted, and hands out CPU leases (see
+:mod:`conveyor.scheduler`): a worker may be sent tasks only while it holds a
+lease, and the leases held never add up to more CPUs than the budget. RAM
+and GPUs are granted for a worker's whole life, from start to exit.
+
+An executor that cannot lend CPUs per task (Ray actors reserve theirs for
+life) gets every worker *pinned*: it holds its lease from start to exit, and
+the live-process ceiling is then the real CPU budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .events import EventLog
+from .executors.base import Executor
+from .ledger.base import Claim
+from .resources import Budget, Grant, Pool, Resources
+from .runner import WorkerSpec
+from .scheduler import Load, lease_order, should_yield
+from .worker import pinned_env
+
+LIVE_FACTOR = 2  # live processes may declare this many times the CPUs (idle ones use none)
+QUANTUM = 0.2  # seconds a lease is held before a more urgent group may take it
+IDLE_SECONDS = 0.5  # an idle worker that is not wanted any more is stopped after this
+
+
+@dataclass
+class Worker:
+    """One live worker as the driver tracks it."""
+
+    id: int
+    group: str
+    resources: Resources
+    grant: Grant
+    started: float
+    pinned: bool  # holds its CPU lease for life (GPU workers; executors that cannot lend)
+    ready: bool = False
+    leased: bool = False
+    lease_since: float = 0.0
+    expiring: bool = False  # gives its lease up once its tasks are done
+    draining: bool = False  # stops once its tasks are done
+    kill_reason: str | None = None
+    inflight: dict[int, Claim] = field(default_factory=dict)  # sent, in order; head runs
+    head_since: float = 0.0  # when the task at the head began
+    idle_since: float = 0.0
+
+    @property
+    def can_take_work(self) -> bool:
+        return self.leased and not self.expiring and not self.draining \
+            and self.kill_reason is None
+
+
+class WorkerPool:
+    """Starts, leases and stops workers; see the module docstring."""
+
+    def __init__(self, executor: Executor, budget: Budget, events: EventLog) -> None:
+        self.executor = executor
+        self.events = events
+        self.lends_cpu = executor.lends_cpu
+        factor = LIVE_FACTOR if self.lends_cpu else 1
+        self.live_budget = Budget(budget.cpus * factor, budget.ram, budget.devices)
+        self.live = Pool(self.live_budget)
+        self.cpu_total = round(budget.cpus * 1000)
+        self.cpu_free = self.cpu_total
+        self.workers: dict[int, Worker] = {}
+
+    def of(self, group: str) -> list[Worker]:
+        """The group's workers that are not on their way out."""
+        return [w for w in self.workers.values()
+                if w.group == group and not w.draining and w.kill_reason is None]
+
+    # -- lives ------------------------------------------------------------------------------
+
+    def start(self, spec: WorkerSpec, now: float) -> Worker | None:
+        """Start a worker for ``spec`` if its resources and a CPU lease are free now."""
+        res: Resources = spec.resources
+        need = round(res.cpus * 1000)
+        if need > self.cpu_free or not self.live.fits(res):
+            return None
+        grant = self.live.acquire(res)
+        assert grant is not None
+        env = pinned_env(res.threads, grant.devices, spec.stages[0].stage.env)
+        worker_id = self.executor.start(spec, env)
+        worker = Worker(worker_id, spec.group, res, grant, now,
+                        pinned=res.gpus > 0 or not self.lends_cpu, head_since=now,
+                        idle_since=now)
+        self.workers[worker_id] = worker
+        self._lease(worker, now)  # setup uses CPU too
+        self.events.emit("worker_start", group=spec.group, worker=worker_id,
+                         pid=self.executor.pid(worker_id), cpus=res.cpus, ram=res.ram,
+                         gpus=res.gpus, devices=list(grant.devices), threads=res.threads)
+        return worker
+
+    def stop(self, worker: Worker, reason: str = "stopped", kill: bool = False) -> None:
+        """Ask a worker to exit (or kill it); its exit is reported by the executor."""
+        if worker.kill_reason is None:
+            worker.kill_reason = reason
+        self.executor.stop(worker.id, kill=kill)
+
+    def exited(self, worker_id: int, reason: str) -> Worker | None:
+        """Forget a worker that exited; its resources and lease go back."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return None
+        self.live.release(worker.grant)
+        self._unlease(worker)
+        self.events.emit("worker_exit", group=worker.group, worker=worker_id,
+                         reason=worker.kill_reason or reason)
+        return worker
+
+    def stop_idle(self, wanted: Callable[[Worker], bool], now: float) -> None:
+        """Stop workers that are idle, not wanted, and were idle long enough (or finished)."""
+        for worker in list(self.workers.values()):
+            if worker.inflight or not worker.ready or worker.kill_reason is not None:
+                continue
+            if worker.draining or not wanted(worker):
+                self.stop(worker)
+
+    # -- CPU leases ------------------------------------------------------------------------
+
+    def _lease(self, worker: Worker, now: float) -> None:
+        if not worker.leased:
+            self.cpu_free -= round(worker.resources.cpus * 1000)
+            worker.leased, worker.lease_since, worker.expiring = True, now, False
+            self.events.emit("lease", group=worker.group, worker=worker.id,
+                             cpus=worker.resources.cpus)
+
+    def _unlease(self, worker: Worker) -> None:
+        if worker.leased:
+            self.cpu_free += round(worker.resources.cpus * 1000)
+            worker.leased = worker.expiring = False
+            self.events.emit("unlease", group=worker.group, worker=worker.id)
+
+    def assign_leases(self, loads: dict[str, Load], now: float) -> None:
+        """Release idle leases, grant leases by urgency, and ask long holders to yield."""
+        for worker in self.workers.values():
+            if worker.leased and not worker.pinned and worker.ready and not worker.inflight:
+                self._unlease(worker)
+        waiting: list[Load] = []
+        for load in lease_order(list(loads.values())):
+            mine = self.of(load.name)
+            wanted = load.useful_workers() - sum(w.leased for w in mine)
+            for worker in (w for w in mine if w.ready and not w.leased):
+                if wanted <= 0:
+                    break
+                if round(worker.resources.cpus * 1000) > self.cpu_free:
+                    waiting.append(load)
+                    break
+                self._lease(worker, now)
+                wanted -= 1
+            if not self.of(load.name) and load.workers == 0:
+                waiting.append(load)  # it needs a worker started, which needs a lease
+        if waiting:
+            self._make_room(waiting[0], loads, now)
+
+    def _make_room(self, waiting: Load, loads: dict[str, Load], now: float) -> None:
+        need = round(waiting.resources.cpus * 1000)
+        free = self.cpu_free + sum(round(w.resources.cpus * 1000)
+                                   for w in self.workers.values() if w.leased and w.expiring)
+        holders = sorted((w for w in self.workers.values()
+                          if w.leased and not w.pinned and not w.expiring and w.ready
+                          and w.group != waiting.name and now - w.lease_since >= QUANTUM
+                          and should_yield(waiting, loads[w.group])),
+                         key=lambda w: loads[w.group].urgency)
+        for worker in holders:
+            if free >= need:
+                return
+            worker.expiring = True
+            free += round(worker.resources.cpus * 1000)
