@@ -2,7 +2,7 @@
 
 ::
 
-     inputs ──▶ ledger: pending rows ◀─────────── record(outcomes), grouped commits ◀──┐
+     inputs ──▶ ledger: pending rows ◀──────────── record(results), grouped commits ◀──┐
                    │                                                                  │
                    ▼                                                                  │
      scheduler.plan / lease_order ──▶ WorkerPool: start, lease, stop workers          │
@@ -61,12 +61,13 @@ from .pipeline import Pipeline, Stage
 from .prepare import prepare
 from .resources import Budget
 from .result import LEDGER_FILE, RunResult
-from .runner import ERROR, FATAL, Outcome, StageSpec, WorkerSpec
+from .runner import StageSpec, WorkerSpec
 from .scheduler import Load, plan
 from .store import Store
 from .workerpool import IDLE_SECONDS, Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
+CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
 QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
@@ -137,6 +138,9 @@ class Driver:
         self._last_commit = 0.0
         self._last_progress = 0.0
         self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
+        self._dirty = True  # something happened that the control step should see now
+        self._last_control = 0.0
+        self._cost = _DriverCost()
         self._ledger: SqliteLedger
         self._events: EventLog
         self._pool: WorkerPool
@@ -221,10 +225,8 @@ class Driver:
     def _loop(self) -> None:
         while self._signal is None and self._fatal is None:
             now = time.time()
-            self._open_reduces()
-            loads = self._loads(now)
-            self._reconcile(loads, now)
-            self._pool.assign_leases(loads, now)
+            if self._dirty or now - self._last_control >= CONTROL_SECONDS:
+                self._control(now)
             busy = self._dispatch(now)
             for event in self.executor.poll(0.0 if busy else self._idle_timeout(now)):
                 self._handle(event)
@@ -233,6 +235,16 @@ class Driver:
             self._maybe_commit(now)
             if self._finished():
                 return
+
+    def _control(self, now: float) -> None:
+        """The scheduling step: reduces, worker targets, CPU leases."""
+        self._dirty = False
+        self._last_control = now
+        self._cost.sample()
+        self._open_reduces()
+        loads = self._loads(now)
+        self._reconcile(loads, now)
+        self._pool.assign_leases(loads, now)
 
     def _idle_timeout(self, now: float) -> float:
         waits = [s.wait_until - now for s in self.stages.values()
@@ -262,8 +274,9 @@ class Driver:
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, Results):
-            self._record(event.worker, event.outcomes)
+            self._record(event.worker, event.records)
             return
+        self._dirty = True
         worker = self._pool.workers.get(event.worker)
         if isinstance(event, Exited):
             self._exited(event.worker, event.reason)
@@ -276,61 +289,63 @@ class Driver:
         elif isinstance(event, SetupFailed):
             self._setup_failed(worker, event.error, event.traceback)
 
-    def _record(self, worker_id: int, outcomes: list[Outcome]) -> None:
+    def _record(self, worker_id: int, records: list[Record]) -> None:
+        """Judge and record what a worker computed, in one ledger call."""
         worker = self._pool.workers.get(worker_id)
         if worker is None:
             return
-        records = []
-        for outcome in outcomes:
-            if outcome.item_id is not None:
-                if worker.inflight.pop(outcome.item_id, None) is None:
-                    continue  # already settled (a timeout raced the result)
-            records.append(self._verdict(outcome, f"w{worker_id}"))
-            self._measure(outcome)
-        self._apply(records)
         now = time.time()
+        kept: list[Record] = []
+        spans: dict[str, list[float]] = {}  # stage -> [seconds, calls]
+        for r in records:
+            if r.item_id is not None and worker.inflight.pop(r.item_id, None) is None:
+                continue  # already settled (a timeout raced the result)
+            if r.status is Status.FAILED:
+                r = self._judge(r, now)
+            kept.append(r)
+            span = spans.setdefault(r.stage, [0.0, 0])
+            span[0] += r.ended - r.started
+            span[1] += 1
+        for name, (seconds, calls) in spans.items():
+            state = self.stages[name]
+            per_item = max(seconds / calls, 1e-6) / (state.stage.batch_size or 1)
+            state.service = per_item if state.service is None else (
+                0.8 * state.service + 0.2 * per_item)
+        self._apply(kept, f"w{worker_id}")
+        self._cost.count(len(kept))
         worker.head_since = now
         if not worker.inflight:
             worker.idle_since = now
+            self._dirty = True  # its lease may go to another group
 
-    def _verdict(self, outcome: Outcome, worker: str) -> Record:
-        """The ledger record for an outcome: retry an error while retries last."""
-        stage = self.stages[outcome.stage].stage
-        status, retry_at = Status.FAILED, None
-        if outcome.status == FATAL:
-            self._fatal = StageContractError(outcome.error)
-        elif outcome.status == ERROR:
-            if outcome.attempt <= stage.retries:
-                status = Status.PENDING
-                retry_at = time.time() + stage.retry_backoff * 2 ** (outcome.attempt - 1)
-        else:
-            status = Status(outcome.status)
-        return Record(outcome.stage, outcome.key, outcome.item_id, status, outcome.attempt,
-                      outcome.started, outcome.ended, outcome.outputs, outcome.error,
-                      outcome.traceback, retry_at, worker)
+    def _judge(self, r: Record, now: float) -> Record:
+        """A failed call: the run stops on a contract breach; an error is retried while
+        the stage's retries last, after a back-off that doubles each time."""
+        if r.fatal:
+            self._fatal = StageContractError(r.error)
+            return r
+        stage = self.stages[r.stage].stage
+        if r.attempt <= stage.retries:
+            return r._replace(status=Status.PENDING,
+                              retry_at=now + stage.retry_backoff * 2 ** (r.attempt - 1))
+        return r
 
-    def _measure(self, outcome: Outcome) -> None:
-        state = self.stages[outcome.stage]
-        batch = state.stage.batch_size or 1
-        per_item = max(outcome.ended - outcome.started, 1e-6) / batch
-        state.service = per_item if state.service is None else (
-            0.9 * state.service + 0.1 * per_item)
-
-    def _apply(self, records: list[Record]) -> None:
+    def _apply(self, records: list[Record], worker: str) -> None:
         """Write records to the ledger and keep the in-memory counters in step."""
         if not records:
             return
-        refused = {id(r.record): r.reason for r in self._ledger.record(records)}
+        refused = {id(r.record): r.reason for r in self._ledger.record(records, worker)}
         fused = {(r.stage, r.key) for r in records
                  if r.item_id is None and id(r) not in refused}
         collided = []
+        stages = self.stages
         for r in records:
-            state = self.stages[r.stage]
-            reason = refused.get(id(r))
-            if reason is not None:
+            state = stages[r.stage]
+            if refused and id(r) in refused:
                 if r.item_id is not None:
-                    collided.append(r._replace(status=Status.FAILED, outputs=[], error=reason,
-                                               traceback=None, retry_at=None))
+                    collided.append(r._replace(status=Status.FAILED, outputs=[],
+                                               error=refused[id(r)], traceback=None,
+                                               retry_at=None))
                 continue
             if r.item_id is not None:
                 state.running -= 1
@@ -344,10 +359,13 @@ class Driver:
             for out in r.outputs:
                 for target in out.targets:
                     if (target, out.key) not in fused:
-                        self.stages[target].pending += 1
-            self._settled.difference_update(state.reduces_below)
+                        if not stages[target].pending:
+                            self._dirty = True  # new work for a stage that had none
+                        stages[target].pending += 1
+            if state.reduces_below:
+                self._settled.difference_update(state.reduces_below)
         if collided:  # the key collided: the producing item fails for good
-            self._apply(collided)
+            self._apply(collided, worker)
 
     def _setup_failed(self, worker: Worker, error: str, tb: str) -> None:
         """Tasks sent to a worker whose setup raised fail with that error.
@@ -376,16 +394,13 @@ class Driver:
 
     def _fail_claims(self, worker: Worker, claims: list[Claim], error: str, tb: str | None,
                      retry: bool) -> None:
+        now = time.time()
         records = []
         for claim in claims:
-            stage = self.stages[claim.stage].stage
-            again = retry and claim.attempt <= stage.retries
-            records.append(Record(
-                claim.stage, claim.key, claim.id, Status.PENDING if again else Status.FAILED,
-                claim.attempt, time.time(), time.time(), [], error, tb,
-                time.time() + stage.retry_backoff * 2 ** (claim.attempt - 1) if again else None,
-                f"w{worker.id}"))
-        self._apply(records)
+            r = Record(claim.stage, claim.key, claim.id, Status.FAILED, claim.attempt, now, now,
+                       [], error, tb)
+            records.append(self._judge(r, now) if retry else r)
+        self._apply(records, f"w{worker.id}")
 
     def _exited(self, worker_id: int, reason: str) -> None:
         worker = self._pool.exited(worker_id, reason)
@@ -423,7 +438,7 @@ class Driver:
             return
         for event in self.executor.shutdown(grace=5.0 if self._signal is None else 2.0):
             if isinstance(event, Results):
-                self._record(event.worker, event.outcomes)
+                self._record(event.worker, event.records)
         for worker in list(self._pool.workers.values()):
             self._release(list(worker.inflight.values()))
             worker.inflight.clear()
@@ -439,10 +454,13 @@ class Driver:
             if g.head.reduce:
                 ready = ready if self._reduce_due(head) else 0
             in_fill = 1.0 if not head.stage.upstream else min(1.0, g.pending / QUEUE_LIMIT)
+            cap = self._cost.workers_fed(g.service, len(g.members))
+            if g.head.concurrency is not None:
+                cap = min(cap or g.head.concurrency, g.head.concurrency)
             loads[name] = Load(
                 name=name, resources=g.head.resources, ready=ready, running=g.running,
                 workers=len(self._pool.of(name)), service=g.service,
-                batch=g.head.batch_size or 1, cap=g.head.concurrency, depth=head.depth,
+                batch=g.head.batch_size or 1, cap=cap, depth=head.depth,
                 throttled=self._room(g) <= 0,
                 expected=not g.pending and not g.head.reduce and self._fed(g),
                 in_fill=in_fill, out_fill=self._out_fill(g))
@@ -570,6 +588,38 @@ class Driver:
                 fh.write(b"@" + row.ref.encode() if row.ref else row.data or b"null")
                 fh.write(b"\n")
         return ref
+
+
+class _DriverCost:
+    """The driver's own CPU time per recorded row, measured as the run goes.
+
+    A group whose worker needs less time per item than the driver spends
+    handing it out and recording it cannot use many workers: they would wait
+    for the driver and take CPU from it. :meth:`workers_fed` is how many it can
+    keep busy.
+    """
+
+    def __init__(self) -> None:
+        self.per_row: float | None = None
+        self._cpu = time.process_time()
+        self._rows = 0
+
+    def count(self, rows: int) -> None:
+        self._rows += rows
+
+    def sample(self) -> None:
+        if self._rows < 200:  # too few to say much
+            return
+        cpu = time.process_time()
+        per_row = (cpu - self._cpu) / self._rows
+        self.per_row = per_row if self.per_row is None else 0.7 * self.per_row + 0.3 * per_row
+        self._cpu, self._rows = cpu, 0
+
+    def workers_fed(self, service: float | None, rows_per_item: int) -> int | None:
+        """How many workers of a group (``service`` s per item) the driver keeps busy."""
+        if service is None or self.per_row is None:
+            return None
+        return max(1, math.ceil(service / (self.per_row * rows_per_item)))
 
 
 def _gather_digest(rows: Iterable[Any]) -> str:

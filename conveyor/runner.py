@@ -2,8 +2,8 @@
 
 A :class:`GroupRunner` lives wherever a group's code runs (the driver's own
 process for the inline executor, a worker process, a Ray actor). It runs each
-stage's ``setup()`` once, then turns tasks (ledger claims) into
-:class:`Outcome`: it decodes each input, calls the user's code with its
+stage's ``setup()`` once, then turns tasks (ledger claims) into ledger
+:class:`~conveyor.ledger.Record` s: it decodes each input, calls the user's code with its
 context, names the outputs (``parent/0`` for a generator's children), encodes
 and stores them, and evaluates the downstream ``when=`` predicates so the
 driver only records. In a fused group an output bound for the next stage of
@@ -23,13 +23,11 @@ from . import codec
 from .context import Context, activate, deactivate
 from .errors import StageContractError
 from .items import Item, check_key
-from .ledger.base import Claim, Output, Status
+from .ledger.base import Claim, Output, Record, Status
 from .pipeline import Route, Stage
 from .store import INLINE_LIMIT, Store
 
-DONE, ROUTED_OUT = Status.DONE.value, Status.ROUTED_OUT.value
-ERROR = "error"  # the user's code raised: retried under the stage's rules
-FATAL = "fatal"  # the stage broke its contract: the run stops
+DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
 
 
 @dataclass(frozen=True)
@@ -56,25 +54,6 @@ class WorkerSpec:
     @property
     def resources(self) -> Any:
         return self.stages[0].stage.resources
-
-
-class Outcome(NamedTuple):
-    """What became of one task, or of a row its parent created in the same worker.
-
-    ``item_id`` is ``None`` for such a fused row. ``status`` is ``done`` or
-    ``routed-out`` (with ``outputs``), ``error`` or ``fatal``.
-    """
-
-    stage: str
-    key: str
-    item_id: int | None
-    attempt: int
-    status: str
-    outputs: list[Output]
-    error: str | None
-    traceback: str | None
-    started: float
-    ended: float
 
 
 class Loaded(NamedTuple):
@@ -137,12 +116,12 @@ class StageRunner:
         finally:
             deactivate(token)
 
-    def _outcome(self, task: Claim, status: str, outputs: list[Output], error: str | None,
-                 tb: str | None, started: float) -> Outcome:
-        return Outcome(self.stage.name, task.key, task.id, task.attempt, status, outputs,
-                       error, tb, started, time.time())
+    def _record(self, task: Claim, status: Status, outputs: list[Output], error: str | None,
+                tb: str | None, started: float, fatal: bool = False) -> Record:
+        return Record(self.stage.name, task.key, task.id, status, task.attempt, started,
+                      time.time(), outputs, error, tb, None, None, fatal)
 
-    def call_one(self, item: Loaded) -> Outcome:
+    def call_one(self, item: Loaded) -> Record:
         """Call the stage on one value."""
         task = item.task
         started = time.time()
@@ -159,12 +138,12 @@ class StageRunner:
                 produced = [_keyed(task.key, self._invoke(item.value, ctx))]
             outputs, status = self._outputs(produced, task.key)
         except StageContractError as exc:
-            return self._outcome(task, FATAL, [], str(exc), None, started)
+            return self._record(task, FAILED, [], str(exc), None, started, fatal=True)
         except Exception as exc:
-            return self._outcome(task, ERROR, [], _describe(exc), traceback.format_exc(), started)
-        return self._outcome(task, status, outputs, None, None, started)
+            return self._record(task, FAILED, [], _describe(exc), traceback.format_exc(), started)
+        return self._record(task, status, outputs, None, None, started)
 
-    def call_batch(self, loaded: list[Loaded]) -> list[Outcome]:
+    def call_batch(self, loaded: list[Loaded]) -> list[Record]:
         """Call a batch stage once on the values of ``loaded``."""
         started = time.time()
         outcomes = [self.call_one(item) for item in loaded if item.error is not None]
@@ -183,12 +162,12 @@ class StageRunner:
                     f"{len(good)} values and must return a list of {len(good)}, got {got}")
             per_item = [self._outputs([_keyed(key, r)], key) for key, r in zip(keys, results)]
         except StageContractError as exc:
-            return outcomes + [self._outcome(i.task, FATAL, [], str(exc), None, started)
+            return outcomes + [self._record(i.task, FAILED, [], str(exc), None, started, True)
                                for i in good]
         except Exception as exc:
             text, tb = _describe(exc), traceback.format_exc()
-            return outcomes + [self._outcome(i.task, ERROR, [], text, tb, started) for i in good]
-        return outcomes + [self._outcome(i.task, status, outputs, None, None, started)
+            return outcomes + [self._record(i.task, FAILED, [], text, tb, started) for i in good]
+        return outcomes + [self._record(i.task, status, outputs, None, None, started)
                            for i, (outputs, status) in zip(good, per_item)]
 
     def _gathered(self, task: Claim) -> Iterator[Any]:
@@ -203,7 +182,7 @@ class StageRunner:
                     yield codec.decode(line)
 
     def _outputs(self, produced: Iterable[tuple[str, Any]], key: str
-                 ) -> tuple[list[Output], str]:
+                 ) -> tuple[list[Output], Status]:
         outputs = []
         for out_key, value in produced:
             try:
@@ -252,22 +231,22 @@ class GroupRunner:
     def load(self, task: Claim) -> Loaded:
         return self.runners[task.stage].load(task)
 
-    def run(self, loaded: list[Loaded]) -> list[Outcome]:
-        """Outcomes of loaded tasks, each followed by those of the rows fused below it."""
+    def run(self, loaded: list[Loaded]) -> list[Record]:
+        """Records of loaded tasks, each followed by those of the rows fused below it."""
         if self.spec.batch_size:
             return self.runners[loaded[0].task.stage].call_batch(loaded)
-        outcomes: list[Outcome] = []
+        records: list[Record] = []
         for item in loaded:
-            self._carry(self.runners[item.task.stage].call_one(item), outcomes)
-        return outcomes
+            self._carry(self.runners[item.task.stage].call_one(item), records)
+        return records
 
-    def _carry(self, outcome: Outcome, into: list[Outcome]) -> None:
-        into.append(outcome)
-        nxt = self._next.get(outcome.stage)
-        if nxt is None or outcome.status not in (DONE, ROUTED_OUT):
+    def _carry(self, record: Record, into: list[Record]) -> None:
+        into.append(record)
+        nxt = self._next.get(record.stage)
+        if nxt is None or record.status is FAILED:
             return
         runner = self.runners[nxt]
-        for out in outcome.outputs:
+        for out in record.outputs:
             if nxt in out.targets:
                 child = Claim(None, nxt, out.key, 1, out.value.data, out.value.ref)  # type: ignore[arg-type]
                 self._carry(runner.call_one(runner.load(child)), into)

@@ -6,12 +6,14 @@ answers are pure functions of the loads, unit-tested without processes.
 
 **How many workers should each group keep alive?** :func:`plan`. A group can
 use at most as many workers as it has work for (ready plus in flight, in
-batches), at most its ``concurrency``, and at least one as soon as work is
-on its way from upstream (so the worker is set up before the work arrives).
-Workers are handed out one at a time to the group with the most work per
-worker (items times measured seconds per item; a group not yet measured
-counts at the mean of the others), ties to the group further downstream, as
-long as the worker's declared resources fit what is left. RAM and GPUs are
+batches), at most its cap (``concurrency``, and how many workers the driver
+can keep fed), and at least one as soon as work is on its way from upstream
+(so the worker is set up before the work arrives). Every group with work
+first gets one worker, most urgent first; the rest are handed out one at a
+time to the group with the most work per worker (items times measured
+seconds per item; a group not yet measured counts at the mean of the
+others), ties to the group further downstream, as long as the worker's
+declared resources fit what is left. RAM and GPUs are
 held for a worker's whole life. Where the executor lends CPUs per task (the
 local executor does), the CPU figure here is a ceiling on live processes,
 a multiple of the real CPUs, because an idle worker uses no CPU.
@@ -86,14 +88,20 @@ def plan(loads: list[Load], budget: Budget) -> dict[str, int]:
         work = max(items, 1) * (load.service or default_service)
         return (work / (targets[load.name] + 1), load.depth)
 
-    while True:
-        candidates = [load for load in loads
-                      if targets[load.name] < useful[load.name] and pool.fits(load.resources)]
-        if not candidates:
-            return targets
-        best = max(candidates, key=priority)
-        pool.acquire(best.resources)
-        targets[best.name] += 1
+    # First one worker for every group that has work, so none is starved of a
+    # process; then the rest to whoever has the most work per worker.
+    for first in (True, False):
+        while True:
+            candidates = [load for load in loads
+                          if targets[load.name] < (min(1, useful[load.name]) if first
+                                                   else useful[load.name])
+                          and pool.fits(load.resources)]
+            if not candidates:
+                break
+            best = max(candidates, key=priority)
+            pool.acquire(best.resources)
+            targets[best.name] += 1
+    return targets
 
 
 def lease_order(loads: list[Load]) -> list[Load]:

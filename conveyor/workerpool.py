@@ -139,24 +139,34 @@ class WorkerPool:
             self.events.emit("unlease", group=worker.group, worker=worker.id)
 
     def assign_leases(self, loads: dict[str, Load], now: float) -> None:
-        """Release idle leases, grant leases by urgency, and ask long holders to yield."""
+        """Release idle leases, grant leases by urgency, and ask long holders to yield.
+
+        A group that has work but no worker yet needs a lease to start one: its
+        CPUs are kept back from the groups after it, so the start can happen.
+        """
         for worker in self.workers.values():
             if worker.leased and not worker.pinned and worker.ready and not worker.inflight:
                 self._unlease(worker)
+        available = self.cpu_free
         waiting: list[Load] = []
         for load in lease_order(list(loads.values())):
+            need = round(load.resources.cpus * 1000)
             mine = self.of(load.name)
+            if not mine:
+                if self.live.fits(load.resources):
+                    waiting.append(load)
+                    available -= need  # kept for the start the driver will make
+                continue
             wanted = load.useful_workers() - sum(w.leased for w in mine)
             for worker in (w for w in mine if w.ready and not w.leased):
                 if wanted <= 0:
                     break
-                if round(worker.resources.cpus * 1000) > self.cpu_free:
+                if need > available:
                     waiting.append(load)
                     break
                 self._lease(worker, now)
+                available -= need
                 wanted -= 1
-            if not self.of(load.name) and load.workers == 0:
-                waiting.append(load)  # it needs a worker started, which needs a lease
         if waiting:
             self._make_room(waiting[0], loads, now)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Mapping, NamedTuple, Union
 
-from ..ledger.base import Claim
-from ..runner import Outcome, WorkerSpec
+from ..ledger.base import Claim, Record
+from ..runner import WorkerSpec
 
 
 class Ready(NamedTuple):
@@ -23,10 +23,11 @@ class Ready(NamedTuple):
 
 
 class Results(NamedTuple):
-    """Outcomes from a worker, in the order its tasks were sent."""
+    """What a worker computed, in the order its tasks were sent (fused rows after
+    their parent), as ledger records that the driver has yet to judge."""
 
     worker: int
-    outcomes: list[Outcome]
+    records: list[Record]
 
 
 class SetupFailed(NamedTuple):

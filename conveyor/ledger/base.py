@@ -111,6 +111,9 @@ class Record(NamedTuple):
     call, routed to ``stage`` under ``key``, that was already computed. The
     ``status`` is final: ``done`` or ``routed-out`` (with ``outputs``),
     ``failed``, or ``pending`` with ``retry_at`` (to try again from then).
+    Workers report what they computed as records too (a failure as
+    ``failed``, ``fatal`` when the stage broke its contract); the driver
+    decides on retries before the ledger sees them.
     """
 
     stage: str
@@ -125,6 +128,7 @@ class Record(NamedTuple):
     traceback: str | None = None
     retry_at: float | None = None
     worker: str | None = None
+    fatal: bool = False
 
 
 class Refused(NamedTuple):
@@ -246,8 +250,10 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def record(self, records: list[Record]) -> list[Refused]:
+    def record(self, records: list[Record], worker: str | None = None) -> list[Refused]:
         """Apply what became of rows, each record atomically; return those refused.
+
+        ``worker`` names the worker that computed records that name none.
 
         A record of an existing row needs it ``running``; one with
         ``item_id=None`` needs an earlier record of the same call to have

@@ -47,7 +47,7 @@ class MemoryLedger(Ledger):
     # -- rows and values -------------------------------------------------------------------
 
     def _new_row(self, stage: str, key: str, input_id: int | None, digest: str | None = None,
-                 done: Record | None = None) -> int:
+                 done: Record | None = None, worker: str | None = None) -> int:
         row_id = next(self._ids)
         row = {"id": row_id, "stage": stage, "key": key, "status": Status.PENDING,
                "attempts": 0, "input_id": input_id, "input_digest": digest,
@@ -55,7 +55,8 @@ class MemoryLedger(Ledger):
                "started": None, "ended": None}
         if done is not None:
             row.update(status=done.status, attempts=done.attempt, not_before=done.retry_at,
-                       error=done.error, traceback=done.traceback, worker=done.worker,
+                       error=done.error, traceback=done.traceback,
+                       worker=done.worker or worker,
                        started=done.started, ended=done.ended)
         self._rows[row_id] = row
         self._by_key[(stage, key)] = row_id
@@ -174,15 +175,15 @@ class MemoryLedger(Ledger):
         self._route(target, key, output_id, source, None)
 
     def _route(self, target: str, key: str, output_id: int, source: str,
-               done: Record | None) -> int:
+               done: Record | None, worker: str | None = None) -> int:
         if (target, key) not in self._by_key:
-            return self._new_row(target, key, output_id, done=done)
+            return self._new_row(target, key, output_id, done=done, worker=worker)
         holder = self._rows[self._by_key[(target, key)]]
         producer = self._outputs[holder["input_id"]]["item_id"] if holder["input_id"] else None
         holder_stage = self._rows[producer]["stage"] if producer is not None else ""
         qualified = f"{key}@{source}"
         if holder_stage != source and (target, qualified) not in self._by_key:
-            return self._new_row(target, qualified, output_id, done=done)
+            return self._new_row(target, qualified, output_id, done=done, worker=worker)
         raise KeyCollision(
             f"stage {target!r} already has an item keyed {key!r} from stage {source!r}; "
             f"yield conveyor.Item(key, value) with distinct keys")
@@ -227,7 +228,7 @@ class MemoryLedger(Ledger):
             claims.append(Claim(row["id"], stage, row["key"], row["attempts"], data, ref))
         return claims
 
-    def record(self, records: list[Record]) -> list[Refused]:
+    def record(self, records: list[Record], worker: str | None = None) -> list[Refused]:
         for r in records:
             if r.item_id is None:
                 continue
@@ -256,7 +257,7 @@ class MemoryLedger(Ledger):
                     for target in out.targets:
                         made[(target, out.key)] = self._route(
                             target, out.key, output_id, row["stage"],
-                            fused.get((target, out.key)))
+                            fused.get((target, out.key)), worker)
                     for reduce in out.gathers:
                         self.gather(reduce, output_id)
             except KeyCollision as exc:
@@ -269,7 +270,7 @@ class MemoryLedger(Ledger):
             if r.item_id is not None:
                 row.update(status=r.status, not_before=r.retry_at, error=r.error,
                            traceback=r.traceback, started=r.started, ended=r.ended,
-                           worker=r.worker or row["worker"])
+                           worker=r.worker or worker or row["worker"])
             created.update((k, v) for k, v in made.items() if k in fused)
         return refused
 

@@ -122,14 +122,14 @@ def _own_output(key: str, outputs: list[Output]) -> tuple[Any, ...]:
     return (1, None if out.key == key else out.key, v.data, v.ref, v.digest, v.size)
 
 
-def _new_row(row_id: int, stage: str, key: str, input_id: int, done: Record | None
-             ) -> tuple[Any, ...]:
+def _new_row(row_id: int, stage: str, key: str, input_id: int, done: Record | None,
+             worker: str | None) -> tuple[Any, ...]:
     """Values for a new items row: pending, or in the final state of a fused record."""
     if done is None:
         return (row_id, stage, key, "pending", 0, input_id, None, None, None, None, None, None,
                 None, None, None, None, None, None)
-    return (row_id, stage, key, done.status.value, done.attempt, input_id, done.retry_at,
-            done.error, done.traceback, done.worker, done.started, done.ended,
+    return (row_id, stage, key, done.status, done.attempt, input_id, done.retry_at,
+            done.error, done.traceback, done.worker or worker, done.started, done.ended,
             *_own_output(key, done.outputs))
 
 
@@ -411,7 +411,7 @@ class SqliteLedger(Ledger):
                 (worker, now, *chunk))
         return [Claim(*r) for r in rows]
 
-    def record(self, records: list[Record]) -> list[Refused]:
+    def record(self, records: list[Record], worker: str | None = None) -> list[Refused]:
         db = self._write()
         existing: dict[int, str] = {}  # row id -> its stage
         for chunk in _chunks([r.item_id for r in records if r.item_id is not None]):
@@ -428,11 +428,11 @@ class SqliteLedger(Ledger):
                 raise IllegalTransition(f"no item with id {r.item_id}")
         db.execute("SAVEPOINT batch")
         try:
-            self._apply_all(records)
+            self._apply_all(records, worker)
         except (sqlite3.IntegrityError, KeyCollision):
             db.execute("ROLLBACK TO batch")
             db.execute("RELEASE batch")
-            return self._apply_each(records, existing)
+            return self._apply_each(records, existing, worker)
         db.execute("RELEASE batch")
         return []
 
@@ -441,7 +441,7 @@ class SqliteLedger(Ledger):
         (output,) = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
         return _Batch(item, output)
 
-    def _apply_all(self, records: list[Record]) -> None:
+    def _apply_all(self, records: list[Record], worker: str | None) -> None:
         """The fast path: every record at once, in a few statements."""
         fused = {(r.stage, r.key): r for r in records if r.item_id is None}
         created: dict[tuple[str, str], int] = {}
@@ -453,8 +453,8 @@ class SqliteLedger(Ledger):
                     raise KeyCollision("parent not recorded")  # resolved on the slow path
             else:
                 row_id = r.item_id
-                batch.updates.append((r.status.value, r.retry_at, r.error, r.traceback,
-                                      r.worker, r.started, r.ended,
+                batch.updates.append((r.status, r.retry_at, r.error, r.traceback,
+                                      r.worker or worker, r.started, r.ended,
                                       *_own_output(r.key, r.outputs), row_id))
             inline = len(r.outputs) == 1
             for seq, out in enumerate(r.outputs):
@@ -469,7 +469,7 @@ class SqliteLedger(Ledger):
                 for target in out.targets:
                     child = fused.get((target, out.key))
                     batch.items.append(_new_row(batch.next_item, target, out.key, value_id,
-                                                child))
+                                                child, worker))
                     if child is not None:
                         created[(target, out.key)] = batch.next_item
                     batch.next_item += 1
@@ -480,7 +480,8 @@ class SqliteLedger(Ledger):
         db.executemany(_INSERT_ITEM, batch.items)
         db.executemany("INSERT INTO gathers VALUES(?, ?)", batch.gathers)
 
-    def _apply_each(self, records: list[Record], existing: dict[int, str]) -> list[Refused]:
+    def _apply_each(self, records: list[Record], existing: dict[int, str],
+                    worker: str | None) -> list[Refused]:
         """The slow path: one record at a time, qualifying union keys, refusing collisions."""
         db = self._db
         fused = {(r.stage, r.key): r for r in records if r.item_id is None}
@@ -497,8 +498,8 @@ class SqliteLedger(Ledger):
             db.execute("SAVEPOINT one")
             try:
                 if r.item_id is not None:
-                    db.execute(_UPDATE_ITEM, (r.status.value, r.retry_at, r.error, r.traceback,
-                                              r.worker, r.started, r.ended,
+                    db.execute(_UPDATE_ITEM, (r.status, r.retry_at, r.error, r.traceback,
+                                              r.worker or worker, r.started, r.ended,
                                               *_own_output(r.key, r.outputs), r.item_id))
                 inline = len(r.outputs) == 1
                 for seq, out in enumerate(r.outputs):
@@ -509,7 +510,8 @@ class SqliteLedger(Ledger):
                         (row_id, seq, out.key, v.data, v.ref, v.digest, v.size)).lastrowid
                     for target in out.targets:
                         made[(target, out.key)] = self._route(
-                            target, out.key, value_id, source, fused.get((target, out.key)))
+                            target, out.key, value_id, source, fused.get((target, out.key)),
+                            worker)
                     db.executemany("INSERT OR IGNORE INTO gathers VALUES(?, ?)",
                                    ((g, value_id) for g in out.gathers))
             except KeyCollision as exc:
@@ -522,12 +524,12 @@ class SqliteLedger(Ledger):
         return refused
 
     def _route(self, target: str, key: str, value_id: int, source: str,
-               done: Record | None) -> int:
+               done: Record | None, worker: str | None = None) -> int:
         """Insert ``target``'s row for a value; a union's second arrival gets ``key@source``."""
         db = self._db
         (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()
         insert = _INSERT_ITEM.replace("INSERT", "INSERT OR IGNORE", 1)
-        if db.execute(insert, _new_row(next_id, target, key, value_id, done)).rowcount:
+        if db.execute(insert, _new_row(next_id, target, key, value_id, done, worker)).rowcount:
             return next_id
         holder = db.execute(
             "SELECT coalesce(p.stage, q.stage, '') FROM items i "
@@ -537,7 +539,8 @@ class SqliteLedger(Ledger):
             (target, key)).fetchone()
         if holder and holder[0] != source:
             qualified = f"{key}@{source}"
-            if db.execute(insert, _new_row(next_id, target, qualified, value_id, done)).rowcount:
+            if db.execute(insert, _new_row(next_id, target, qualified, value_id, done,
+                                           worker)).rowcount:
                 return next_id
         raise KeyCollision(
             f"stage {target!r} already has an item keyed {key!r} from stage {source!r}; "
