@@ -69,6 +69,7 @@ from .workerpool import IDLE_SECONDS, Worker, WorkerPool
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
 CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
 QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
+QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as full
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
@@ -453,7 +454,7 @@ class Driver:
             head = g.members[0]
             if g.head.reduce:
                 ready = ready if self._reduce_due(head) else 0
-            in_fill = 1.0 if not head.stage.upstream else min(1.0, g.pending / QUEUE_LIMIT)
+            in_fill = 1.0 if not head.stage.upstream else self._fill(head)
             cap = self._cost.workers_fed(g.service, len(g.members))
             if g.head.concurrency is not None:
                 cap = min(cap or g.head.concurrency, g.head.concurrency)
@@ -466,10 +467,17 @@ class Driver:
                 in_fill=in_fill, out_fill=self._out_fill(g))
         return loads
 
+    def _fill(self, state: _StageState) -> float:
+        """How full a stage's queue is, 0..1, measured in time: full is QUEUE_SECONDS of its
+        work (at least two windows, at most QUEUE_LIMIT items)."""
+        group = self.groups[state.group]
+        full = QUEUE_LIMIT / 4 if state.service is None else QUEUE_SECONDS / state.service
+        full = min(QUEUE_LIMIT, max(full, 2 * self._window(group)))
+        return min(1.0, state.pending / full)
+
     def _out_fill(self, group: _GroupState) -> float:
-        queued = [self.stages[d].pending for d in group.members[-1].downstream
-                  if not self.stages[d].stage.reduce]
-        return min(1.0, max(queued, default=0) / QUEUE_LIMIT)
+        return max((self._fill(self.stages[d]) for d in group.members[-1].downstream
+                    if not self.stages[d].stage.reduce), default=0.0)
 
     def _room(self, group: _GroupState) -> int:
         """How many more items the group may take before its downstream queues are full.

@@ -23,13 +23,15 @@ while it holds a CPU lease, and the leases never add up to more than the
 CPU budget. Leases go first to the group whose input queue is fullest and
 whose output queue is emptiest (``in_fill - out_fill``): a stage that is
 holding up its upstream, or whose downstream is about to run dry, runs
-first. The first stage's input never runs out (``in_fill`` is 1), so it
+first. Queues are measured in time (a queue holding a couple of seconds of
+its stage's work is full), so a slow stage needs few items queued and a fast
+one many. The first stage's input never runs out (``in_fill`` is 1), so it
 runs exactly when its downstream is hungry; a stage whose downstream queue
 is full is *throttled* and takes nothing. A GPU worker keeps its lease for
 life, so the most expensive device never waits for a CPU. When the most
-urgent group waits for a lease, the driver stops topping up a less urgent
-worker that has held its lease past a short quantum; the lease passes on
-when that worker's tasks are done. Work moves between stages this way
+urgent group waits for a lease (or has work and no worker started yet), the
+driver stops topping up a less urgent worker that has held its lease past a
+short quantum; the lease passes on when that worker's tasks are done. Work moves between stages this way
 within a fraction of a second, without starting or stopping processes.
 """
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 
 from .resources import Budget, Pool, Resources
 
-URGENCY_MARGIN = 0.25  # how much more urgent a waiting group must be to take a lease
+URGENCY_MARGIN = 0.05  # how much more urgent a waiting group must be to take a lease
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,21 @@ def plan(loads: list[Load], budget: Budget) -> dict[str, int]:
 
 
 def lease_order(loads: list[Load]) -> list[Load]:
-    """Groups that may run now (work ready, not throttled), most urgent first."""
+    """Groups that may run now (work ready, not throttled), most urgent first.
+
+    A group with no worker yet comes before all others: it needs a lease to
+    start one, and every stage with work should have its worker set up.
+    """
     runnable = [load for load in loads if load.ready > 0 and not load.throttled]
-    return sorted(runnable, key=lambda load: (-load.urgency, -load.depth))
+    return sorted(runnable, key=lambda load: (load.workers > 0, -load.urgency, -load.depth))
 
 
 def should_yield(waiting: Load, holder: Load) -> bool:
-    """Whether a worker of ``holder`` should give its lease up for ``waiting``."""
-    return waiting.urgency > holder.urgency + URGENCY_MARGIN or holder.throttled \
-        or holder.ready == 0
+    """Whether a worker of ``holder`` should give its lease up for ``waiting``.
+
+    Yes when ``waiting`` is clearly more urgent, when the holder cannot use it
+    (throttled, or out of work), or when ``waiting`` has no worker at all yet:
+    every stage with work gets its worker started and set up.
+    """
+    return (waiting.urgency > holder.urgency + URGENCY_MARGIN or holder.throttled
+            or holder.ready == 0 or waiting.workers == 0)

@@ -109,26 +109,34 @@ def test_a_throttled_group_keeps_only_what_its_work_in_flight_needs():
 # -- leases: who runs now ---------------------------------------------------------------------------
 
 def test_lease_order_is_most_urgent_first_and_skips_throttled_or_idle_groups():
-    loads = [load("root", ready=500, in_fill=1.0, out_fill=0.9),
-             load("middle", ready=200, in_fill=0.2, out_fill=0.0, depth=1),
-             load("sink", ready=50, in_fill=0.05, depth=2),
-             load("blocked", ready=10, throttled=True, depth=3),
-             load("empty", ready=0, depth=4)]
+    loads = [load("root", ready=500, in_fill=1.0, out_fill=0.9, workers=1),
+             load("middle", ready=200, in_fill=0.2, out_fill=0.0, depth=1, workers=1),
+             load("sink", ready=50, in_fill=0.05, depth=2, workers=1),
+             load("blocked", ready=10, throttled=True, depth=3, workers=1),
+             load("empty", ready=0, depth=4, workers=1)]
     assert [l.name for l in lease_order(loads)] == ["middle", "root", "sink"]
 
 
+def test_a_group_without_a_worker_comes_first():
+    loads = [load("busy", ready=500, in_fill=1.0, workers=2),
+             load("new", ready=3, in_fill=0.01, workers=0, depth=1)]
+    assert [l.name for l in lease_order(loads)] == ["new", "busy"]
+
+
 def test_ties_go_downstream():
-    loads = [load("up", ready=5, in_fill=0.5, depth=0), load("down", ready=5, in_fill=0.5,
-                                                              depth=1)]
+    loads = [load("up", ready=5, in_fill=0.5, depth=0, workers=1),
+             load("down", ready=5, in_fill=0.5, depth=1, workers=1)]
     assert [l.name for l in lease_order(loads)] == ["down", "up"]
 
 
 def test_should_yield_needs_a_clear_margin_or_a_holder_with_nothing_to_do():
-    urgent = load("urgent", ready=10, in_fill=0.9)
+    urgent = load("urgent", ready=10, in_fill=0.9, workers=1)
     assert should_yield(urgent, load("calm", ready=10, in_fill=0.5))
-    assert not should_yield(urgent, load("close", ready=10, in_fill=0.8))
+    assert not should_yield(urgent, load("close", ready=10, in_fill=0.88))
     assert should_yield(urgent, load("stuck", ready=10, in_fill=0.9, throttled=True))
     assert should_yield(urgent, load("dry", ready=0, in_fill=0.9))
+    newcomer = load("new", ready=1, in_fill=0.01, workers=0)
+    assert should_yield(newcomer, load("busy", ready=500, in_fill=1.0))
 
 
 # -- the pool: leases on a fake clock -----------------------------------------------------------------
