@@ -174,8 +174,8 @@ class Driver:
                 self._stop_all()
                 if clean or (prepared and (self._fatal or self._signal)):
                     self._ledger.commit()  # consistent: each item is recorded whole
-                self._events.emit("run_end", counts=self._ledger.counts(),
-                                  interrupted=self._signal, fatal=str(self._fatal or "") or None)
+                self._events.emit("run_end", interrupted=self._signal,
+                                  fatal=str(self._fatal or "") or None)
                 self._events.close()
                 self._ledger.close()
         if self._fatal is not None:
@@ -203,7 +203,7 @@ class Driver:
 
     def _build_state(self) -> None:
         pipe = self.pipeline
-        counts = self._ledger.counts()
+        pending = self._ledger.pending_counts()
         order = pipe.order()
         for group in fuse(pipe):
             members = []
@@ -213,7 +213,7 @@ class Driver:
                     stage, group.name, order.index(name), ancestors=pipe.ancestors(name),
                     downstream=[s.name for s in pipe.downstream(name)],
                     reduces_below={n for n in pipe.descendants(name) if pipe[n].reduce})
-                state.pending = counts.get(name, {}).get("pending", 0)
+                state.pending = pending.get(name, 0)
                 self.stages[name] = state
                 members.append(state)
             spec = WorkerSpec(group.name, tuple(StageSpec(m.stage, pipe.routes(m.stage.name))

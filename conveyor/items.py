@@ -30,8 +30,8 @@ def check_key(key: Any) -> str:
     return key
 
 
-def input_items(inputs: Iterable[Any]) -> Iterator[tuple[str, bytes]]:
-    """(key, encoded value) for each input, lazily; raises :class:`InputError`."""
+def input_items(inputs: Iterable[Any]) -> Iterator[tuple[str, bytes, str]]:
+    """(key, encoded value, its digest) for each input, lazily; raises :class:`InputError`."""
     for position, raw in enumerate(inputs):
         if isinstance(raw, Item):
             key, value = raw
@@ -41,9 +41,10 @@ def input_items(inputs: Iterable[Any]) -> Iterator[tuple[str, bytes]]:
             data = codec.encode(value)
         except codec.EncodeError as exc:
             raise InputError(f"input #{position} is not JSON-serialisable: {exc}") from None
+        digest = codec.digest(data)
         if key is None:
-            key = value if isinstance(value, str) else codec.digest(data)[:16]
+            key = value if isinstance(value, str) else digest[:16]
         try:
-            yield check_key(key), data
+            yield check_key(key), data, digest
         except ValueError as exc:
             raise InputError(f"input #{position}: {exc}") from None

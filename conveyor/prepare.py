@@ -53,8 +53,8 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
         if pipeline.routes(name):
             ledger.refresh_routed(name)
     if inputs is not None:
-        report = ledger.add_inputs(root, ((key, store.put(data, digest=True))
-                                          for key, data in _watch(inputs, interrupted)))
+        report = ledger.add_inputs(root, ((key, store.put(data, digest))
+                                          for key, data, digest in _watch(inputs, interrupted)))
         events.emit("inputs", added=report.added, changed=report.changed,
                     unchanged=report.unchanged, missing=len(report.missing),
                     missing_keys=report.missing[:20])
@@ -63,14 +63,14 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
 
 
 def _watch(inputs: Iterable[Any], interrupted: Callable[[], str | None]
-           ) -> Iterator[tuple[str, bytes]]:
-    """The inputs as (key, bytes), stopping with nothing kept if a signal arrives."""
-    for pair in input_items(inputs):
+           ) -> Iterator[tuple[str, bytes, str]]:
+    """The inputs as (key, bytes, digest), stopping with nothing kept if a signal arrives."""
+    for item in input_items(inputs):
         why = interrupted()
         if why is not None:
             raise RunInterrupted(f"interrupted by {why} while reading inputs; nothing was "
                                  f"recorded")
-        yield pair
+        yield item
 
 
 def _reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,

@@ -41,11 +41,15 @@ class Store:
         self.root = Path(root)
         self.inline_limit = inline_limit
 
-    def put(self, data: bytes, digest: bool = False) -> Stored:
-        """Keep ``data``: inline if small (digested only if asked), else durably in a file."""
+    def put(self, data: bytes, digest: str | None = None) -> Stored:
+        """Keep ``data``: inline if small, else durably in a file.
+
+        ``digest`` is the data's digest when the caller has it; an inline
+        value keeps it (or none), a file is named by it.
+        """
         if len(data) <= self.inline_limit:
-            return Stored(data, None, codec.digest(data) if digest else None, len(data))
-        dig = codec.digest(data)
+            return Stored(data, None, digest, len(data))
+        dig = digest or codec.digest(data)
         ref = f"values/{dig[:2]}/{dig}.json"
         path = self.root / ref
         if not path.exists():

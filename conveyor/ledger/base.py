@@ -312,6 +312,10 @@ class Ledger(ABC):
         """Rows per status per stage (only stages that have rows)."""
 
     @abstractmethod
+    def pending_counts(self) -> dict[str, int]:
+        """Pending rows per stage (cheap: the queue, not the whole table)."""
+
+    @abstractmethod
     def next_retry(self, stage: str) -> float | None:
         """The earliest ``not_before`` of a pending row of ``stage`` still backing off."""
 

@@ -314,6 +314,13 @@ class MemoryLedger(Ledger):
             per[row["status"].value] = per.get(row["status"].value, 0) + 1
         return counts
 
+    def pending_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._rows.values():
+            if row["status"] is Status.PENDING:
+                counts[row["stage"]] = counts.get(row["stage"], 0) + 1
+        return counts
+
     def next_retry(self, stage: str) -> float | None:
         times = [r["not_before"] for r in self._stage_rows(stage)
                  if r["status"] is Status.PENDING and r["not_before"] is not None]

@@ -266,7 +266,8 @@ class SqliteLedger(Ledger):
                 f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
                 f"error=NULL, traceback=NULL, not_before=NULL, {_CLEAR_OUTPUT} WHERE id=?",
                 (new_input, dig, item_id))
-        missing = [k for (k,) in db.execute(
+        (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
+        missing = [] if rows == total else [k for (k,) in db.execute(
             "SELECT key FROM items i WHERE stage=? AND NOT EXISTS "
             "(SELECT 1 FROM temp.given g WHERE g.key = i.key) ORDER BY key", (stage,))]
         db.execute("DELETE FROM temp.given")
@@ -593,6 +594,10 @@ class SqliteLedger(Ledger):
                 "SELECT stage, status, count(*) FROM items GROUP BY stage, status"):
             counts.setdefault(stage, {})[status] = n
         return counts
+
+    def pending_counts(self) -> dict[str, int]:
+        return dict(self._db.execute(
+            "SELECT stage, count(*) FROM items WHERE status='pending' GROUP BY stage"))
 
     def next_retry(self, stage: str) -> float | None:
         return self._db.execute(
