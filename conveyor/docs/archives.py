@@ -11,7 +11,14 @@ the item's own folder (``ctx.output_dir``) and passed on by path.
 Archives are checked before anything is written: a member whose name is
 absolute or climbs out with ``..`` (path traversal, "zip slip"), or a link
 member, makes the whole archive fail with :class:`UnsafeArchive`, since an
-archive built to escape is not one to trust in part. An archive given as
+archive built to escape is not one to trust in part.
+
+Every item carries a ``stamp`` of what it was made from (size and mtime of a
+file, CRC or size and time of a member), and :func:`input_items` stamps the
+run's inputs with a digest of a folder's or archive's listing: conveyor
+reuses a finished item only while its input is unchanged, so a file edited in
+place, or added to a folder, is processed again on the next run, and nothing
+else is. An archive given as
 an input fails the ``expand`` item; one found while walking a folder becomes
 an item of its own carrying the error, which ``inspect`` raises, so one bad
 archive fails alone and the folder's other documents go on. Archives inside
@@ -67,13 +74,41 @@ def safe_member(archive: str, name: str) -> str:
     return normal
 
 
-def expand(source: str, ctx: Any) -> Iterator[Item]:
+def _stamp(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def input_items(paths: list[str]) -> list[Item]:
+    """The run's inputs for ``paths``: keyed by path, stamped with what is there now."""
+    import hashlib
+
+    items = []
+    for raw in paths:
+        path = os.path.normpath(raw)
+        if os.path.isdir(path):
+            h = hashlib.blake2b(digest_size=12)
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if is_pdf_name(name) or archive_kind(name):
+                        full = os.path.join(dirpath, name)
+                        h.update(f"{os.path.relpath(full, path)}\0{_stamp(full)}\0".encode())
+            stamp = h.hexdigest()
+        else:
+            stamp = _stamp(path)
+        items.append(Item(path, {"path": path, "stamp": stamp}))
+    return items
+
+
+def expand(source: str | dict[str, Any], ctx: Any) -> Iterator[Item]:
     """Yield ``Item(key, {"path", "source", "archive", "member"})`` for each PDF under ``source``.
 
     The stage form of :func:`expand_to`: archive members go to the item's
-    ``ctx.output_dir``.
+    ``ctx.output_dir``. ``source`` is a path or an :func:`input_items` value.
     """
-    yield from expand_to(source, ctx.output_dir)
+    path = source["path"] if isinstance(source, dict) else source
+    yield from expand_to(path, ctx.output_dir)
 
 
 def expand_to(source: str, folder: str | os.PathLike[str]) -> Iterator[Item]:
@@ -91,7 +126,8 @@ def expand_to(source: str, folder: str | os.PathLike[str]) -> Iterator[Item]:
 
 def _file_item(path: str) -> Item:
     key = os.path.normpath(path)
-    return Item(key, {"path": key, "source": key, "archive": None, "member": None})
+    return Item(key, {"path": key, "source": key, "archive": None, "member": None,
+                      "stamp": _stamp(key)})
 
 
 def _walk(root: str, folder: Path) -> Iterator[Item]:
@@ -108,7 +144,7 @@ def _walk(root: str, folder: Path) -> Iterator[Item]:
                 except (ArchiveError, OSError) as exc:
                     key = os.path.normpath(full)
                     yield Item(key, {"path": key, "source": key, "archive": key, "member": None,
-                                     "error": str(exc)})
+                                     "stamp": _stamp(key), "error": str(exc)})
                     continue
                 yield from items
 
@@ -127,14 +163,17 @@ def _archive(path: str, folder: Path) -> Iterator[Item]:
     except Exception as exc:  # the libraries' own errors, named with the archive
         raise ArchiveError(f"{archive}: cannot read the {kind} archive: "
                            f"{type(exc).__name__}: {exc}") from exc
-    for member in members:
+    for member, stamp in members:
         target = dest / member
         yield Item(f"{archive}/{member}", {"path": str(target), "source": f"{archive}/{member}",
-                                           "archive": archive, "member": member})
+                                           "archive": archive, "member": member, "stamp": stamp})
 
 
 def _plan(archive: str, names: list[tuple[str, bool, bool]]) -> dict[str, str]:
-    """Check every member (name, is_file, is_link); map each PDF's name to its safe path."""
+    """Check every member (name, is_file, is_link); map each PDF's name to its safe path.
+
+    The extractors below return ``[(safe path, stamp)]`` for the PDFs, sorted.
+    """
     chosen: dict[str, str] = {}
     for name, is_file, is_link in names:
         safe = safe_member(archive, name)
@@ -148,21 +187,22 @@ def _plan(archive: str, names: list[tuple[str, bool, bool]]) -> dict[str, str]:
     return chosen
 
 
-def _zip(archive: str, dest: Path) -> list[str]:
+def _zip(archive: str, dest: Path) -> list[tuple[str, str]]:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         plan = _plan(archive, [(i.filename, not i.is_dir(), _zip_is_link(i)) for i in infos])
         for info in infos:
             if info.filename in plan:
                 _copy_stream(zf.open(info), dest / plan[info.filename])
-    return sorted(plan.values())
+        stamps = {i.filename: f"crc{i.CRC:08x}-{i.file_size}" for i in infos}
+    return sorted((safe, stamps[name]) for name, safe in plan.items())
 
 
 def _zip_is_link(info: zipfile.ZipInfo) -> bool:
     return (info.external_attr >> 16) & 0o170000 == 0o120000
 
 
-def _tar(archive: str, dest: Path) -> list[str]:
+def _tar(archive: str, dest: Path) -> list[tuple[str, str]]:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         plan = _plan(archive, [(m.name, m.isfile(), m.issym() or m.islnk()) for m in members])
@@ -171,10 +211,11 @@ def _tar(archive: str, dest: Path) -> list[str]:
                 src = tf.extractfile(m)
                 assert src is not None
                 _copy_stream(src, dest / plan[m.name])
-    return sorted(plan.values())
+        stamps = {m.name: f"{m.size}-{m.mtime}" for m in members}
+    return sorted((safe, stamps[name]) for name, safe in plan.items())
 
 
-def _sevenzip(archive: str, dest: Path) -> list[str]:
+def _sevenzip(archive: str, dest: Path) -> list[tuple[str, str]]:
     try:
         import py7zr
     except ImportError:
@@ -183,6 +224,7 @@ def _sevenzip(archive: str, dest: Path) -> list[str]:
     with py7zr.SevenZipFile(archive, "r") as zf:
         infos = zf.list()
         plan = _plan(archive, [(i.filename, i.is_file, i.is_symlink) for i in infos])
+        stamps = {i.filename: f"crc{i.crc32 or 0:08x}-{i.uncompressed}" for i in infos}
     if plan:
         staging = dest.parent / "7z-staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -192,10 +234,10 @@ def _sevenzip(archive: str, dest: Path) -> list[str]:
             (dest / safe).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, dest / safe)
         shutil.rmtree(staging, ignore_errors=True)
-    return sorted(plan.values())
+    return sorted((safe, stamps[name]) for name, safe in plan.items())
 
 
-def _rar(archive: str, dest: Path) -> list[str]:
+def _rar(archive: str, dest: Path) -> list[tuple[str, str]]:
     try:
         import rarfile
     except ImportError:
@@ -218,7 +260,8 @@ def _rar(archive: str, dest: Path) -> list[str]:
                         f"it needs an unrar tool (unrar, unar, 7z or bsdtar) on PATH; "
                         f"install one (e.g. apt-get install unar) or repack as zip") from None
                 _copy_stream(src, dest / plan[info.filename])
-    return sorted(plan.values())
+        stamps = {i.filename: f"crc{i.CRC or 0:08x}-{i.file_size}" for i in infos}
+    return sorted((safe, stamps[name]) for name, safe in plan.items())
 
 
 def _copy_stream(src: Any, target: Path) -> None:

@@ -167,7 +167,15 @@ def rotate_and_crop(data: bytes, number: int) -> bytes:
     out = io.BytesIO()
     doc.save(out)
     doc.close()
-    return out.getvalue()
+    return _fixed_id(out.getvalue())
+
+
+def _fixed_id(data: bytes) -> bytes:
+    """PDFium writes a random second file ID on save; make it the first, so output is seeded."""
+    import re
+
+    return re.sub(rb"/ID\s*\[\s*<([0-9A-Fa-f]+)>\s*<[0-9A-Fa-f]+>\s*\]",
+                  lambda m: b"/ID[<" + m.group(1) + b"><" + m.group(1) + b">]", data)
 
 
 def image_pdf_pages(data: bytes, number: int, image: Any) -> bytes:
@@ -220,26 +228,34 @@ def generate_corpus(dest: str | os.PathLike[str], seed: int = 0) -> dict[str, An
         if "/" in file and file.split("/")[0].endswith(".zip"):
             zipped[file.split("/", 1)[1]] = data
         else:
-            target = dest / file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            _write_if_changed(dest / file, data)
         documents.append({
             "file": file, "topic": topic, "kind": kind, "expect_failure": failure,
             "pages": [{"page": i + 1, "kind": page_kinds[i], "text": "\n".join(lines),
                        "rotated": (file, i + 1) == ROTATED}
                       for i, lines in enumerate(pages)],
         })
-    with zipfile.ZipFile(dest / "bundle.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in sorted(zipped.items()):
             info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, data)
+    _write_if_changed(dest / "bundle.zip", bundle.getvalue())
     queries = [{"query": TOPICS[d["topic"]]["query"], "topic": d["topic"], "file": d["file"]}
                for d in documents if not d["expect_failure"]]
     manifest = {"seed": seed, "stray_text": STRAY_TEXT, "documents": documents,
                 "queries": queries}
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_if_changed(dest / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` unless the file already holds it (a rerun then reuses finished work)."""
+    if path.exists() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def load_manifest(dest: str | os.PathLike[str]) -> dict[str, Any]:

@@ -50,7 +50,11 @@ def load_model(device: str | None = None) -> Any:
     """A ``SentenceTransformer`` for all-MiniLM-L6-v2 on ``device`` (default: :func:`pick_device`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in every worker's log
 
     return SentenceTransformer(model_path(), device=device or pick_device())
 
