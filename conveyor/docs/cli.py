@@ -41,7 +41,7 @@ def docs(
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
     from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, errors
-    from ..errors import InputError, LedgerError, PipelineError, RunInterrupted, RunLockedError
+    from ..errors import ConveyorError, RunInterrupted
     from ..result import LEDGER_FILE
     from .archives import input_items
     from .pipeline import build_pipeline
@@ -64,8 +64,7 @@ def docs(
     except RunInterrupted as exc:
         errors.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (PipelineError, InputError, RunLockedError, LedgerError, KeyError,
-            ValueError) as exc:
+    except (ConveyorError, KeyError, ValueError) as exc:  # nothing ran: a usage error
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     with result:
