@@ -74,9 +74,11 @@ def lines_from_boxes(result: list[Any] | None) -> str:
 
 def load_engine(threads: int | None = None) -> Any:
     """A rapidocr engine with its bundled models, its ONNX threads pinned to ``threads``."""
+    import cv2
     from rapidocr_onnxruntime import RapidOCR
 
     threads = threads or int(os.environ.get("CONVEYOR_THREADS", "1"))
+    cv2.setNumThreads(threads)  # OpenCV's own pool ignores OMP_NUM_THREADS
     return RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
 
 
