@@ -32,7 +32,7 @@ def chunks(count: int, seed: int = 3) -> list[str]:
 
 def main() -> None:
     args = parse(__doc__)
-    count = 32 if args.quick else 768
+    count = 8 if args.quick else 768
     import torch
 
     from conveyor import Item, Pipeline

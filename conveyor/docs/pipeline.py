@@ -2,9 +2,9 @@
 
 ::
 
-    expand ─▶ inspect ─┬─ text pages ─▶ extract ───────────────┬─▶ chunk ─▶ embed ─▶ index
-     (fan-out)         └─ scanned pages ─▶ ocr_pages ─▶ ocr ───┘  (fan-out) (batches) (reduce)
-                                            (fan-out: one item per page)
+    expand ─▶ inspect ─┬─ text pages ─▶ extract ─────────────┬─▶ chunk ─▶ embed ─▶ index
+    (fan-out)          └─ scanned pages ─▶ ocr_pages ─▶ ocr ─┘  fan-out   batches   reduce
+                                           (one item per page)
 
 Resources follow what each stage spends: ``expand``, ``inspect``, ``ocr_pages``
 and ``chunk`` are light (a quarter to half a CPU); ``extract`` takes one CPU;

@@ -28,7 +28,7 @@ _HIT_COLUMNS = ["row", "doc", "path", "source", "archive", "member", "method", "
 
 
 def index_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``index`` output of a run (paths of the index and table); raises :class:`IndexMissing`."""
+    """The ``index`` output of a run (index and table paths); raises :class:`IndexMissing`."""
     from ..errors import LedgerError
     from ..result import open_run
 

@@ -34,7 +34,8 @@ def test_spans_rebuild_each_chunk_and_every_word_is_covered(seed):
         assert _rebuilt(piece, pages) == piece["text"]
         assert piece["page"] == piece["pages"][0]
         assert piece["pages"] == sorted(set(piece["pages"]))
-    covered = {(s["page"], i) for c in chunks for s in c["spans"] for i in range(s["start"], s["end"])}
+    covered = {(s["page"], i) for c in chunks for s in c["spans"]
+               for i in range(s["start"], s["end"])}
     for p in pages:
         for i, ch in enumerate(p["text"]):
             if not ch.isspace():

@@ -1,4 +1,4 @@
-"""The whole pipeline on the sample corpus (the demo's run, local executor) and a small inline run."""
+"""The whole pipeline on the sample corpus (the demo's local run), and a small inline run."""
 
 from __future__ import annotations
 
