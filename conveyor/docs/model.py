@@ -47,7 +47,7 @@ def pick_device() -> str:
 
 
 def load_model(device: str | None = None) -> Any:
-    """all-MiniLM-L6-v2 as a ``SentenceTransformer`` on ``device`` (default: :func:`pick_device`)."""
+    """all-MiniLM-L6-v2 on ``device`` (default: :func:`pick_device`), offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
