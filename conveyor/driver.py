@@ -513,13 +513,16 @@ class Driver:
     # -- handing out work ----------------------------------------------------------------------
 
     def _window(self, group: _GroupState) -> int:
+        """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
+        (one until its speed is known, so slow items spread over workers), and
+        two batches for a batch stage, one computing while the next is read."""
         batch = group.head.batch_size
         if batch:
             return 2 * batch
         service = group.service
         if service is None:
-            return 2
-        return max(2, min(512, math.ceil(WINDOW_SECONDS / service)))
+            return 1
+        return max(1, min(512, math.ceil(WINDOW_SECONDS / service)))
 
     def _dispatch(self, now: float) -> bool:
         """Top up every leased worker's window; True if any task was sent."""

@@ -9,8 +9,9 @@ use at most as many workers as it has work for (ready plus in flight, in
 batches), at most its cap (``concurrency``, and how many workers the driver
 can keep fed), and at least one as soon as work is on its way from upstream
 (so the worker is set up before the work arrives). Every group with work
-first gets one worker, most urgent first; the rest are handed out one at a
-time to the group with the most work per worker (items times measured
+first gets one worker, then every group whose work is on its way gets one
+(nearest first, with what is left); the rest are handed out one at a time to
+the group with the most work per worker (items times measured
 seconds per item; a group not yet measured counts at the mean of the
 others), ties to the group further downstream, as long as the worker's
 declared resources fit what is left. RAM and GPUs are
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from .resources import Budget, Pool, Resources
 
@@ -90,19 +92,31 @@ def plan(loads: list[Load], budget: Budget) -> dict[str, int]:
         work = max(items, 1) * (load.service or default_service)
         return (work / (targets[load.name] + 1), load.depth)
 
-    # First one worker for every group that has work, so none is starved of a
-    # process; then the rest to whoever has the most work per worker.
-    for first in (True, False):
+    has_work = [load for load in loads if (load.running if load.throttled
+                                            else load.ready + load.running) > 0]
+    expected = sorted((load for load in loads if load.expected and load not in has_work),
+                      key=lambda load: load.depth)
+
+    def give(candidates: list[Load], limit: Callable[[Load], int]) -> None:
         while True:
-            candidates = [load for load in loads
-                          if targets[load.name] < (min(1, useful[load.name]) if first
-                                                   else useful[load.name])
-                          and pool.fits(load.resources)]
-            if not candidates:
-                break
-            best = max(candidates, key=priority)
+            fits = [load for load in candidates
+                    if targets[load.name] < limit(load) and pool.fits(load.resources)]
+            if not fits:
+                return
+            best = max(fits, key=priority)
             pool.acquire(best.resources)
             targets[best.name] += 1
+
+    # One worker for every group that has work, so none is starved of a
+    # process; then one for each group whose work is on its way, nearest
+    # first, so it is set up in time; then the rest to whoever has the most
+    # work per worker.
+    give(has_work, lambda load: min(1, useful[load.name]))
+    for load in expected:
+        if useful[load.name] and pool.fits(load.resources):
+            pool.acquire(load.resources)
+            targets[load.name] = 1
+    give(has_work, lambda load: useful[load.name])
     return targets
 
 

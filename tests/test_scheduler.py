@@ -99,6 +99,16 @@ def test_plan_starts_a_worker_before_work_arrives_and_stops_for_a_finished_group
     assert targets["downstream"] == 1 and targets["done"] == 0
 
 
+def test_work_in_hand_comes_before_starting_workers_ahead_of_time():
+    budget = Budget(cpus=1, ram=0)
+    targets = plan([load("root", ready=5), load("next", expected=True, depth=1),
+                    load("last", expected=True, depth=2)], budget)
+    assert targets == {"root": 1, "next": 0, "last": 0}
+    targets = plan([load("root", ready=5), load("next", expected=True, depth=1),
+                    load("last", expected=True, depth=2)], Budget(cpus=2, ram=0))
+    assert targets == {"root": 1, "next": 1, "last": 0}  # the nearest is set up first
+
+
 def test_a_throttled_group_keeps_only_what_its_work_in_flight_needs():
     targets = plan([load("producer", ready=1000, running=2, throttled=True, service=0.001),
                     load("consumer", ready=400, service=0.01)], Budget(cpus=8, ram=0))

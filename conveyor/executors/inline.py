@@ -1,9 +1,11 @@
 """The inline executor: every stage runs in the driver's own process, one call at a time.
 
 For debugging (a breakpoint in a stage just works) and for tests. A "worker"
-is a :class:`~conveyor.runner.StageRunner` held in this process; tasks run as
-soon as they are sent. Nothing can be killed from outside, so per-item
-timeouts are not enforced and the stage's ``env`` is not applied.
+is a :class:`~conveyor.runner.GroupRunner` held in this process; its setup
+runs when it is first sent work (a worker started ahead of time costs
+nothing until then), and tasks run as soon as they are sent. Nothing can be
+killed from outside, so per-item timeouts are not enforced and the stage's
+``env`` is not applied.
 """
 
 from __future__ import annotations
@@ -25,22 +27,15 @@ class InlineExecutor(Executor):
 
     def __init__(self) -> None:
         self._runners: dict[int, GroupRunner] = {}
+        self._pending_setup: set[int] = set()
         self._events: list[Event] = []
         self._next_id = 0
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         worker = self._next_id
         self._next_id += 1
-        runner = GroupRunner(spec)
-        try:
-            runner.setup()
-        except Exception as exc:
-            self._events.append(SetupFailed(
-                worker, f"setup of {spec.group!r} failed: "
-                f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-            self._events.append(Exited(worker, "setup failed"))
-            return worker
-        self._runners[worker] = runner
+        self._runners[worker] = GroupRunner(spec)
+        self._pending_setup.add(worker)
         self._events.append(Ready(worker))
         return worker
 
@@ -48,12 +43,23 @@ class InlineExecutor(Executor):
         runner = self._runners.get(worker)
         if runner is None:
             return
+        if worker in self._pending_setup:
+            self._pending_setup.discard(worker)
+            try:
+                runner.setup()
+            except Exception as exc:
+                self._events.append(SetupFailed(
+                    worker, f"setup of {runner.spec.group!r} failed: "
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+                del self._runners[worker]
+                self._events.append(Exited(worker, "setup failed"))
+                return
         loaded = [runner.load(task) for task in tasks]
         size = runner.batch_size
-        outcomes = []
+        records = []
         for start in range(0, len(loaded), size):
-            outcomes.extend(runner.run(loaded[start:start + size]))
-        self._events.append(Results(worker, outcomes))
+            records.extend(runner.run(loaded[start:start + size]))
+        self._events.append(Results(worker, records))
 
     def poll(self, timeout: float) -> list[Event]:
         if not self._events and timeout > 0:
