@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConveyorError, InputError, LedgerError, PipelineError, RunInterrupted, \
-    RunLockedError
+from .errors import ConveyorError, ExecutorUnavailable, InputError, LedgerError, \
+    PipelineError, RunInterrupted, RunLockedError
 from .pipeline import Pipeline
 from .result import RunResult, open_run
 
@@ -98,7 +98,8 @@ def run(
     except RunInterrupted as exc:
         errors.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (PipelineError, InputError, RunLockedError, LedgerError, KeyError) as exc:
+    except (PipelineError, InputError, RunLockedError, LedgerError, ExecutorUnavailable,
+            KeyError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     with result:
@@ -176,6 +177,15 @@ def failures(run_dir: Path = typer.Argument(..., help="A run directory."),
                 tail = row["traceback"].rstrip().splitlines()[-lines:]
                 console.print("\n".join("    " + line for line in tail), highlight=False,
                               markup=False)
+
+
+def _register_features() -> None:
+    from .docs.cli import register as register_docs
+
+    register_docs(app)
+
+
+_register_features()
 
 
 def main() -> None:
