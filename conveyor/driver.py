@@ -131,7 +131,7 @@ class Driver:
         self.budget = budget
         self.force = force
         self.progress = progress
-        self.store = Store(run_dir)
+        self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
         self.stages: dict[str, _StageState] = {}
         self.groups: dict[str, _GroupState] = {}
         self._fatal: StageContractError | None = None
@@ -140,6 +140,7 @@ class Driver:
         self._last_progress = 0.0
         self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
         self._dirty = True  # something happened that the control step should see now
+        self._unsynced = False  # workers wrote files that must be on disk before the commit
         self._last_control = 0.0
         self._cost = _DriverCost()
         self._ledger: SqliteLedger
@@ -166,14 +167,14 @@ class Driver:
                 prepare(self.pipeline, self._ledger, self.store, inputs, self.force,
                         self._events, lambda: self._signal)
                 self._build_state()
-                self._ledger.commit()
+                self._commit()
                 prepared = True
                 self._loop()
                 clean = True
             finally:
                 self._stop_all()
                 if clean or (prepared and (self._fatal or self._signal)):
-                    self._ledger.commit()  # consistent: each item is recorded whole
+                    self._commit()  # consistent: each item is recorded whole
                 self._events.emit("run_end", interrupted=self._signal,
                                   fatal=str(self._fatal or "") or None)
                 self._events.close()
@@ -218,7 +219,8 @@ class Driver:
                 members.append(state)
             spec = WorkerSpec(group.name, tuple(StageSpec(m.stage, pipe.routes(m.stage.name))
                                                 for m in members),
-                              str(self.run_dir), self.store.inline_limit)
+                              str(self.run_dir), self.store.inline_limit,
+                              fsync=not self.executor.same_machine)
             self.groups[group.name] = _GroupState(group, members, spec)
 
     # -- the loop ----------------------------------------------------------------------
@@ -257,9 +259,16 @@ class Driver:
             return False
         return all(name in self._settled for name, s in self.stages.items() if s.stage.reduce)
 
+    def _commit(self) -> None:
+        """Make the group durable: files the items refer to first, then their rows."""
+        if self.store.take_wrote() or self._unsynced:
+            self.store.sync()
+            self._unsynced = False
+        self._ledger.commit()
+
     def _maybe_commit(self, now: float) -> None:
         if now - self._last_commit >= COMMIT_SECONDS:
-            self._ledger.commit()
+            self._commit()
             self._events.flush()
             self._last_commit = now
             if self.progress and now - self._last_progress >= 2.0:
@@ -275,6 +284,7 @@ class Driver:
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, Results):
+            self._unsynced |= event.wrote_files
             self._record(event.worker, event.records)
             return
         self._dirty = True
@@ -439,6 +449,7 @@ class Driver:
             return
         for event in self.executor.shutdown(grace=5.0 if self._signal is None else 2.0):
             if isinstance(event, Results):
+                self._unsynced |= event.wrote_files
                 self._record(event.worker, event.records)
         for worker in list(self._pool.workers.values()):
             self._release(list(worker.inflight.values()))

@@ -46,6 +46,7 @@ class WorkerSpec:
     stages: tuple[StageSpec, ...]  # chain order
     run_dir: str
     inline_limit: int = INLINE_LIMIT
+    fsync: bool = False  # True where the driver cannot sync the run dir's filesystem
 
     @property
     def batch_size(self) -> int | None:
@@ -216,7 +217,7 @@ class GroupRunner:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.store = Store(spec.run_dir, spec.inline_limit)
+        self.store = Store(spec.run_dir, spec.inline_limit, spec.fsync)
         self.runners = {s.stage.name: StageRunner(s, self.store, spec.run_dir)
                         for s in spec.stages}
         names = [s.stage.name for s in spec.stages]

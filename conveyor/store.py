@@ -2,14 +2,22 @@
 
 A value up to ``inline_limit`` bytes travels inline and is kept in the ledger
 row itself. A larger one is written by the process that produced it to a
-content-addressed file ``<root>/values/ab/abcd....json``, fsynced, and only its
-reference travels; a retried item rewrites the same file, so writes are
-idempotent. Stages that make large artifacts of their own (rendered pages,
-model outputs) write them under :meth:`Store.item_dir` and return the path.
+content-addressed file ``<root>/values/ab/abcd....json`` (written aside and
+renamed, so a reader never sees half of it) and only its reference travels; a
+retried item rewrites the same file, so writes are idempotent. Stages that
+make large artifacts of their own (rendered pages, model outputs) write them
+under :meth:`Store.item_dir` and return the path.
+
+Durability is batched: when the driver shares the run directory's
+filesystem, workers do not fsync each file; the store remembers that it
+wrote (:meth:`Store.take_wrote`) and the driver calls :meth:`Store.sync`
+(one ``syncfs``) before the ledger commit that records those items. A worker
+whose driver is elsewhere (Ray) fsyncs each file itself (``fsync=True``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
@@ -37,9 +45,12 @@ class Stored(NamedTuple):
 class Store:
     """Values and per-item folders under one run directory."""
 
-    def __init__(self, root: str | os.PathLike[str], inline_limit: int = INLINE_LIMIT) -> None:
+    def __init__(self, root: str | os.PathLike[str], inline_limit: int = INLINE_LIMIT,
+                 fsync: bool = True) -> None:
         self.root = Path(root)
         self.inline_limit = inline_limit
+        self.fsync = fsync
+        self._wrote = False
 
     def put(self, data: bytes, digest: str | None = None) -> Stored:
         """Keep ``data``: inline if small, else durably in a file.
@@ -53,7 +64,8 @@ class Store:
         ref = f"values/{dig[:2]}/{dig}.json"
         path = self.root / ref
         if not path.exists():
-            _write_durably(path, data)
+            _write_aside(path, data, self.fsync)
+            self._wrote = True
         return Stored(None, ref, dig, len(data))
 
     def get(self, data: bytes | None, ref: str | None) -> bytes:
@@ -68,7 +80,22 @@ class Store:
         """A folder for one item's large artifacts (created on first use)."""
         path = self.root / "artifacts" / stage / safe_name(key)
         path.mkdir(parents=True, exist_ok=True)
+        self._wrote = True  # the stage writes there; it must be on disk before "done"
         return path
+
+    def take_wrote(self) -> bool:
+        """Whether files were written since the last call (and reset)."""
+        wrote, self._wrote = self._wrote, False
+        return wrote
+
+    def sync(self) -> None:
+        """Flush everything written to the run directory's filesystem to disk."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _libc is None or _libc.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -80,17 +107,25 @@ def safe_name(key: str) -> str:
     return f"{readable}-{hashlib.blake2b(key.encode(), digest_size=4).hexdigest()}"
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write, fsync, then rename into place so a reader never sees half a file."""
+def _write_aside(path: Path, data: bytes, fsync: bool) -> None:
+    """Write beside, then rename into place so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if fsync:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: sync() instead of syncfs()
+    _libc = None

@@ -108,7 +108,7 @@ def serve(conn: Connection, runner: Any) -> None:
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
         if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
-            _send(conn, ("results", outcomes))
+            _send(conn, ("results", outcomes, runner.store.take_wrote()))
             outcomes = []
             last_flush = time.monotonic()
         if stopping and not pending and not outcomes:

@@ -411,3 +411,22 @@ def test_failed_items_are_retried_on_rerun(executor, run_dir, tmp_path):
     assert not pipe.run(["a"], run_dir=run_dir, executor=executor).ok
     fixed.write_text("")
     assert pipe.run(run_dir=run_dir, executor=executor).ok
+
+
+def test_large_values_travel_as_files(executor, run_dir):
+    pipe = Pipeline("large")
+
+    @pipe.stage
+    def big(n):
+        return "x" * n
+
+    @pipe.stage(after=big)
+    def measure(text):
+        return len(text)
+
+    result = pipe.run([Item("small", 10), Item("large", 200_000)], run_dir=run_dir,
+                      executor=executor)
+    assert dict(result.outputs("measure")) == {"small": 10, "large": 200_000}
+    assert dict(result.outputs("big"))["large"] == "x" * 200_000
+    files = list((run_dir / "values").rglob("*.json"))
+    assert len(files) == 1 and files[0].stat().st_size == 200_002  # the JSON string

@@ -28,6 +28,7 @@ class Results(NamedTuple):
 
     worker: int
     records: list[Record]
+    wrote_files: bool = False  # the store must be synced before these are committed
 
 
 class SetupFailed(NamedTuple):
@@ -57,6 +58,9 @@ class Executor(ABC):
     #: Whether an idle worker costs no CPU, so CPUs can be lent per task (see
     #: conveyor.workerpool); False where workers reserve CPUs for life (Ray actors).
     lends_cpu = True
+    #: Whether workers write the run directory on the driver's machine, so that one
+    #: sync there before a commit makes their files durable (else they fsync each).
+    same_machine = True
 
     @abstractmethod
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:

@@ -59,7 +59,7 @@ class InlineExecutor(Executor):
         records = []
         for start in range(0, len(loaded), size):
             records.extend(runner.run(loaded[start:start + size]))
-        self._events.append(Results(worker, records))
+        self._events.append(Results(worker, records, runner.store.take_wrote()))
 
     def poll(self, timeout: float) -> list[Event]:
         if not self._events and timeout > 0:

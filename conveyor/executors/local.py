@@ -134,7 +134,7 @@ class LocalExecutor(Executor):
 def _event(wid: int, msg: tuple) -> Event:  # type: ignore[type-arg]
     kind = msg[0]
     if kind == "results":
-        return Results(wid, msg[1])
+        return Results(wid, msg[1], msg[2])
     if kind == "ready":
         return Ready(wid)
     if kind == "setup_failed":

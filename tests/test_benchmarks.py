@@ -1,0 +1,40 @@
+"""Every engine benchmark runs once with --quick, so none of them rots.
+
+The figures of a quick run mean nothing (tiny sizes, a shared machine); what
+is checked is that each benchmark runs to the end and prints its one JSON
+line with the fields a reader compares.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+EXPECTED = {
+    "hetero": {"items_per_s", "bound_items_per_s", "ratio", "target"},
+    "cpu3": {"items_per_s", "bound_items_per_s", "ratio", "target"},
+    "overhead": {"items_per_s", "target_items_per_s", "ratio", "durable_ledger"},
+    "first": {"first_done_s", "bound_s", "ratio"},
+    "rerun": {"rerun_s", "bound_s", "ratio"},
+    "memory": {"growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_runs_and_prints_its_json_lines(name, tmp_path):
+    out = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick",
+                          "--run-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, out.stdout
+    for record in lines:
+        assert record["bench"] == name
+        assert EXPECTED[name] <= set(record), set(record)
+        assert record["machine"]["cpus"] >= 1 and record["date"]
