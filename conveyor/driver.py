@@ -638,10 +638,11 @@ class _DriverCost:
         self._cpu, self._rows = cpu, 0
 
     def workers_fed(self, service: float | None, rows_per_item: int) -> int | None:
-        """How many workers of a group (``service`` s per item) the driver keeps busy."""
+        """How many workers of a group (``service`` s per item) the driver keeps busy,
+        plus one, so a worker computes while another waits for its next tasks."""
         if service is None or self.per_row is None:
             return None
-        return max(1, math.ceil(service / (self.per_row * rows_per_item)))
+        return 1 + math.ceil(service / (self.per_row * rows_per_item))
 
 
 def _gather_digest(rows: Iterable[Any]) -> str:

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
 
-FLUSH_SECONDS = 0.01  # the longest a finished outcome waits in the worker
+FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
 BATCH_WAIT = 0.05  # how long a partial batch waits for more input
 
 

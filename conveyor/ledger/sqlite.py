@@ -161,7 +161,7 @@ class SqliteLedger(Ledger):
                 self._db = sqlite3.connect(self.path, isolation_level=None,
                                            check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: random keys stay cached
+            self._db.execute("PRAGMA cache_size=-16384")  # 16 MiB: random keys stay cached
             if not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
