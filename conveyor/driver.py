@@ -71,6 +71,7 @@ CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least 
 QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
 QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as full
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
+WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
 
@@ -566,17 +567,22 @@ class Driver:
         return sent
 
     def _claim(self, group: _GroupState, want: int, worker: Worker, now: float) -> list[Claim]:
-        """Claim up to ``want`` rows for a worker, deepest stage of the group first."""
+        """Claim up to ``want`` rows for a worker, deepest stage of the group first, within
+        the worker's WINDOW_BYTES."""
         claims: list[Claim] = []
+        held = sum(len(c.data or b"") for c in worker.inflight.values())
         for member in reversed(group.members):
             if len(claims) >= want or not member.pending or member.wait_until > now:
                 continue
-            got = self._ledger.claim(member.stage.name, want - len(claims), f"w{worker.id}", now)
+            if held >= WINDOW_BYTES and (claims or worker.inflight):
+                break
+            got = self._ledger.claim(member.stage.name, want - len(claims), f"w{worker.id}", now,
+                                     max_bytes=WINDOW_BYTES - held)
+            held += sum(len(c.data or b"") for c in got)
             member.pending -= len(got)
             member.running += len(got)
             claims.extend(got)
-            if member.pending and len(claims) < want:
-                # the rest is backing off before a retry
+            if not got and member.pending:  # all of it is backing off before a retry
                 member.wait_until = self._ledger.next_retry(member.stage.name) or now
         return claims
 

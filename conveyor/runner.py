@@ -63,6 +63,7 @@ class Loaded(NamedTuple):
     task: Claim
     value: Any
     error: BaseException | None
+    size: int = 0  # bytes of the encoded input
 
 
 class RoutingError(Exception):
@@ -98,7 +99,8 @@ class StageRunner:
         if self.stage.reduce:
             return Loaded(task, None, None)
         try:
-            return Loaded(task, codec.decode(self.store.get(task.data, task.ref)), None)
+            data = self.store.get(task.data, task.ref)
+            return Loaded(task, codec.decode(data), None, len(data))
         except Exception as exc:  # a missing or corrupt value fails the item, not the worker
             return Loaded(task, None, exc)
 

@@ -21,6 +21,7 @@ are set in the environment by the driver before this process starts (see
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import queue
@@ -37,6 +38,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
 BATCH_WAIT = 0.05  # how long a partial batch waits for more input
+PREFETCH_BYTES = 256 * 2**20  # decoded inputs held ahead of the stage, at most
+PREFETCH_ITEMS = 64  # ... and at most this many (or two batches)
 
 
 def pinned_env(threads: int, devices: tuple[str, ...], extra: Mapping[str, str]
@@ -68,10 +71,48 @@ def _pin_torch(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+class _Inbox:
+    """Decoded tasks waiting for the main thread, bounded in count and bytes.
+
+    One item always fits, however large, so a single huge input still runs.
+    """
+
+    def __init__(self, items: int, nbytes: int) -> None:
+        self.items, self.nbytes = items, nbytes
+        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
+        self._held = 0
+        self._cond = threading.Condition()
+
+    def put(self, item: Any, size: int = 0) -> None:
+        with self._cond:
+            while self._queue and (len(self._queue) >= self.items
+                                   or self._held + size > self.nbytes):
+                self._cond.wait()
+            self._queue.append((item, size))
+            self._held += size
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._queue, timeout):
+                raise queue.Empty
+            item, size = self._queue.popleft()
+            self._held -= size
+            self._cond.notify_all()
+            return item
+
+    def get_nowait(self) -> Any:
+        return self.get(timeout=0)
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._queue
+
+
 class _Reader(threading.Thread):
     """Receives messages and decodes task inputs ahead of the main thread."""
 
-    def __init__(self, conn: Connection, inbox: "queue.Queue[Any]", runner: Any) -> None:
+    def __init__(self, conn: Connection, inbox: _Inbox, runner: Any) -> None:
         super().__init__(name="conveyor-prefetch", daemon=True)
         self.conn, self.inbox, self.runner = conn, inbox, runner
 
@@ -81,7 +122,8 @@ class _Reader(threading.Thread):
                 msg = self.conn.recv()
                 if msg[0] == "tasks":
                     for task in msg[1]:
-                        self.inbox.put(self.runner.load(task))
+                        loaded = self.runner.load(task)
+                        self.inbox.put(loaded, loaded.size)
                 elif msg[0] == "stop":
                     break
         except (EOFError, OSError):
@@ -91,7 +133,7 @@ class _Reader(threading.Thread):
 
 def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
-    inbox: queue.Queue[Any] = queue.Queue()
+    inbox = _Inbox(max(PREFETCH_ITEMS, 2 * runner.batch_size), PREFETCH_BYTES)
     _Reader(conn, inbox, runner).start()
     batch = runner.batch_size
     pending: list[Any] = []
@@ -115,7 +157,7 @@ def serve(conn: Connection, runner: Any) -> None:
             return
 
 
-def _take(inbox: "queue.Queue[Any]", pending: list[Any], want: int, block: bool) -> bool:
+def _take(inbox: _Inbox, pending: list[Any], want: int, block: bool) -> bool:
     """Move ready items into ``pending`` (waiting for one if ``block``). True on stop."""
     while len(pending) < want:
         try:
@@ -129,7 +171,7 @@ def _take(inbox: "queue.Queue[Any]", pending: list[Any], want: int, block: bool)
     return False
 
 
-def _fill(inbox: "queue.Queue[Any]", pending: list[Any], batch: int) -> bool:
+def _fill(inbox: _Inbox, pending: list[Any], batch: int) -> bool:
     """Top ``pending`` up to a batch, waiting a little for stragglers. True on stop."""
     deadline = time.monotonic() + BATCH_WAIT
     while len(pending) < batch:

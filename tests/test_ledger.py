@@ -383,3 +383,10 @@ def test_a_corrupt_ledger_is_reported(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(Exception, match="cannot open the ledger"):
         SqliteLedger(path)
+
+
+def test_claim_stops_at_a_byte_budget_but_always_takes_one(ledger):
+    ledger.add_inputs("a", [(f"k{i}", value("x" * 1000)) for i in range(10)])
+    claims = ledger.claim("a", 10, "w", 1.0, max_bytes=3500)
+    assert len(claims) == 3  # 3 x 1002 bytes fit, a fourth would not
+    assert len(ledger.claim("a", 10, "w", 1.0, max_bytes=10)) == 1

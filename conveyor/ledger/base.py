@@ -242,11 +242,13 @@ class Ledger(ABC):
     # -- doing the work ------------------------------------------------------
 
     @abstractmethod
-    def claim(self, stage: str, limit: int, worker: str, now: float) -> list[Claim]:
+    def claim(self, stage: str, limit: int, worker: str, now: float,
+              max_bytes: int | None = None) -> list[Claim]:
         """Up to ``limit`` claimable pending rows of ``stage``, oldest first, now ``running``.
 
         A row is claimable once its retry back-off (``not_before``) has passed.
-        Its attempt count is incremented.
+        Its attempt count is incremented. With ``max_bytes``, rows stop once
+        their inline inputs would pass that many bytes (one row is always taken).
         """
 
     @abstractmethod

@@ -210,8 +210,10 @@ class MemoryLedger(Ledger):
 
     # -- work -------------------------------------------------------------------------------------
 
-    def claim(self, stage: str, limit: int, worker: str, now: float) -> list[Claim]:
-        claims = []
+    def claim(self, stage: str, limit: int, worker: str, now: float,
+              max_bytes: int | None = None) -> list[Claim]:
+        claims: list[Claim] = []
+        held = 0
         for row in sorted(self._stage_rows(stage), key=lambda r: r["id"]):
             if len(claims) >= limit:
                 break
@@ -219,6 +221,10 @@ class MemoryLedger(Ledger):
                 continue
             if row["not_before"] is not None and row["not_before"] > now:
                 continue
+            size = len(self._outputs[row["input_id"]]["data"] or b"") if row["input_id"] else 0
+            if max_bytes is not None and claims and held + size > max_bytes:
+                break
+            held += size
             row.update(status=Status.RUNNING, attempts=row["attempts"] + 1, worker=worker,
                        started=now, ended=None, not_before=None)
             data = ref = None

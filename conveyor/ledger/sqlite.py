@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import IllegalTransition, InputError, LedgerError
 from ..store import Stored
@@ -111,6 +111,16 @@ def _chunks(seq: Sequence[Any], size: int = _PARAMS) -> Iterator[Sequence[Any]]:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _within(rows: list[Any], max_bytes: int, size: Callable[[Any], int]) -> list[Any]:
+    """The longest prefix of ``rows`` within ``max_bytes`` (at least the first row)."""
+    total = 0
+    for n, row in enumerate(rows):
+        total += size(row)
+        if total > max_bytes and n > 0:
+            return rows[:n]
+    return rows
 
 
 def _own_output(key: str, outputs: list[Output]) -> tuple[Any, ...]:
@@ -396,7 +406,8 @@ class SqliteLedger(Ledger):
 
     # -- work ------------------------------------------------------------------------
 
-    def claim(self, stage: str, limit: int, worker: str, now: float) -> list[Claim]:
+    def claim(self, stage: str, limit: int, worker: str, now: float,
+              max_bytes: int | None = None) -> list[Claim]:
         db = self._write()
         col = "i.input_id"
         rows = db.execute(
@@ -405,6 +416,8 @@ class SqliteLedger(Ledger):
             f"WHERE i.stage=? AND i.status='pending' "
             f"AND (i.not_before IS NULL OR i.not_before <= ?) ORDER BY i.id LIMIT ?",
             (stage, now, limit)).fetchall()
+        if max_bytes is not None:
+            rows = _within(rows, max_bytes, lambda r: len(r[4] or b""))
         for chunk in _chunks([r[0] for r in rows]):
             db.execute(
                 f"UPDATE items SET status='running', attempts=attempts+1, worker=?, started=?, "
