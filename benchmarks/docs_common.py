@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -46,5 +45,8 @@ def run_pipeline(pipe: Any, inputs: list[Any], run_dir: Path) -> float:
     return seconds
 
 
-def report(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+def report(benchmark: str, **fields: Any) -> None:
+    """The one JSON line, in the shape every benchmark here prints (see common.emit)."""
+    from common import emit
+
+    emit(benchmark, **fields)

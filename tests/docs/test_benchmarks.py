@@ -28,7 +28,7 @@ def test_benchmark_quick_prints_one_json_line(name, rate):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout
     record = json.loads(lines[0])
-    assert record["benchmark"] == name and record["quick"] is True
+    assert record["bench"] == name and record["quick"] is True
     assert record[f"conveyor_{rate}"] > 0 and record[f"peer_{rate}"] > 0
     assert record["peer"] and record["target_ratio"] > 0
     assert record["ratio"] == pytest.approx(record[f"conveyor_{rate}"] / record[f"peer_{rate}"],
