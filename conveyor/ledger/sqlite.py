@@ -266,8 +266,8 @@ class SqliteLedger(Ledger):
             "SELECT i.id, i.input_id, i.key, g.data, g.ref, g.digest, g.size FROM items i "
             "JOIN temp.given g ON g.key = i.key WHERE i.stage=? AND i.input_digest != g.digest",
             (stage,)).fetchall()
+        self._drop_derived([row[0] for row in changed])  # one pass for all of them
         for item_id, old_input, key, data, ref, dig, size in changed:
-            self._drop_derived([item_id])
             db.execute("DELETE FROM outputs WHERE id=?", (old_input,))
             new_input = db.execute(
                 "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
