@@ -25,7 +25,8 @@ one worker (:mod:`conveyor.fusion`). Each turn the loop:
    message: outputs and the rows they were routed to, retries after a
    back-off, failures with their tracebacks, a dead worker's current task
    failed with the reason and the rest handed back;
-6. kills workers whose current task ran past the stage's ``timeout``;
+6. lets the watchdog kill workers whose current task ran past the stage's
+   ``timeout`` or whose memory grew past its ``ram`` (:mod:`.watchdog`);
 7. commits the ledger every few tens of milliseconds: durability is grouped,
    and a crash loses at most the last group, whose items simply run again.
 
@@ -64,6 +65,8 @@ from .result import LEDGER_FILE, RunResult
 from .runner import StageSpec, WorkerSpec
 from .scheduler import Load, plan
 from .store import Store
+from .watchdog import Watchdog
+from .worker import Running
 from .workerpool import IDLE_SECONDS, Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
@@ -147,6 +150,7 @@ class Driver:
         self._ledger: SqliteLedger
         self._events: EventLog
         self._pool: WorkerPool
+        self._watchdog: Watchdog
 
     # -- the run --------------------------------------------------------------------
 
@@ -160,6 +164,9 @@ class Driver:
             self._ledger = SqliteLedger(self.run_dir / LEDGER_FILE)
             self._events = EventLog(self.run_dir)
             self._pool = WorkerPool(self.executor, self.budget, self._events)
+            self._watchdog = Watchdog(self._pool, self.executor,
+                                      lambda name: self.pipeline[name],
+                                      lambda group: self.groups[group].head.resources.ram)
             clean = prepared = False
             try:
                 self._events.emit("run_start", pipeline=self.pipeline.name,
@@ -235,7 +242,7 @@ class Driver:
             for event in self.executor.poll(0.0 if busy else self._idle_timeout(now)):
                 self._handle(event)
             now = time.time()
-            self._check_timeouts(now)
+            self._watchdog.check(now)
             self._maybe_commit(now)
             if self._finished():
                 return
@@ -291,7 +298,7 @@ class Driver:
         self._dirty = True
         worker = self._pool.workers.get(event.worker)
         if isinstance(event, Exited):
-            self._exited(event.worker, event.reason)
+            self._exited(event.worker, event.reason, event.running)
         elif worker is None:
             return
         elif isinstance(event, Ready):
@@ -414,35 +421,34 @@ class Driver:
             records.append(self._judge(r, now) if retry else r)
         self._apply(records, f"w{worker.id}")
 
-    def _exited(self, worker_id: int, reason: str) -> None:
+    def _exited(self, worker_id: int, reason: str, running: Running | None = None) -> None:
+        """A worker is gone: the call it was in failed; the tasks it had not started, or
+        finished without reporting, go back without using an attempt."""
         worker = self._pool.exited(worker_id, reason)
         if worker is None or not worker.inflight:
             return
-        # The head task (the head batch for a batch stage) was running: it failed.
-        # The tasks behind it never started: they go back without using an attempt.
         claims = list(worker.inflight.values())
-        running = claims[: self.groups[worker.group].spec.batch_size or 1]
         why = worker.kill_reason if worker.kill_reason not in (None, "stopped") else \
             f"worker {reason}"
-        self._fail_claims(worker, running, why, None, retry=True)
-        self._release(claims[len(running):])
+        spec = self.groups[worker.group].spec
+        if not self.executor.knows_running:  # assume the first task sent was running
+            blamed = claims[: spec.batch_size or 1]
+        elif running is None or running.item_id not in worker.inflight:
+            blamed = []  # it died between calls
+        else:
+            at = list(worker.inflight).index(running.item_id)
+            blamed = claims[at:at + running.count]
+            stage = spec.stages[running.stage].stage.name
+            if stage != blamed[0].stage:  # a fused stage below the task's
+                why = f"{why} in stage {stage!r}"
+        self._fail_claims(worker, blamed, why, None, retry=True)
+        self._release([c for c in claims if c not in blamed])
 
     def _release(self, claims: list[Claim]) -> None:
         self._ledger.release([c.id for c in claims])
         for claim in claims:
             self.stages[claim.stage].running -= 1
             self.stages[claim.stage].pending += 1
-
-    def _check_timeouts(self, now: float) -> None:
-        if not self.executor.can_kill:
-            return
-        for worker in list(self._pool.workers.values()):
-            if not worker.inflight or not worker.ready or worker.kill_reason is not None:
-                continue
-            head = next(iter(worker.inflight.values()))
-            timeout = self.stages[head.stage].stage.timeout
-            if timeout and now - worker.head_since > timeout:
-                self._pool.stop(worker, f"timed out after {timeout:g} s", kill=True)
 
     def _stop_all(self) -> None:
         """Stop every worker; record what they finish, hand back what they did not start."""

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import codec
 from .context import Context, activate, deactivate
@@ -224,7 +224,12 @@ class GroupRunner:
                         for s in spec.stages}
         names = [s.stage.name for s in spec.stages]
         self._next = dict(zip(names, names[1:]))
+        self._index = {name: i for i, name in enumerate(names)}
         self.batch_size = spec.batch_size or 1
+        #: Called before each call as ``note(stage_index, item_id, count)``, and with
+        #: ``(-1, -1, 0)`` when a run is over: a worker keeps where it is, so that
+        #: if it dies, the driver knows which task killed it.
+        self.note: Callable[[int, int, int], None] = lambda stage, item, count: None
 
     def setup(self) -> None:
         """Every stage's ``setup()``, in chain order."""
@@ -235,15 +240,38 @@ class GroupRunner:
         return self.runners[task.stage].load(task)
 
     def run(self, loaded: list[Loaded]) -> list[Record]:
-        """Records of loaded tasks, each followed by those of the rows fused below it."""
-        if self.spec.batch_size:
-            return self.runners[loaded[0].task.stage].call_batch(loaded)
+        """Records of loaded tasks, each followed by those of the rows fused below it.
+
+        In a batch stage, an item on its second attempt or later runs in a batch
+        of its own: if it is what broke its batch, it breaks nothing else.
+        """
+        try:
+            if self.spec.batch_size:
+                return self._run_batches(loaded)
+            records: list[Record] = []
+            for item in loaded:
+                self.note(self._index[item.task.stage], item.task.id, 1)
+                self._carry(self.runners[item.task.stage].call_one(item), item.task.id,
+                            records)
+            return records
+        finally:
+            self.note(-1, -1, 0)
+
+    def _run_batches(self, loaded: list[Loaded]) -> list[Record]:
+        stage = loaded[0].task.stage
+        runner = self.runners[stage]
+        fresh = [item for item in loaded if item.task.attempt <= 1]
         records: list[Record] = []
+        if fresh:
+            self.note(self._index[stage], fresh[0].task.id, len(fresh))
+            records = runner.call_batch(fresh)
         for item in loaded:
-            self._carry(self.runners[item.task.stage].call_one(item), records)
+            if item.task.attempt > 1:
+                self.note(self._index[stage], item.task.id, 1)
+                records.extend(runner.call_batch([item]))
         return records
 
-    def _carry(self, record: Record, into: list[Record]) -> None:
+    def _carry(self, record: Record, task_id: int, into: list[Record]) -> None:
         into.append(record)
         nxt = self._next.get(record.stage)
         if nxt is None or record.status is FAILED:
@@ -252,7 +280,8 @@ class GroupRunner:
         for out in record.outputs:
             if nxt in out.targets:
                 child = Claim(None, nxt, out.key, 1, out.value.data, out.value.ref)  # type: ignore[arg-type]
-                self._carry(runner.call_one(runner.load(child)), into)
+                self.note(self._index[nxt], task_id, 1)  # its row has no id yet: the task's
+                self._carry(runner.call_one(runner.load(child)), task_id, into)
 
 
 def _keyed(default_key: str, value: Any) -> tuple[str, Any]:

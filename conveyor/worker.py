@@ -10,7 +10,8 @@
                                                                     calls the stage)
 
 The main thread owns the stage: it runs ``setup()`` once, then takes loaded
-tasks from the inbox, calls the stage (assembling batches for batch stages,
+tasks from the inbox (noting in a small shared-memory *slot* which task it is
+on, which the driver reads if the worker dies, so the right task is blamed), calls the stage (assembling batches for batch stages,
 flushed after a short deadline when input runs dry) and sends outcomes back in
 chunks. The reader thread is the prefetcher: while the stage computes, it
 receives the next tasks and reads and decodes their inputs, so a GPU stage
@@ -23,15 +24,17 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import mmap
 import os
 import queue
 import signal
+import struct
 import sys
 import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
@@ -40,6 +43,50 @@ FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
 BATCH_WAIT = 0.05  # how long a partial batch waits for more input
 PREFETCH_BYTES = 256 * 2**20  # decoded inputs held ahead of the stage, at most
 PREFETCH_ITEMS = 64  # ... and at most this many (or two batches)
+
+
+SLOT = struct.Struct("qqqd")  # stage index, task id, tasks in the call, when it started
+
+
+class Running(NamedTuple):
+    """What a worker was doing: ``count`` tasks from ``item_id`` on, in chain stage ``stage``."""
+
+    stage: int
+    item_id: int
+    count: int
+    started: float
+
+
+class Slot:
+    """A worker's note of the call it is in, in memory shared with its driver.
+
+    The worker writes it before each call and clears it after a run of
+    calls; the driver reads it at any time, and after the worker died.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._mm = mmap.mmap(fd, SLOT.size)
+
+    def note(self, stage: int, item_id: int, count: int) -> None:
+        self._mm[:SLOT.size] = SLOT.pack(stage, item_id, count, time.time())
+
+    def read(self) -> Running | None:
+        """The call in progress, or None between calls."""
+        running = Running(*SLOT.unpack(self._mm[:SLOT.size]))
+        return None if running.item_id < 0 else running
+
+    @staticmethod
+    def make() -> tuple["Slot", int]:
+        """A new slot and the file descriptor to hand to the worker (cleared: idle)."""
+        import tempfile
+
+        fh = tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        fd = os.dup(fh.fileno())
+        fh.close()
+        os.ftruncate(fd, SLOT.size)
+        slot = Slot(fd)
+        slot.note(-1, -1, 0)
+        return slot, fd
 
 
 def pinned_env(threads: int, devices: tuple[str, ...], extra: Mapping[str, str]
@@ -195,10 +242,11 @@ def _send(conn: Connection, msg: Any) -> None:
         os._exit(0)  # the driver is gone; nothing left to report to
 
 
-def main(fd: int) -> None:
+def main(fd: int, slot_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver coordinates Ctrl-C
     _die_with_parent()
     conn = Connection(fd)
+    slot = Slot(slot_fd)
     kind, payload, path = conn.recv()
     assert kind == "init", kind
     sys.path[:0] = [p for p in path if p not in sys.path]
@@ -208,6 +256,7 @@ def main(fd: int) -> None:
 
     spec = cloudpickle.loads(payload)
     runner = GroupRunner(spec)
+    runner.note = slot.note
     try:
         runner.setup()
     except BaseException as exc:
@@ -220,4 +269,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -14,6 +14,7 @@ from typing import Mapping, NamedTuple, Union
 
 from ..ledger.base import Claim, Record
 from ..runner import WorkerSpec
+from ..worker import Running
 
 
 class Ready(NamedTuple):
@@ -40,10 +41,15 @@ class SetupFailed(NamedTuple):
 
 
 class Exited(NamedTuple):
-    """A worker is gone: stopped on request, or died (``reason`` says how)."""
+    """A worker is gone: stopped on request, or died (``reason`` says how).
+
+    ``running`` is the call it was in when it went, where the executor can
+    tell (None: between calls, or unknown).
+    """
 
     worker: int
     reason: str
+    running: Running | None = None
 
 
 Event = Union[Ready, Results, SetupFailed, Exited]
@@ -89,6 +95,14 @@ class Executor(ABC):
     @abstractmethod
     def pid(self, worker: int) -> int | None:
         """The worker's process id where it has one on this machine (for RSS checks)."""
+
+    def running(self, worker: int) -> Running | None:
+        """The call the worker is in now, where the executor can tell (else None)."""
+        return None
+
+    #: Whether :attr:`Exited.running` and :meth:`running` are reported (else the
+    #: driver assumes the first task it sent and has not heard back about was running).
+    knows_running = False
 
     def shutdown(self, grace: float = 5.0) -> list[Event]:
         """Stop every worker: ask first, kill what has not exited after ``grace`` seconds.

@@ -37,6 +37,7 @@ import cloudpickle
 
 from ..ledger.base import Claim
 from ..runner import WorkerSpec
+from ..worker import Running, Slot
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -46,12 +47,14 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 class _Worker:
     proc: subprocess.Popen[bytes]
     conn: Connection
+    slot: Slot
 
 
 class LocalExecutor(Executor):
     """Worker processes on this machine; see the module docstring."""
 
     name = "local"
+    knows_running = True
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
@@ -62,20 +65,22 @@ class LocalExecutor(Executor):
         log_dir = Path(spec.run_dir) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
+        slot, slot_fd = Slot.make()
         full_env = dict(os.environ)
         full_env.update(env)
         full_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
         with open(log_dir / f"{spec.group}.log", "ab") as log:
             proc = subprocess.Popen(
-                [self.python, "-m", "conveyor.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=full_env, stdin=subprocess.DEVNULL,
+                [self.python, "-m", "conveyor.worker", str(theirs.fileno()), str(slot_fd)],
+                pass_fds=(theirs.fileno(), slot_fd), env=full_env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log)
         theirs.close()
+        os.close(slot_fd)  # the mapping stays
         conn = Connection(ours.detach())
         worker_id = self._next_id
         self._next_id += 1
-        self._workers[worker_id] = _Worker(proc, conn)
+        self._workers[worker_id] = _Worker(proc, conn, slot)
         self._send(worker_id, ("init", cloudpickle.dumps(spec), list(sys.path)))
         return worker_id
 
@@ -110,7 +115,7 @@ class LocalExecutor(Executor):
         except subprocess.TimeoutExpired:
             worker.proc.kill()
             code = worker.proc.wait()
-        return Exited(wid, describe_exit(code))
+        return Exited(wid, describe_exit(code), worker.slot.read())
 
     def stop(self, worker: int, kill: bool = False) -> None:
         if worker not in self._workers:
@@ -126,6 +131,10 @@ class LocalExecutor(Executor):
     def pid(self, worker: int) -> int | None:
         w = self._workers.get(worker)
         return w.proc.pid if w else None
+
+    def running(self, worker: int) -> Running | None:
+        w = self._workers.get(worker)
+        return w.slot.read() if w else None
 
     def workers(self) -> list[int]:
         return list(self._workers)

@@ -1,0 +1,57 @@
+"""A pipeline for fault-injection tests: every call is logged, so re-execution is visible.
+
+Each stage appends "stage key pid time" to $FAULT_LOG before returning; items
+take a little time so that a kill lands in the middle of work.
+"""
+
+import os
+import time
+
+from conveyor import Item, Pipeline
+
+LOG = os.environ.get("FAULT_LOG", "/dev/null")
+SLEEP = float(os.environ.get("FAULT_SLEEP", "0.02"))
+
+pipe = Pipeline("faulty")
+
+
+def log(stage: str, key: str) -> None:
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{stage} {key} {os.getpid()} {time.time()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@pipe.stage(cpus=0.5)
+def split(doc, ctx):
+    time.sleep(SLEEP)
+    log("split", ctx.key)
+    for i in range(3):
+        yield {"doc": doc, "part": i}
+
+
+@pipe.stage(after=split, cpus=0.5, retries=1)
+def work(part, ctx):
+    time.sleep(SLEEP * (1 + part["part"]))
+    log("work", ctx.key)
+    return {**part, "value": len(part["doc"]) * (part["part"] + 1)}
+
+
+@pipe.stage(after=work, cpus=0.5, batch_size=4)
+def finish(parts, ctx):
+    time.sleep(SLEEP)
+    for key in ctx.keys:
+        log("finish", key)
+    return [{**p, "final": p["value"] * 10} for p in parts]
+
+
+@pipe.reduce(after=finish)
+def total(parts):
+    parts = list(parts)
+    log("total", "total")
+    return {"n": len(parts), "sum": sum(p["final"] for p in parts)}
+
+
+def inputs(n: int) -> list:
+    return [Item(f"doc{i:03d}", "x" * (i + 1)) for i in range(n)]

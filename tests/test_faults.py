@@ -1,0 +1,263 @@
+"""Fault tolerance with real processes and real signals.
+
+A driver killed with SIGKILL at random moments, then resumed, must end with
+exactly the outputs of an uninterrupted run, lose nothing, and never run
+again an item that was already recorded done. Workers that die (killed,
+segfault, os._exit, past their RAM, past their timeout) cost their current
+item one attempt with the reason recorded, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conveyor import Item, Pipeline, RunLockedError, open_run
+from conveyor.events import read_events
+from conveyor.ledger import SqliteLedger
+from helpers import append_log, read_log
+
+PIPELINES = Path(__file__).parent / "pipelines"
+RUNNER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {pipelines!r})
+    import faulty
+    faulty.pipe.run(faulty.inputs({n}), run_dir=sys.argv[1], cpus=2)
+""")
+
+
+def start_driver(run_dir: Path, log: Path, n: int) -> subprocess.Popen:
+    code = RUNNER.format(pipelines=str(PIPELINES), n=n)
+    env = {**os.environ, "FAULT_LOG": str(log), "FAULT_SLEEP": "0.03"}
+    return subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def done_rows(run_dir: Path) -> set[tuple[str, str]]:
+    db = sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        return {(s, k) for s, k in db.execute(
+            "SELECT stage, key FROM items WHERE status IN ('done', 'routed-out')")}
+    except sqlite3.OperationalError:  # killed before the schema was committed
+        return set()
+    finally:
+        db.close()
+
+
+def executions(log: Path) -> list[tuple[str, str, int, float]]:
+    rows = []
+    for line in read_log(log):
+        stage, key, pid, t = line.split()
+        rows.append((stage, key, int(pid), float(t)))
+    return rows
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether the process exits within ``within`` seconds (a zombie counts as gone)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def outputs(run_dir: Path) -> dict[str, dict]:
+    with open_run(run_dir) as result:
+        return {stage: dict(result.outputs(stage)) for stage in result.stages}
+
+
+def test_kill_minus_9_anywhere_loses_nothing_and_repeats_nothing_done(tmp_path):
+    n = 40
+    clean_dir, clean_log = tmp_path / "clean", tmp_path / "clean.log"
+    proc = start_driver(clean_dir, clean_log, n)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    expected = outputs(clean_dir)
+    assert expected["total"]["total"]["n"] == 3 * n
+
+    run_dir, log = tmp_path / "killed", tmp_path / "killed.log"
+    rng = random.Random(20261123)
+    kills = []  # (time of the kill, what was done at that moment)
+    while True:
+        proc = start_driver(run_dir, log, n)
+        delay = rng.uniform(0.3, 1.2)
+        try:
+            code = proc.wait(timeout=delay)
+            break  # it finished before the kill
+        except subprocess.TimeoutExpired:
+            pass
+        workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed_at = time.time()
+        kills.append((killed_at, done_rows(run_dir)))
+        for pid in workers:  # they die with their driver: no orphans
+            assert gone(pid, within=5)
+        if len(kills) >= 6:
+            proc = start_driver(run_dir, log, n)
+            code = proc.wait(timeout=120)
+            break
+    assert code == 0, proc.stderr.read().decode()[-2000:]
+    assert len(kills) >= 3, "the run finished before enough kills landed"
+
+    # nothing lost, nothing duplicated: exactly the uninterrupted outputs
+    assert outputs(run_dir) == expected
+    with SqliteLedger(run_dir / "ledger.db") as ledger:
+        assert ledger.integrity_check() == "ok"
+        counts = ledger.counts()
+    assert all(set(c) <= {"done", "routed-out"} for c in counts.values()), counts
+
+    # nothing that was done at a kill ran again afterwards
+    redone = [(stage, key) for killed_at, done in kills
+              for stage, key, _, t in executions(log) if t > killed_at and (stage, key) in done]
+    assert redone == []
+    runs = {}
+    for stage, key, _, _ in executions(log):
+        runs[(stage, key)] = runs.get((stage, key), 0) + 1
+    extra = sum(n - 1 for n in runs.values())
+    print(f"\nkills survived: {len(kills)}, items lost: 0, re-executions of done items: "
+          f"{len(redone)}, re-executions of items in flight at a kill: {extra}")
+
+
+# -- worker faults --------------------------------------------------------------------------------
+
+def run_with_poison(run_dir: Path, poison, **options):
+    """Four items; the one keyed 'poison' hits ``poison(ctx)``; returns the result."""
+    pipe = Pipeline("poison")
+
+    @pipe.stage(**options)
+    def work(x, ctx):
+        if ctx.key == "poison":
+            poison()
+        return x * 2
+
+    return pipe.run([Item(k, i) for i, k in enumerate(["a", "b", "poison", "c"])],
+                    run_dir=run_dir, cpus=2)
+
+
+def only_poison_failed(result, reason: str, attempts: int) -> None:
+    assert result.counts["work"]["done"] == 3
+    (failure,) = result.failures()
+    assert failure["key"] == "poison" and failure["attempts"] == attempts
+    assert reason in failure["error"], failure["error"]
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def hard_exit():
+    os._exit(3)
+
+
+def sleep_forever():
+    time.sleep(600)
+
+
+def eat_memory():
+    block = bytearray(400 * 2**20)
+    block[::4096] = b"\x01" * (len(block) // 4096)  # touch every page: resident
+    time.sleep(600)
+
+
+@pytest.mark.parametrize("poison,options,reason", [
+    (kill_self, {}, "worker killed by SIGKILL"),
+    (segfault, {}, "worker killed by SIGSEGV"),
+    (hard_exit, {}, "worker exited with code 3"),
+    (sleep_forever, {"timeout": 1}, "timed out after 1 s"),
+    (eat_memory, {"ram": "200MiB"}, "exceeded ram 200 MiB"),
+], ids=["sigkill", "segfault", "os._exit", "timeout", "ram"])
+def test_a_worker_fault_costs_its_item_an_attempt_and_the_run_goes_on(
+        poison, options, reason, run_dir):
+    result = run_with_poison(run_dir, poison, retries=1, retry_backoff=0.05, **options)
+    only_poison_failed(result, reason, attempts=2)
+    exits = [e for e in read_events(run_dir) if e["event"] == "worker_exit"]
+    assert sum(reason.removeprefix("worker ") in e["reason"] for e in exits) == 2
+
+
+def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
+    log = tmp_path / "batches.log"
+    pipe = Pipeline("batch-poison")
+
+    @pipe.stage(batch_size=8, retries=2, retry_backoff=0.05)
+    def batch(values, ctx):
+        append_log(log, " ".join(ctx.keys))
+        if "poison" in ctx.keys:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return values
+
+    keys = [f"k{i}" for i in range(7)] + ["poison"]
+    result = pipe.run([Item(k, k) for k in keys], run_dir=run_dir, cpus=2)
+    assert result.counts["batch"]["done"] == 7
+    (failure,) = result.failures()
+    assert failure["key"] == "poison" and failure["attempts"] == 3
+    assert "poison" in read_log(log)  # on retry it ran alone
+
+
+def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
+    pipe = Pipeline("setup")
+
+    @pipe.stage
+    def start(x):
+        return x
+
+    @pipe.stage(after=start, when=lambda x: x % 2 == 0)
+    class Model:
+        def setup(self):
+            raise FileNotFoundError("model.bin")
+
+        def __call__(self, x):
+            return x
+
+    @pipe.stage(after=start, when=lambda x: x % 2 == 1)
+    def fine(x):
+        return x
+
+    result = pipe.run([Item(str(i), i) for i in range(10)], run_dir=run_dir, cpus=2)
+    assert result.counts["fine"]["done"] == 5
+    assert result.counts["Model"]["failed"] == 5
+    assert {f["error"] for f in result.failures()} == {
+        "setup of 'Model' failed: FileNotFoundError: model.bin"}
+
+
+# -- the run lock -------------------------------------------------------------------------------
+
+def test_a_second_driver_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    env_sleep = {**os.environ, "FAULT_SLEEP": "0.5"}
+    code = RUNNER.format(pipelines=str(PIPELINES), n=20)
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)],
+                              env={**env_sleep, "FAULT_LOG": str(log)})
+    deadline = time.time() + 30
+    while not (run_dir / "lock").exists() or not (run_dir / "lock").read_text():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    sys.path.insert(0, str(PIPELINES))
+    import faulty
+
+    with pytest.raises(RunLockedError, match=f"pid {holder.pid} on .* since "):
+        faulty.pipe.run(faulty.inputs(20), run_dir=run_dir)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    faulty.pipe.run(faulty.inputs(20), run_dir=run_dir)  # the dead driver's lock is stale
+    starts = [e for e in read_events(run_dir) if e["event"] == "run_start"]
+    assert starts[-1]["took_over"]["pid"] == holder.pid
