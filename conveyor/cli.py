@@ -114,6 +114,11 @@ def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
 def _finish(result: RunResult, quiet: bool) -> None:
     if not quiet:
         _print_counts(result)
+    missing = (result.inputs or {}).get("missing", 0)
+    if missing:
+        errors.print(f"note: {missing} input(s) recorded in this run directory were not given "
+                     f"this time (e.g. {', '.join(result.inputs['missing_keys'][:3])}); "
+                     f"their results are kept")
     failed = sum(c["failed"] for c in result.counts.values())
     if result.ok:
         raise typer.Exit(EXIT_OK)
@@ -145,14 +150,75 @@ def _open(run_dir: Path) -> RunResult:
 
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="A run directory."),
-           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Show per-stage counts of a run (works while it runs)."""
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+           plan: bool = typer.Option(False, "--plan", help=(
+               "Show what running the pipeline again would reuse and recompute.")),
+           pipeline: Optional[str] = typer.Option(None, "--pipeline", help=(
+               "MODULE:PIPELINE to plan with (default: the one this run recorded)."))) -> None:
+    """Show per-stage counts of a run (works while it runs), or with --plan what a rerun
+    would do."""
     with _open(run_dir) as result:
-        if as_json:
+        if plan:
+            from .prepare import plan_rerun
+
+            pipe = _recorded_pipeline(result, pipeline)
+            rows = plan_rerun(pipe, result.ledger)
+            if as_json:
+                print(json.dumps(rows))
+                return
+            table = Table(title=f"rerun plan — {result.run_dir}")
+            for column in ("stage", "action", "why", "done", "failed", "pending"):
+                table.add_column(column, justify="right" if column in ("done", "failed",
+                                                                        "pending") else "left")
+            for row in rows:
+                table.add_row(*(str(row[c]) for c in ("stage", "action", "why", "done",
+                                                        "failed", "pending")))
+            console.print(table)
+        elif as_json:
             print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
                               "stages": result.counts}))
         else:
             _print_counts(result)
+
+
+def _recorded_pipeline(result: RunResult, override: str | None) -> Pipeline:
+    """The pipeline a run recorded (module:attr and the directory it ran from)."""
+    ref = override or result.ledger.get_meta("pipeline_ref")
+    if ref is None:
+        errors.print(f"[red]error:[/] {result.run_dir} does not record how to load its "
+                     f"pipeline; give --pipeline MODULE:PIPELINE")
+        raise typer.Exit(EXIT_USAGE)
+    cwd = result.ledger.get_meta("cwd")
+    if cwd and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return load_pipeline(ref)
+
+
+@app.command()
+def retry(run_dir: Path = typer.Argument(..., help="A run directory."),
+          stage: List[str] = typer.Option([], "--stage", help="Only this stage (repeatable)."),
+          pipeline: Optional[str] = typer.Option(None, "--pipeline", help=(
+              "MODULE:PIPELINE (default: the one this run recorded).")),
+          executor: str = typer.Option("local", help="local (worker processes) or inline."),
+          cpus: Optional[float] = typer.Option(None, help="CPUs the run may use."),
+          ram: Optional[str] = typer.Option(None, help="RAM the run may use, e.g. 8GiB."),
+          gpus: Optional[int] = typer.Option(None, help="GPUs the run may use."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")) -> None:
+    """Retry the failed items of a run (of --stage only), with a fresh set of retries."""
+    with _open(run_dir) as result:
+        pipe = _recorded_pipeline(result, pipeline)
+    try:
+        result = pipe.run(None, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
+                          gpus=gpus, retry=stage or True, progress=not quiet)
+    except RunInterrupted as exc:
+        errors.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (PipelineError, InputError, RunLockedError, LedgerError, ExecutorUnavailable,
+            KeyError) as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    with result:
+        _finish(result, quiet)
 
 
 @app.command()

@@ -128,12 +128,14 @@ class Driver:
     """Runs one pipeline on one run directory; see the module docstring."""
 
     def __init__(self, pipeline: Pipeline, run_dir: Path, executor: Executor, budget: Budget,
-                 force: tuple[str, ...] = (), progress: bool = False) -> None:
+                 force: tuple[str, ...] = (), retry: tuple[str, ...] | None = None,
+                 progress: bool = False) -> None:
         self.pipeline = pipeline
         self.run_dir = run_dir
         self.executor = executor
         self.budget = budget
         self.force = force
+        self.retry = retry  # stages whose failed items are retried; None: all
         self.progress = progress
         self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
         self.stages: dict[str, _StageState] = {}
@@ -155,7 +157,7 @@ class Driver:
     # -- the run --------------------------------------------------------------------
 
     def run(self, inputs: Iterable[Any] | None) -> RunResult:
-        for name in self.force:
+        for name in (*self.force, *(self.retry or ())):
             self.pipeline[name]  # raises KeyError naming the stage
         for stage in self.pipeline.stages.values():
             self.budget.check_fits(stage.name, stage.resources)
@@ -172,7 +174,7 @@ class Driver:
                 self._events.emit("run_start", pipeline=self.pipeline.name,
                                   executor=self.executor.name, budget=self.budget.describe(),
                                   pid=os.getpid(), took_over=lock.previous)
-                prepare(self.pipeline, self._ledger, self.store, inputs, self.force,
+                prepare(self.pipeline, self._ledger, self.store, inputs, self.force, self.retry,
                         self._events, lambda: self._signal)
                 self._build_state()
                 self._commit()

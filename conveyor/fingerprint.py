@@ -1,17 +1,20 @@
 """Stage fingerprints: what decides whether a finished stage can be reused.
 
 A stage's fingerprint hashes its own source (the function, or the whole
-class), its ``when=`` predicate, its ``version=``, the options that change
-what it computes (being a reduce, batch size does not), and the fingerprints
-of its upstream stages. Editing a stage therefore recomputes it and every
-stage below it, and nothing above. Code the stage calls into (helpers, other
-modules, model files) is not hashed: bump ``version=`` when it changes.
+class), its parameters (default argument values, and the values it closes
+over when they are plain data: a threshold, a model name), its ``when=``
+predicate, its ``version=``, the options that change what it computes (being
+a reduce; batch size does not), and the fingerprints of its upstream stages.
+Editing a stage therefore recomputes it and every stage below it, and
+nothing above. Code the stage calls into (helpers, other modules, model
+files) is not hashed: bump ``version=`` when it changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +52,50 @@ def source_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def parameters(fn: Any) -> str:
+    """The plain-data parameters a function carries: defaults and closed-over values.
+
+    Values that are not plain data (objects, functions, loggers) are left out:
+    their text changes from run to run and would recompute everything.
+    """
+    fn = getattr(fn, "__call__", fn) if inspect.isclass(fn) else fn
+    found: dict[str, Any] = {}
+    defaults = getattr(fn, "__defaults__", None)
+    if defaults:
+        found["defaults"] = [d for d in defaults if _plain(d)]
+    kwdefaults = getattr(fn, "__kwdefaults__", None)
+    if kwdefaults:
+        found["kwdefaults"] = {k: v for k, v in sorted(kwdefaults.items()) if _plain(v)}
+    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None)
+    if code is not None and cells:
+        closed = {}
+        for name, cell in zip(code.co_freevars, cells):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if _plain(value):
+                closed[name] = value
+        found["closure"] = closed
+    return json.dumps(found, sort_keys=True, default=str)
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def stage_fingerprint(stage: "Stage", upstream: list[str]) -> str:
     """The fingerprint of ``stage`` given its upstreams' fingerprints."""
     h = hashlib.blake2b(digest_size=16)
-    for part in (stage.name, source_digest(stage.target),
+    for part in (stage.name, source_digest(stage.target), parameters(stage.target),
                  source_digest(stage.when) if stage.when is not None else "",
+                 parameters(stage.when) if stage.when is not None else "",
                  stage.version or "", "reduce" if stage.reduce else "map", *upstream):
         h.update(part.encode())
         h.update(b"\0")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -88,6 +89,22 @@ class Pipeline:
         self.name = name
         self._stages: dict[str, Stage] = {}
         self._names: dict[int, str] = {}  # id(user callable) -> stage name
+        caller = sys._getframe(1).f_globals
+        self._module = caller.get("__name__")  # where it is defined, for ref()
+        self._file = caller.get("__file__")
+
+    def ref(self) -> str | None:
+        """``module:attr`` (or ``path.py:attr`` for a script) that loads this pipeline
+        again in another process, if it is a module-level object; else None."""
+        module = sys.modules.get(self._module or "")
+        if module is None:
+            return None
+        attr = next((k for k, v in vars(module).items() if v is self), None)
+        if attr is None:
+            return None
+        if self._module == "__main__":
+            return f"{os.path.abspath(self._file)}:{attr}" if self._file else None
+        return f"{self._module}:{attr}"
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={list(self._stages)})"
@@ -278,8 +295,8 @@ class Pipeline:
 
     def run(self, inputs: Iterable[Any] | None = None, *, run_dir: str | os.PathLike[str],
             executor: str = "local", cpus: float | None = None, ram: int | str | None = None,
-            gpus: int | None = None, force: Iterable[str] = (), progress: bool = False,
-            ) -> "RunResult":
+            gpus: int | None = None, force: Iterable[str] = (), retry: bool | Iterable[str] = True,
+            progress: bool = False) -> "RunResult":
         """Run the pipeline over ``inputs`` and return the run's result.
 
         Args:
@@ -291,6 +308,8 @@ class Pipeline:
                 (in this process, one item at a time, for debugging).
             cpus, ram, gpus: override the detected machine budget.
             force: stages to recompute even if unchanged.
+            retry: which failed items get a fresh set of retries: all (True, the
+                default), none (False), or those of the named stages.
             progress: print a progress line per stage as the run goes.
 
         Raises:
@@ -306,8 +325,9 @@ class Pipeline:
 
         self.validate()
         budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
+        retry_stages = None if retry is True else () if retry is False else tuple(retry)
         driver = Driver(self, Path(run_dir), make_executor(executor), budget,
-                        force=tuple(force), progress=progress)
+                        force=tuple(force), retry=retry_stages, progress=progress)
         return driver.run(inputs)
 
 

@@ -11,6 +11,8 @@ crash or a Ctrl-C while preparing leaves the ledger as it was.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 from . import codec
@@ -24,15 +26,23 @@ from .store import Store
 
 
 def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[Any] | None,
-            force: tuple[str, ...], events: EventLog,
+            force: tuple[str, ...], retry: tuple[str, ...] | None, events: EventLog,
             interrupted: Callable[[], str | None]) -> dict[str, str]:
-    """Bring ``ledger`` up to date with ``pipeline`` and ``inputs``; return stage fingerprints."""
+    """Bring ``ledger`` up to date with ``pipeline`` and ``inputs``; return stage fingerprints.
+
+    ``retry`` names the stages whose failed items get a fresh set of retries
+    (None: every stage).
+    """
     recovered = ledger.recover()
     if recovered:
         events.emit("recovered", items=recovered)
     order = pipeline.order()
     ledger.set_meta("pipeline", pipeline.name)
     ledger.set_meta("stages", ",".join(pipeline.stages))
+    ref = pipeline.ref()
+    if ref is not None:  # so that `conveyor retry` and `status --plan` can load it again
+        ledger.set_meta("pipeline_ref", ref)
+        ledger.set_meta("cwd", os.getcwd())
     fps = fingerprints(pipeline)
     old = ledger.stage_fingerprints()
     root = pipeline.root().name
@@ -55,10 +65,15 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
     if inputs is not None:
         report = ledger.add_inputs(root, ((key, store.put(data, digest))
                                           for key, data, digest in _watch(inputs, interrupted)))
-        events.emit("inputs", added=report.added, changed=report.changed,
-                    unchanged=report.unchanged, missing=len(report.missing),
-                    missing_keys=report.missing[:20])
-    ledger.retry_failed()
+        summary = {"added": report.added, "changed": report.changed,
+                   "unchanged": report.unchanged, "missing": len(report.missing),
+                   "missing_keys": report.missing[:20]}
+        events.emit("inputs", **summary)
+        ledger.set_meta("inputs", json.dumps(summary))
+    if retry is None:
+        ledger.retry_failed()
+    for name in retry or ():
+        ledger.retry_failed(name)
     return fps
 
 
@@ -92,3 +107,38 @@ def _reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,
                     ledger.route(name, key, output_id, up)
             except KeyCollision as exc:
                 events.emit("route_refused", stage=name, key=key, error=str(exc))
+
+
+def plan_rerun(pipeline: Pipeline, ledger: Ledger, force: tuple[str, ...] = ()
+               ) -> list[dict[str, Any]]:
+    """What running ``pipeline`` again on this ledger would do, stage by stage.
+
+    Each entry has ``stage``, ``action`` (``reuse``, ``recompute``, ``drop``),
+    ``why``, and the rows the stage holds: ``done``, ``failed`` (retried),
+    ``pending`` (run), which a recompute replaces.
+    """
+    fps, old, counts = fingerprints(pipeline), ledger.stage_fingerprints(), ledger.counts()
+    changed = {n for n in fps if n in force or old.get(n) != fps[n]}
+    plan = []
+    for name in pipeline.order():
+        c = counts.get(name, {})
+        if name not in changed:
+            action, why = "reuse", "unchanged"
+        elif name in force:
+            action, why = "recompute", "forced"
+        elif name not in old:
+            action, why = "recompute", "new stage"
+        elif any(up in changed for up in pipeline[name].upstream):
+            action, why = "recompute", "below a changed stage"
+        else:
+            action, why = "recompute", "its code or parameters changed"
+        plan.append({"stage": name, "action": action, "why": why,
+                     "done": c.get("done", 0) + c.get("routed-out", 0),
+                     "failed": c.get("failed", 0),
+                     "pending": c.get("pending", 0) + c.get("running", 0)})
+    for name in sorted(set(old) - set(fps)):
+        c = counts.get(name, {})
+        plan.append({"stage": name, "action": "drop", "why": "no longer in the pipeline",
+                     "done": c.get("done", 0) + c.get("routed-out", 0),
+                     "failed": c.get("failed", 0), "pending": c.get("pending", 0)})
+    return plan

@@ -6,6 +6,7 @@ process that ran the pipeline, from another process while it runs, and after.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +33,17 @@ class RunResult:
 
     def __repr__(self) -> str:
         return f"RunResult({str(self.run_dir)!r}, ok={self.ok})"
+
+    @property
+    def ledger(self) -> SqliteLedger:
+        """The run's ledger, opened read-only."""
+        return self._ledger
+
+    @property
+    def inputs(self) -> dict[str, Any] | None:
+        """What the last run found of its inputs: added, changed, unchanged, missing."""
+        raw = self._ledger.get_meta("inputs")
+        return json.loads(raw) if raw else None
 
     @property
     def pipeline(self) -> str | None:
