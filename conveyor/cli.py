@@ -84,6 +84,9 @@ def run(
     gpus: Optional[int] = typer.Option(None, help="GPUs the run may use (default: NVML)."),
     force: List[str] = typer.Option([], "--force", help="Recompute this stage (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    bench: bool = typer.Option(False, "--bench", help=(
+        "Benchmark mode: per-stage wall time, items/s, mean/p95 item time, peak RSS and "
+        "GPU memory, printed and stored in RUN_DIR/bench.json.")),
 ) -> None:
     """Run a pipeline; running again on the same --run-dir resumes."""
     try:
@@ -94,7 +97,7 @@ def run(
             if inputs_file:
                 given = _chain(given, _read_inputs(inputs_file))
         result = pipe.run(given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
-                          gpus=gpus, force=force, progress=not quiet)
+                          gpus=gpus, force=force, progress=not quiet, bench=bench)
     except RunInterrupted as exc:
         errors.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

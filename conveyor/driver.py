@@ -58,6 +58,7 @@ from .fusion import Group, fuse
 from .ledger.base import Claim, Record, Status
 from .ledger.sqlite import SqliteLedger
 from .lock import RunLock
+from .observer import Observer
 from .pipeline import Pipeline, Stage
 from .prepare import prepare
 from .resources import Budget
@@ -129,7 +130,7 @@ class Driver:
 
     def __init__(self, pipeline: Pipeline, run_dir: Path, executor: Executor, budget: Budget,
                  force: tuple[str, ...] = (), retry: tuple[str, ...] | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, bench: bool = False) -> None:
         self.pipeline = pipeline
         self.run_dir = run_dir
         self.executor = executor
@@ -137,13 +138,13 @@ class Driver:
         self.force = force
         self.retry = retry  # stages whose failed items are retried; None: all
         self.progress = progress
+        self.bench = bench
         self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
         self.stages: dict[str, _StageState] = {}
         self.groups: dict[str, _GroupState] = {}
         self._fatal: StageContractError | None = None
         self._signal: str | None = None
         self._last_commit = 0.0
-        self._last_progress = 0.0
         self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
         self._dirty = True  # something happened that the control step should see now
         self._unsynced = False  # workers wrote files that must be on disk before the commit
@@ -153,6 +154,7 @@ class Driver:
         self._events: EventLog
         self._pool: WorkerPool
         self._watchdog: Watchdog
+        self._observer: Observer
 
     # -- the run --------------------------------------------------------------------
 
@@ -169,24 +171,24 @@ class Driver:
             self._watchdog = Watchdog(self._pool, self.executor,
                                       lambda name: self.pipeline[name],
                                       lambda group: self.groups[group].head.resources.ram)
+            self._observer = Observer(self.pipeline, self._events, self.run_dir, self.progress,
+                                      self.bench)
             clean = prepared = False
             try:
-                self._events.emit("run_start", pipeline=self.pipeline.name,
-                                  executor=self.executor.name, budget=self.budget.describe(),
-                                  pid=os.getpid(), took_over=lock.previous)
+                self._observer.start(self.executor.name, self.budget, lock.previous)
                 prepare(self.pipeline, self._ledger, self.store, inputs, self.force, self.retry,
                         self._events, lambda: self._signal)
                 self._build_state()
                 self._commit()
                 prepared = True
+                self._observer.prepared(self._ledger.counts() if self.progress else None)
                 self._loop()
                 clean = True
             finally:
                 self._stop_all()
                 if clean or (prepared and (self._fatal or self._signal)):
                     self._commit()  # consistent: each item is recorded whole
-                self._events.emit("run_end", interrupted=self._signal,
-                                  fatal=str(self._fatal or "") or None)
+                self._observer.finish(self._signal, str(self._fatal or "") or None)
                 self._events.close()
                 self._ledger.close()
         if self._fatal is not None:
@@ -281,14 +283,10 @@ class Driver:
             self._commit()
             self._events.flush()
             self._last_commit = now
-            if self.progress and now - self._last_progress >= 2.0:
-                self._print_progress()
-                self._last_progress = now
-
-    def _print_progress(self) -> None:
-        parts = [f"{name}: {s.pending} pending {s.running} running"
-                 for name, s in self.stages.items()]
-        print(" | ".join(parts), flush=True)
+            queues = {name: {"pending": s.pending, "running": s.running}
+                      for name, s in self.stages.items()}
+            workers = {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
+            self._observer.step(queues, workers)
 
     # -- what comes back from workers --------------------------------------------------------
 
@@ -356,6 +354,7 @@ class Driver:
         if not records:
             return
         refused = {id(r.record): r.reason for r in self._ledger.record(records, worker)}
+        self._observer.recorded([r for r in records if id(r) not in refused])
         fused = {(r.stage, r.key) for r in records
                  if r.item_id is None and id(r) not in refused}
         collided = []
@@ -427,6 +426,7 @@ class Driver:
         """A worker is gone: the call it was in failed; the tasks it had not started, or
         finished without reporting, go back without using an attempt."""
         worker = self._pool.exited(worker_id, reason)
+        self._observer.worker_gone(worker_id)
         if worker is None or not worker.inflight:
             return
         claims = list(worker.inflight.values())
@@ -518,8 +518,10 @@ class Driver:
         targets = plan(list(loads.values()), self._pool.live_budget)
         for name, group in self.groups.items():
             for _ in range(targets[name] - len(self._pool.of(name))):
-                if self._pool.start(group.spec, now) is None:
+                worker = self._pool.start(group.spec, now)
+                if worker is None:
                     break
+                self._observer.worker_started(worker.id, name, self.executor.pid(worker.id))
 
         def wanted(worker: Worker) -> bool:
             group = self.groups[worker.group]

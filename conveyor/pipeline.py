@@ -296,7 +296,7 @@ class Pipeline:
     def run(self, inputs: Iterable[Any] | None = None, *, run_dir: str | os.PathLike[str],
             executor: str = "local", cpus: float | None = None, ram: int | str | None = None,
             gpus: int | None = None, force: Iterable[str] = (), retry: bool | Iterable[str] = True,
-            progress: bool = False) -> "RunResult":
+            progress: bool = False, bench: bool = False) -> "RunResult":
         """Run the pipeline over ``inputs`` and return the run's result.
 
         Args:
@@ -310,7 +310,10 @@ class Pipeline:
             force: stages to recompute even if unchanged.
             retry: which failed items get a fresh set of retries: all (True, the
                 default), none (False), or those of the named stages.
-            progress: print a progress line per stage as the run goes.
+            progress: show live per-stage progress (a table on a terminal, else
+                periodic lines on stderr).
+            bench: benchmark mode: print and store (``bench.json``) per-stage wall
+                time, items/s, mean/p95 item time, peak worker RSS and GPU memory.
 
         Raises:
             PipelineError: the definition cannot run (before any work), or a
@@ -327,7 +330,8 @@ class Pipeline:
         budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
         retry_stages = None if retry is True else () if retry is False else tuple(retry)
         driver = Driver(self, Path(run_dir), make_executor(executor), budget,
-                        force=tuple(force), retry=retry_stages, progress=progress)
+                        force=tuple(force), retry=retry_stages, progress=progress,
+                        bench=bench)
         return driver.run(inputs)
 
 

@@ -120,9 +120,10 @@ class StageRunner:
             deactivate(token)
 
     def _record(self, task: Claim, status: Status, outputs: list[Output], error: str | None,
-                tb: str | None, started: float, fatal: bool = False) -> Record:
+                tb: str | None, started: float, fatal: bool = False,
+                ended: float | None = None) -> Record:
         return Record(self.stage.name, task.key, task.id, status, task.attempt, started,
-                      time.time(), outputs, error, tb, None, None, fatal)
+                      ended or time.time(), outputs, error, tb, None, None, fatal)
 
     def call_one(self, item: Loaded) -> Record:
         """Call the stage on one value."""
@@ -165,12 +166,16 @@ class StageRunner:
                     f"{len(good)} values and must return a list of {len(good)}, got {got}")
             per_item = [self._outputs([_keyed(key, r)], key) for key, r in zip(keys, results)]
         except StageContractError as exc:
-            return outcomes + [self._record(i.task, FAILED, [], str(exc), None, started, True)
-                               for i in good]
+            ended = time.time()  # one call: every item of it shares its start and end
+            return outcomes + [self._record(i.task, FAILED, [], str(exc), None, started, True,
+                                            ended) for i in good]
         except Exception as exc:
-            text, tb = _describe(exc), traceback.format_exc()
-            return outcomes + [self._record(i.task, FAILED, [], text, tb, started) for i in good]
-        return outcomes + [self._record(i.task, status, outputs, None, None, started)
+            ended, text, tb = time.time(), _describe(exc), traceback.format_exc()
+            return outcomes + [self._record(i.task, FAILED, [], text, tb, started, ended=ended)
+                               for i in good]
+        ended = time.time()
+        return outcomes + [self._record(i.task, status, outputs, None, None, started,
+                                        ended=ended)
                            for i, (outputs, status) in zip(good, per_item)]
 
     def _gathered(self, task: Claim) -> Iterator[Any]:
