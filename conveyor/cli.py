@@ -248,6 +248,42 @@ def failures(run_dir: Path = typer.Argument(..., help="A run directory."),
                               markup=False)
 
 
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory."),
+           out: Optional[Path] = typer.Option(None, "-o", "--out", help=(
+               "Where to write the HTML (default: RUN_DIR/report.html).")),
+           price: List[str] = typer.Option([], "--price", help=(
+               "A price per hour: cpu=0.04 (per CPU), ram=0.005 (per GB), gpu=2.5 (per GPU); "
+               "repeatable.")),
+           as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON too.")
+           ) -> None:
+    """Write a self-contained HTML report: timeline, throughput, utilisation, queues,
+    the bottleneck in words, failures, and cost per stage."""
+    from .report import DEFAULT_PRICES, analyse, render, summary_json
+
+    prices: dict[str, float] = {}
+    for item in price:
+        name, sep, value = item.partition("=")
+        if not sep or name not in DEFAULT_PRICES:
+            raise typer.BadParameter(f"--price takes cpu=, ram= or gpu=, got {item!r}")
+        try:
+            prices[name] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"--price {name}= needs a number, got {value!r}") from None
+    try:
+        analysis = analyse(run_dir, prices)
+    except (ValueError, LedgerError) as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    path = out or run_dir / "report.html"
+    path.write_text(render(analysis), encoding="utf-8")
+    if as_json:
+        print(json.dumps(summary_json(analysis)))
+    else:
+        console.print(f"report: {path}")
+        console.print(analysis.verdict, highlight=False)
+
+
 def _register_features() -> None:
     from .docs.cli import register as register_docs
 

@@ -188,7 +188,8 @@ class Driver:
                 self._stop_all()
                 if clean or (prepared and (self._fatal or self._signal)):
                     self._commit()  # consistent: each item is recorded whole
-                self._observer.finish(self._signal, str(self._fatal or "") or None)
+                self._observer.finish(self._signal, str(self._fatal or "") or None,
+                                      self._queues() if prepared else None)
                 self._events.close()
                 self._ledger.close()
         if self._fatal is not None:
@@ -283,10 +284,12 @@ class Driver:
             self._commit()
             self._events.flush()
             self._last_commit = now
-            queues = {name: {"pending": s.pending, "running": s.running}
-                      for name, s in self.stages.items()}
             workers = {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
-            self._observer.step(queues, workers)
+            self._observer.step(self._queues(), workers)
+
+    def _queues(self) -> dict[str, dict[str, int]]:
+        return {name: {"pending": s.pending, "running": s.running}
+                for name, s in self.stages.items()}
 
     # -- what comes back from workers --------------------------------------------------------
 

@@ -72,7 +72,10 @@ class Observer:
         if self.view:
             self.view.start()
 
-    def finish(self, interrupted: str | None, fatal: str | None) -> None:
+    def finish(self, interrupted: str | None, fatal: str | None,
+               queues: dict[str, dict[str, int]] | None = None) -> None:
+        if queues is not None:  # the last stretch, so the figures cover the whole run
+            self.events.emit("tick", **self.metrics.tick(queues))
         wall = time.time() - self.metrics.started
         if self.view:
             self.view.stop()

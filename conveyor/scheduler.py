@@ -6,7 +6,7 @@ answers are pure functions of the loads, unit-tested without processes.
 
 **How many workers should each group keep alive?** :func:`plan`. A group can
 use at most as many workers as it has work for (ready plus in flight, in
-batches), at most its cap (``concurrency``, and how many workers the driver
+batches; once its speed is known, one per second of work in hand), at most its cap (``concurrency``, and how many workers the driver
 can keep fed), and at least one as soon as work is on its way from upstream
 (so the worker is set up before the work arrives). Every group with work
 first gets one worker, then every group whose work is on its way gets one
@@ -45,6 +45,7 @@ from typing import Callable
 from .resources import Budget, Pool, Resources
 
 URGENCY_MARGIN = 0.05  # how much more urgent a waiting group must be to take a lease
+HORIZON = 1.0  # seconds of work in hand that justify one more worker
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,16 @@ class Load:
     out_fill: float = 0.0  # how full its fullest downstream queue is, 0..1
 
     def useful_workers(self) -> int:
-        """How many workers this group could keep busy right now."""
+        """How many workers this group could keep busy right now.
+
+        One per batch of work in hand, or, once its speed is known, one per
+        HORIZON seconds of it: a few quick items do not justify starting a
+        process.
+        """
         items = self.running if self.throttled else self.ready + self.running
         n = math.ceil(items / self.batch)
+        if self.service is not None and n:
+            n = min(n, max(1, math.ceil(items * self.service / HORIZON)))
         if n == 0 and self.expected:
             n = 1
         return min(n, self.cap) if self.cap is not None else n

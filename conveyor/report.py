@@ -1,0 +1,369 @@
+"""The run report: one self-contained HTML file built from a run directory.
+
+It reads the last run's events (``events.jsonl``: workers' lives and CPU
+leases, ticks of per-stage counts, busy time and queues, machine samples)
+and the ledger (counts and failures), and shows: a summary per stage with
+its utilisation and cost, a verdict in words on what limited throughput and
+what would help, a timeline of workers per stage, throughput, utilisation
+and queue depths over time, and the failures. Charts are inline SVG
+(:mod:`conveyor.charts`); the page fetches nothing.
+
+Cost is what the declared resources cost while workers held them, at prices
+per CPU-hour, GB-hour of RAM and GPU-hour (``DEFAULT_PRICES``, roughly cloud
+on-demand rates; pass your own). A fused group's cost is split among its
+stages by their busy time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from . import charts
+from .events import read_events
+from .resources import format_size
+from .result import RunResult
+
+DEFAULT_PRICES = {"cpu": 0.04, "ram": 0.005, "gpu": 2.50}  # $/CPU-hour, $/GB-hour, $/GPU-hour
+SATURATED = 0.6  # a stage busier than this is a candidate bottleneck
+MAX_ROWS = 60  # worker rows in the timeline
+MAX_FAILURES = 1000
+
+
+@dataclass
+class WorkerLife:
+    id: int
+    group: str
+    start: float
+    end: float
+    cpus: float
+    ram: int
+    gpus: float
+    leases: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class StageSummary:
+    name: str
+    group: str
+    spec: dict[str, Any]
+    done: int = 0
+    failed: int = 0
+    routed_out: int = 0
+    pending: int = 0
+    busy: float = 0.0  # seconds of item time in this run
+    alive: float = 0.0  # seconds its group's workers lived (shared within a group)
+    rate: float = 0.0  # items per second over the run
+    mean_batch: float | None = None
+    queued_share: float = 0.0  # share of ticks with items waiting for it
+    cost: float = 0.0
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy / self.alive if self.alive else 0.0
+
+
+@dataclass
+class Analysis:
+    pipeline: str
+    run_dir: Path
+    start: float
+    end: float
+    executor: str
+    budget: dict[str, Any]
+    stages: list[StageSummary]
+    workers: list[WorkerLife]
+    ticks: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    prices: dict[str, float]
+    cpu_full_share: float  # share of the run with every CPU of the budget leased
+    verdict: str = ""
+
+    @property
+    def wall(self) -> float:
+        return self.end - self.start
+
+    @property
+    def total_cost(self) -> float:
+        return sum(s.cost for s in self.stages)
+
+    @property
+    def items_in(self) -> int:
+        return self.stages[0].done + self.stages[0].failed if self.stages else 0
+
+
+def last_run(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of the most recent run in a run directory."""
+    events = list(read_events(run_dir))
+    starts = [i for i, e in enumerate(events) if e["event"] == "run_start"]
+    return events[starts[-1]:] if starts else []
+
+
+def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Analysis:
+    """Everything the report shows, computed from the run directory."""
+    run_dir = Path(run_dir)
+    prices = {**DEFAULT_PRICES, **(prices or {})}
+    events = last_run(run_dir)
+    if not events:
+        raise ValueError(f"{run_dir} has no run events (events.jsonl) to report on")
+    start_event = events[0]
+    end = next((e["t"] for e in reversed(events) if e["event"] == "run_end"), events[-1]["t"])
+    workers = _workers(events, end)
+    ticks = [e for e in events if e["event"] == "tick"]
+    with RunResult(run_dir) as result:
+        counts = result.counts
+        failures = result.failures()
+    specs = {s["name"]: s for s in start_event.get("stages", [])}
+    group_of = {stage: w.group for w in workers for stage in w.group.split("+")}
+    stages = []
+    for name in specs or counts:
+        c = counts.get(name, {})
+        s = StageSummary(name, group_of.get(name, name), specs.get(name, {}),
+                         done=c.get("done", 0) + c.get("routed-out", 0),
+                         failed=c.get("failed", 0), routed_out=c.get("routed-out", 0),
+                         pending=c.get("pending", 0) + c.get("running", 0))
+        s.busy = sum(t["stages"].get(name, {}).get("busy", 0.0) for t in ticks)
+        s.alive = sum(w.end - w.start for w in workers if w.group == s.group)
+        done_here = max((t["stages"].get(name, {}).get("done", 0) for t in ticks), default=0)
+        s.rate = done_here / (end - start_event["t"]) if end > start_event["t"] else 0.0
+        last = ticks[-1]["stages"].get(name, {}) if ticks else {}
+        if last.get("batches"):
+            s.mean_batch = last["batch_items"] / last["batches"]
+        if ticks:
+            s.queued_share = sum(1 for t in ticks if t["stages"].get(name, {}).get("pending", 0)
+                                 ) / len(ticks)
+        stages.append(s)
+    _costs(stages, workers, prices)
+    analysis = Analysis(start_event.get("pipeline", "?"), run_dir, start_event["t"], end,
+                        start_event.get("executor", "?"), start_event.get("budget", {}),
+                        stages, workers, ticks, failures, prices,
+                        _cpu_full_share(workers, start_event.get("budget", {}),
+                                        start_event["t"], end))
+    analysis.verdict = verdict(analysis)
+    return analysis
+
+
+def _workers(events: list[dict[str, Any]], end: float) -> list[WorkerLife]:
+    lives: dict[int, WorkerLife] = {}
+    leased: dict[int, float] = {}
+    for e in events:
+        kind = e["event"]
+        if kind == "worker_start":
+            lives[e["worker"]] = WorkerLife(e["worker"], e["group"], e["t"], end, e["cpus"],
+                                            e["ram"], e["gpus"])
+        elif kind == "worker_exit" and e["worker"] in lives:
+            lives[e["worker"]].end = e["t"]
+        elif kind == "lease":
+            leased[e["worker"]] = e["t"]
+        elif kind == "unlease" and e["worker"] in leased and e["worker"] in lives:
+            lives[e["worker"]].leases.append((leased.pop(e["worker"]), e["t"]))
+    for worker_id, since in leased.items():
+        if worker_id in lives:
+            lives[worker_id].leases.append((since, lives[worker_id].end))
+    return list(lives.values())
+
+
+def _costs(stages: list[StageSummary], workers: list[WorkerLife], prices: dict[str, float]
+           ) -> None:
+    by_group: dict[str, float] = {}
+    for w in workers:
+        hours = (w.end - w.start) / 3600
+        by_group[w.group] = by_group.get(w.group, 0.0) + hours * (
+            w.cpus * prices["cpu"] + w.ram / 2**30 * prices["ram"] + w.gpus * prices["gpu"])
+    for group, cost in by_group.items():
+        members = [s for s in stages if s.group == group]
+        busy = sum(s.busy for s in members)
+        for s in members:
+            s.cost = cost * (s.busy / busy if busy else 1 / len(members))
+
+
+def _cpu_full_share(workers: list[WorkerLife], budget: dict[str, Any], start: float,
+                    end: float) -> float:
+    """Share of the run during which the leases held every CPU of the budget."""
+    cpus = budget.get("cpus")
+    if not cpus or end <= start:
+        return 0.0
+    edges = sorted([(a, w.cpus) for w in workers for a, _ in w.leases]
+                   + [(b, -w.cpus) for w in workers for _, b in w.leases])
+    held, last, full = 0.0, start, 0.0
+    for t, delta in edges:
+        if held >= cpus - 1e-6:
+            full += t - last
+        held, last = held + delta, t
+    return full / (end - start)
+
+
+def verdict(a: Analysis) -> str:
+    """Which stage limited throughput, and what would help, in words."""
+    candidates = [s for s in a.stages if s.alive > 0]
+    if not candidates:
+        return "No worker ran in this run: everything it needed was already done."
+    worst = max(candidates, key=lambda s: (s.utilisation, s.busy))
+    busy = f"its workers were busy {worst.utilisation:.0%} of the time they lived"
+    if worst.utilisation < SATURATED:
+        return (f"No stage was saturated: the busiest, '{worst.name}', was busy "
+                f"{worst.utilisation:.0%} of its workers' time. Throughput was limited by "
+                f"what fed the run (inputs, the driver's own work per item) rather than by a "
+                f"stage; fewer, cheaper stages or bigger items would help.")
+    spec, helps = worst.spec, []
+    bs = spec.get("batch_size")
+    if bs and worst.mean_batch is not None and worst.mean_batch < bs / 2:
+        helps.append(f"bigger batches: it ran batches of {worst.mean_batch:.1f} on average "
+                     f"for batch_size={bs}, so more workers upstream would fill them")
+    if spec.get("gpus"):
+        helps.append(f"more GPUs{'' if bs else ', or batching (batch_size=) to use each better'}")
+    else:
+        if a.cpu_full_share > 0.5:
+            helps.append(f"more CPUs: all {a.budget.get('cpus')} CPUs of the budget were in use "
+                         f"{a.cpu_full_share:.0%} of the run")
+        else:
+            helps.append("more workers for it (raise its concurrency cap, or give the run more "
+                         "CPUs)")
+        if bs and not a.budget.get("gpus"):
+            helps.append("a GPU, if its batches run a model")
+    return (f"Stage '{worst.name}' limited throughput: {busy}, and items waited for it in "
+            f"{worst.queued_share:.0%} of the samples. It would go faster with "
+            + "; or ".join(helps) + ".")
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1000px;color:#222}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #eee}
+th{text-align:left;background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{background:#fff7e6;border-left:4px solid #f28e2b;padding:10px 14px}
+.ok{color:#2e7d32}.bad{color:#c62828}.chart{width:100%;height:auto}
+.grid{stroke:#eee}.axis,.legend{font-size:11px;fill:#555}.empty{color:#888}
+input{padding:4px 8px;width:320px}code{background:#f3f3f3;padding:1px 4px}
+"""
+
+_SCRIPT = """
+const filter = document.getElementById('filter');
+const rows = Array.from(document.querySelectorAll('#failures tbody tr'));
+filter.addEventListener('input', () => {
+  const q = filter.value.toLowerCase();
+  let shown = 0;
+  for (const row of rows) {
+    const hit = row.textContent.toLowerCase().includes(q);
+    row.hidden = !hit;
+    shown += hit ? 1 : 0;
+  }
+  document.getElementById('shown').textContent = shown;
+});
+document.getElementById('shown').textContent = rows.length;
+document.body.dataset.rendered = 'yes';
+"""
+
+
+def _money(x: float) -> str:
+    return f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
+
+
+def render(a: Analysis) -> str:
+    """The report page for an analysis."""
+    t0 = a.start
+    names = [s.name for s in a.stages]
+    status = ('<span class="ok">every item finished</span>' if not any(s.failed or s.pending
+                                                                        for s in a.stages)
+              else f'<span class="bad">{sum(s.failed for s in a.stages)} failed, '
+                   f'{sum(s.pending for s in a.stages)} unfinished</span>')
+    summary = ["<table><tr><th>stage</th><th>done</th><th>failed</th><th>routed out</th>"
+               "<th>items/s</th><th>mean item</th><th>busy</th><th>cost</th>"
+               "<th>per 1,000 items</th></tr>"]
+    for s in a.stages:
+        mean = f"{s.busy / s.done * 1000:.1f} ms" if s.done and s.busy else "-"
+        per_k = _money(s.cost / s.done * 1000) if s.done else "-"
+        summary.append(
+            f"<tr><td>{escape(s.name)}</td><td class=n>{s.done}</td><td class=n>{s.failed}</td>"
+            f"<td class=n>{s.routed_out}</td><td class=n>{s.rate:.2f}</td>"
+            f"<td class=n>{mean}</td><td class=n>{s.utilisation:.0%}</td>"
+            f"<td class=n>{_money(s.cost)}</td><td class=n>{per_k}</td></tr>")
+    per_1000 = _money(a.total_cost / a.items_in * 1000) if a.items_in else "-"
+    summary.append(f"<tr><th>total</th><td class=n>{a.items_in}</td><td></td><td></td><td></td>"
+                   f"<td></td><td></td><th class=n>{_money(a.total_cost)}</th>"
+                   f"<th class=n>{per_1000}</th></tr></table>")
+    prices = ", ".join(f"{k} {_money(v)}/{'GB-' if k == 'ram' else k.upper() + '-'}hour"
+                       for k, v in a.prices.items())
+
+    rows = []
+    order = {name: i for i, name in enumerate(names)}
+    lives = sorted(a.workers, key=lambda w: (order.get(w.group.split("+")[0], 99), w.start))
+    for w in lives[:MAX_ROWS]:
+        bars = [(w.start - t0, w.end - t0, False)] + [(x - t0, y - t0, True) for x, y in w.leases]
+        rows.append((f"{w.group} #{w.id}", order.get(w.group.split("+")[0], 0), bars))
+    more = (f"<p>and {len(lives) - MAX_ROWS} more workers.</p>" if len(lives) > MAX_ROWS else "")
+
+    def series(key: str) -> dict[str, list[tuple[float, float]]]:
+        return {n: [(t["t"] - t0, t["stages"].get(n, {}).get(key, 0)) for t in a.ticks]
+                for n in names}
+
+    machine = {"CPU %": [(t["t"] - t0, t["machine"]["cpu"]) for t in a.ticks],
+               "RAM %": [(t["t"] - t0, 100 * t["machine"]["ram_used"] / t["machine"]["ram_total"])
+                         for t in a.ticks]}
+    gpus = [len(t["machine"].get("gpus", [])) for t in a.ticks]
+    for i in range(max(gpus, default=0)):
+        machine[f"GPU {i} %"] = [(t["t"] - t0, t["machine"]["gpus"][i]["util"])
+                                 for t in a.ticks if len(t["machine"].get("gpus", [])) > i]
+
+    failures = ["<table id=failures><thead><tr><th>stage</th><th>key</th><th>attempts</th>"
+                "<th>error</th></tr></thead><tbody>"]
+    for f in a.failures[:MAX_FAILURES]:
+        failures.append(f"<tr><td>{escape(f['stage'])}</td><td>{escape(f['key'])}</td>"
+                        f"<td class=n>{f['attempts']}</td><td>{escape(f['error'] or '')}</td></tr>")
+    failures.append("</tbody></table>")
+    if len(a.failures) > MAX_FAILURES:
+        failures.append(f"<p>and {len(a.failures) - MAX_FAILURES} more: "
+                        f"<code>conveyor failures {escape(str(a.run_dir))}</code></p>")
+
+    budget = a.budget
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>conveyor report — {escape(a.pipeline)}</title><style>{_CSS}</style></head>
+<body>
+<h1>conveyor report — {escape(a.pipeline)}</h1>
+<p>{escape(str(a.run_dir))} · {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(a.start))} ·
+{a.wall:.1f} s · executor {escape(a.executor)} · budget {budget.get('cpus')} CPUs,
+{format_size(int(budget.get('ram') or 0))} RAM, {budget.get('gpus')} GPUs · {status}</p>
+<h2>What limited throughput</h2>
+<p class="verdict" id="verdict">{escape(a.verdict)}</p>
+<h2>Stages</h2>
+{''.join(summary)}
+<p>Cost: declared resources while workers held them, at {escape(prices)}.</p>
+<h2>Workers</h2>
+<p>Each row is a worker: faint while it lived, solid while it held CPUs.</p>
+{charts.timeline(rows, a.wall, "workers per stage")}{more}
+<h2>Throughput</h2>
+{charts.lines({n: pts for n, pts in series("rate").items()}, "items per second", "/s")}
+<h2>Utilisation</h2>
+{charts.lines(machine, "machine utilisation", "%", y_max=100)}
+<h2>Queues</h2>
+{charts.lines(series("pending"), "items waiting per stage")}
+<h2>Failures (<span id="shown">{len(a.failures[:MAX_FAILURES])}</span> shown)</h2>
+<p><input id="filter" placeholder="filter by stage, key or error"></p>
+{''.join(failures)}
+<script>{_SCRIPT}</script>
+</body></html>
+"""
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None,
+                 prices: dict[str, float] | None = None) -> Path:
+    """Write the report of ``run_dir`` (to ``<run_dir>/report.html`` by default)."""
+    analysis = analyse(run_dir, prices)
+    path = Path(out) if out else Path(run_dir) / "report.html"
+    path.write_text(render(analysis), encoding="utf-8")
+    return path
+
+
+def summary_json(a: Analysis) -> dict[str, Any]:
+    """The analysis as plain data (for ``--json`` and tests)."""
+    return {"pipeline": a.pipeline, "wall_s": round(a.wall, 3), "verdict": a.verdict,
+            "total_cost": a.total_cost, "stages": [
+                {"stage": s.name, "done": s.done, "failed": s.failed, "busy": round(s.busy, 3),
+                 "utilisation": round(s.utilisation, 3), "cost": s.cost} for s in a.stages]}
+
