@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench system-deps clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,10 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(PY) -m conveyor.docs.demo runs/demo
 
-test: venv
+system-deps:
+	./scripts/system-deps.sh
+
+test: venv system-deps
 	$(PY) -m pytest -q
 
 bench: venv

@@ -1,0 +1,224 @@
+"""Seeing a run: progress on a fake clock, events, the HTML report in a real browser,
+the bottleneck verdict, benchmark mode, and status from another process mid-run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conveyor import Item, Pipeline
+from conveyor.events import read_events
+from conveyor.metrics import Histogram
+from conveyor.progress import ProgressModel, ProgressView, plain_lines, render_table
+from conveyor.report import analyse, write_report
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the progress model and its views ------------------------------------------------------------
+
+def test_progress_rates_and_eta_on_a_fake_clock():
+    clock = FakeClock()
+    model = ProgressModel(["extract", "embed"], clock=clock)
+    model.update("extract", done=0, pending=100, running=2, failed=0, workers=2)
+    clock.now += 5
+    model.update("extract", done=50, pending=48, running=2, failed=1, workers=2, busy=0.9)
+    s = model.stages["extract"]
+    assert s.rate() == pytest.approx(10.0)  # 50 items in 5 s
+    assert s.eta() == pytest.approx(5.0)  # 50 left at 10/s
+    assert s.total == 101
+    assert model.stages["embed"].rate() is None and model.stages["embed"].eta() == 0.0
+
+
+def test_the_rate_forgets_samples_older_than_its_window():
+    clock = FakeClock()
+    model = ProgressModel(["s"], clock=clock)
+    done = 0
+    model.update("s", done=done, pending=0, running=0, failed=0)
+    for i in range(1, 31):
+        clock.now += 1
+        done += 10 if i <= 20 else 1  # fast for 20 s, then slow
+        model.update("s", done=done, pending=10, running=0, failed=0)
+    assert model.stages["s"].rate() == pytest.approx(1.0)  # the last 10 s, not the average
+
+
+def render(model: ProgressModel, terminal: bool) -> str:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=terminal, width=100, color_system=None)
+    if terminal:
+        console.print(render_table(model))
+    else:
+        view = ProgressView(model, console)
+        view.start()
+        view.refresh(force=True)
+    return out.getvalue()
+
+
+def test_the_table_shows_every_column_a_user_reads():
+    clock = FakeClock()
+    model = ProgressModel(["ocr"], clock=clock)
+    model.update("ocr", done=0, pending=20, running=2, failed=0, workers=2)
+    clock.now += 4
+    model.update("ocr", done=8, pending=10, running=2, failed=3, workers=2, busy=0.75)
+    model.set_machine(cpu=97.0, ram_used=3 * 2**30, ram_total=16 * 2**30, gpus=[40.0])
+    text = render(model, terminal=True)
+    for expected in ("ocr", "8/23", "2.0", "6s", "75%", "CPU 97%", "3 GiB of 16 GiB",
+                     "GPU 40%", "4s elapsed"):
+        assert expected in text, (expected, text)
+
+
+def test_plain_lines_when_not_a_terminal():
+    clock = FakeClock()
+    model = ProgressModel(["a", "b"], clock=clock)
+    model.update("a", done=3, pending=1, running=0, failed=0, workers=1)
+    lines = plain_lines(model)
+    assert lines[0].startswith("[0s] a: 3/4 done, 0 running, 0 failed")
+    assert len(render(model, terminal=False).splitlines()) == 2
+
+
+def test_histogram_mean_and_percentile():
+    h = Histogram()
+    for ms in range(1, 101):
+        h.add(ms / 1000)
+    assert h.mean == pytest.approx(0.0505)
+    assert 0.090 <= h.percentile(0.95) <= 0.105  # within one 10 % bucket
+
+
+# -- events, bench mode and the report ----------------------------------------------------------
+
+def slow_middle_pipeline() -> Pipeline:
+    """A pipeline built to have one bottleneck: 'heavy' costs ten times the others."""
+    pipe = Pipeline("bottleneck")
+
+    @pipe.stage(cpus=0.5)
+    def light(x):
+        time.sleep(0.002)
+        return x
+
+    @pipe.stage(after=light, cpus=0.5, concurrency=1)
+    def heavy(x):
+        time.sleep(0.03)
+        if x == 7:
+            raise ValueError("seven is broken")
+        return x
+
+    @pipe.stage(after=heavy, cpus=0.5)
+    def tail(x):
+        time.sleep(0.002)
+        return x
+
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("observe") / "run"
+    slow_middle_pipeline().run([Item(f"{i:03d}", i) for i in range(120)], run_dir=run_dir,
+                               cpus=2, bench=True)
+    return run_dir
+
+
+def test_events_describe_the_run_and_stay_bounded(bench_run):
+    events = list(read_events(bench_run))
+    kinds = [e["event"] for e in events]
+    start = events[0]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert [s["name"] for s in start["stages"]] == ["light", "heavy", "tail"]
+    assert start["versions"]["python"] and start["budget"]["cpus"] == 2
+    ticks = [e for e in events if e["event"] == "tick"]
+    assert ticks and ticks[-1]["stages"]["heavy"]["done"] == 119
+    assert "cpu" in ticks[-1]["machine"] and any(t["workers"] for t in ticks)
+    # one line per tick, worker event and failure, never one per item
+    assert len(events) < 120
+
+
+def test_bench_mode_stores_and_prints_per_stage_figures(bench_run):
+    table = json.loads((bench_run / "bench.json").read_text())
+    heavy = table["stages"]["heavy"]
+    assert heavy["items"] == 119 and heavy["failed"] == 1
+    assert 0.025 <= heavy["mean_item_s"] <= 0.1
+    assert heavy["p95_item_s"] >= heavy["mean_item_s"] * 0.9
+    assert heavy["items_per_s"] > 0 and heavy["peak_rss"] > 10 * 2**20
+    assert heavy["peak_gpu_mem"] is None  # no GPU here
+
+
+def test_the_verdict_names_the_stage_built_to_be_slow(bench_run):
+    analysis = analyse(bench_run)
+    assert "Stage 'heavy' limited throughput" in analysis.verdict
+    by_name = {s.name: s for s in analysis.stages}
+    assert by_name["heavy"].utilisation > by_name["light"].utilisation
+    assert analysis.total_cost > 0 and by_name["heavy"].cost > by_name["light"].cost
+
+
+def test_the_report_renders_in_a_real_browser_without_errors(bench_run, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian chromium is missing: `make test` installs it (scripts/system-deps.sh)"
+    report = write_report(bench_run, tmp_path / "report.html",
+                          prices={"cpu": 0.1, "gpu": 3.0})
+    html = report.read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained
+    proc = subprocess.run(
+        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=2000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert 'data-rendered="yes"' in dom  # the page's script ran to its end
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert console == [], console
+    for name in ("light", "heavy", "tail"):
+        assert f"<td>{name}</td>" in dom
+    assert "Stage 'heavy' limited throughput" in dom
+    assert "seven is broken" in dom  # the failures table
+    assert "<svg" in dom and "workers per stage" in dom
+
+
+def test_status_reads_a_run_in_progress_from_another_process(tmp_path):
+    module = tmp_path / "slowpipe.py"
+    module.write_text(textwrap.dedent("""
+        import time
+        from conveyor import Pipeline
+        pipe = Pipeline("slow")
+        @pipe.stage(cpus=1)
+        def slow(x):
+            time.sleep(0.2)
+            return x
+    """))
+    run_dir = tmp_path / "run"
+    words = [f"w{i:02d}" for i in range(30)]
+    driver = subprocess.Popen([sys.executable, "-m", "conveyor", "run", f"{module}:pipe",
+                               *words, "--run-dir", str(run_dir), "-q", "--cpus", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = None
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            out = subprocess.run([sys.executable, "-m", "conveyor", "status", str(run_dir),
+                                  "--json"], capture_output=True, text=True)
+            if out.returncode == 0:
+                counts = json.loads(out.stdout)["stages"]["slow"]
+                if 0 < counts["done"] < 30:
+                    seen = counts
+                    break
+            time.sleep(0.2)
+        assert seen is not None, "status never saw the run half way"
+        assert seen["pending"] + seen["running"] > 0
+    finally:
+        driver.wait(timeout=60)
