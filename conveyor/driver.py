@@ -347,7 +347,7 @@ class Driver:
             self._fatal = StageContractError(r.error)
             return r
         stage = self.stages[r.stage].stage
-        if r.attempt <= stage.retries:
+        if r.retryable and r.attempt <= stage.retries:
             return r._replace(status=Status.PENDING,
                               retry_at=now + stage.retry_backoff * 2 ** (r.attempt - 1))
         return r

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import GraphError, StageDefinitionError
 from .resources import Resources
+from .validation import annotations
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -42,6 +43,8 @@ class Stage:
     env: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     reduce: bool = False
+    # (value parameter, return) annotations, resolved where declared (see validation.py)
+    annotations: tuple[Any, Any] = (None, None)
 
     @property
     def is_class(self) -> bool:
@@ -189,6 +192,8 @@ class Pipeline:
         if len(set(upstream)) != len(upstream):
             raise GraphError(f"stage {stage_name!r} names the same upstream twice")
         options["env"] = dict(options["env"] or {})
+        call = obj.__call__ if inspect.isclass(obj) else obj  # type: ignore[operator]
+        options["annotations"] = annotations(call, inspect.isclass(obj))
         stage = Stage(name=stage_name, target=obj, upstream=upstream, reduce=reduce, **options)
         _check_stage(stage)
         self._stages[stage_name] = stage

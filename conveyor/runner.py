@@ -26,6 +26,7 @@ from .items import Item, check_key
 from .ledger.base import Claim, Output, Record, Status
 from .pipeline import Route, Stage
 from .store import INLINE_LIMIT, Store
+from .validation import ValidationFailed, boundary
 
 DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
 
@@ -82,6 +83,8 @@ class StageRunner:
         self._call: Any = None
         self._takes_ctx = self.stage.takes_ctx  # inspected once, not per item
         self._is_generator = self.stage.is_generator
+        self.boundary = boundary(*self.stage.annotations, batch=bool(self.stage.batch_size),
+                                 generator=self._is_generator, reduce=self.stage.reduce)
 
     def setup(self) -> None:
         """Instantiate a class stage and run its ``setup()``; once per worker."""
@@ -121,9 +124,9 @@ class StageRunner:
 
     def _record(self, task: Claim, status: Status, outputs: list[Output], error: str | None,
                 tb: str | None, started: float, fatal: bool = False,
-                ended: float | None = None) -> Record:
+                ended: float | None = None, retryable: bool = True) -> Record:
         return Record(self.stage.name, task.key, task.id, status, task.attempt, started,
-                      ended or time.time(), outputs, error, tb, None, None, fatal)
+                      ended or time.time(), outputs, error, tb, None, None, fatal, retryable)
 
     def call_one(self, item: Loaded) -> Record:
         """Call the stage on one value."""
@@ -135,48 +138,75 @@ class StageRunner:
             ctx = self._context([task.key], task.attempt)
             if self.stage.reduce:
                 produced = [_keyed(task.key, self._invoke(self._gathered(task), ctx))]
-            elif self._is_generator:
-                produced = [_keyed(f"{task.key}/{i}", v)
-                            for i, v in enumerate(self._invoke(item.value, ctx))]
             else:
-                produced = [_keyed(task.key, self._invoke(item.value, ctx))]
+                value = self.boundary.check_input(self.stage.name, item.value)
+                if self._is_generator:
+                    produced = [_keyed(f"{task.key}/{i}", v)
+                                for i, v in enumerate(self._invoke(value, ctx))]
+                else:
+                    produced = [_keyed(task.key, self._invoke(value, ctx))]
             outputs, status = self._outputs(produced, task.key)
         except StageContractError as exc:
             return self._record(task, FAILED, [], str(exc), None, started, fatal=True)
+        except ValidationFailed as exc:
+            return self._record(task, FAILED, [], str(exc), None, started, retryable=False)
         except Exception as exc:
             return self._record(task, FAILED, [], _describe(exc), traceback.format_exc(), started)
         return self._record(task, status, outputs, None, None, started)
 
     def call_batch(self, loaded: list[Loaded]) -> list[Record]:
-        """Call a batch stage once on the values of ``loaded``."""
+        """Call a batch stage once on the values of ``loaded``.
+
+        Items whose input cannot be read, or does not fit the stage's
+        annotation, fail on their own and stay out of the call; an output that
+        does not fit fails only its item.
+        """
         started = time.time()
-        outcomes = [self.call_one(item) for item in loaded if item.error is not None]
-        good = [item for item in loaded if item.error is None]
+        records: list[Record] = []
+        good: list[tuple[Loaded, Any]] = []
+        for item in loaded:
+            if item.error is not None:
+                records.append(self.call_one(item))
+                continue
+            try:
+                good.append((item, self.boundary.check_input(self.stage.name, item.value)))
+            except ValidationFailed as exc:
+                records.append(self._record(item.task, FAILED, [], str(exc), None, started,
+                                            retryable=False))
         if not good:
-            return outcomes
-        keys = [item.task.key for item in good]
+            return records
+        keys = [item.task.key for item, _ in good]
         try:
-            ctx = self._context(keys, max(item.task.attempt for item in good))
-            results = self._invoke([item.value for item in good], ctx)
+            ctx = self._context(keys, max(item.task.attempt for item, _ in good))
+            results = self._invoke([value for _, value in good], ctx)
             if not isinstance(results, (list, tuple)) or len(results) != len(good):
                 got = (f"{len(results)} values" if isinstance(results, (list, tuple))
                        else f"a {type(results).__name__}")
                 raise StageContractError(
                     f"stage {self.stage.name!r} is a batch stage: it was called with "
                     f"{len(good)} values and must return a list of {len(good)}, got {got}")
-            per_item = [self._outputs([_keyed(key, r)], key) for key, r in zip(keys, results)]
         except StageContractError as exc:
             ended = time.time()  # one call: every item of it shares its start and end
-            return outcomes + [self._record(i.task, FAILED, [], str(exc), None, started, True,
-                                            ended) for i in good]
+            return records + [self._record(i.task, FAILED, [], str(exc), None, started, True,
+                                           ended) for i, _ in good]
         except Exception as exc:
             ended, text, tb = time.time(), _describe(exc), traceback.format_exc()
-            return outcomes + [self._record(i.task, FAILED, [], text, tb, started, ended=ended)
-                               for i in good]
+            return records + [self._record(i.task, FAILED, [], text, tb, started, ended=ended)
+                              for i, _ in good]
         ended = time.time()
-        return outcomes + [self._record(i.task, status, outputs, None, None, started,
-                                        ended=ended)
-                           for i, (outputs, status) in zip(good, per_item)]
+        for (item, _), key, result in zip(good, keys, results):
+            try:
+                outputs, status = self._outputs([_keyed(key, result)], key)
+            except StageContractError as exc:
+                records.append(self._record(item.task, FAILED, [], str(exc), None, started,
+                                            True, ended))
+            except ValidationFailed as exc:
+                records.append(self._record(item.task, FAILED, [], str(exc), None, started,
+                                            ended=ended, retryable=False))
+            else:
+                records.append(self._record(item.task, status, outputs, None, None, started,
+                                            ended=ended))
+        return records
 
     def _gathered(self, task: Claim) -> Iterator[Any]:
         """A reduce's input: the gather file the driver wrote, one value per line."""
@@ -184,15 +214,14 @@ class StageRunner:
         with open(Path(self.run_dir) / task.ref, "rb") as fh:
             for line in fh:
                 line = line.rstrip(b"\n")
-                if line.startswith(b"@"):
-                    yield codec.decode(self.store.get(None, line[1:].decode()))
-                else:
-                    yield codec.decode(line)
+                data = self.store.get(None, line[1:].decode()) if line.startswith(b"@") else line
+                yield self.boundary.check_input(self.stage.name, codec.decode(data))
 
     def _outputs(self, produced: Iterable[tuple[str, Any]], key: str
                  ) -> tuple[list[Output], Status]:
         outputs = []
         for out_key, value in produced:
+            value = self.boundary.check_output(self.stage.name, value)
             try:
                 data = codec.encode(value)
             except codec.EncodeError as exc:

@@ -112,8 +112,9 @@ class Record(NamedTuple):
     ``status`` is final: ``done`` or ``routed-out`` (with ``outputs``),
     ``failed``, or ``pending`` with ``retry_at`` (to try again from then).
     Workers report what they computed as records too (a failure as
-    ``failed``, ``fatal`` when the stage broke its contract); the driver
-    decides on retries before the ledger sees them.
+    ``failed``, ``fatal`` when the stage broke its contract, not
+    ``retryable`` when trying again cannot help); the driver decides on
+    retries before the ledger sees them.
     """
 
     stage: str
@@ -129,6 +130,7 @@ class Record(NamedTuple):
     retry_at: float | None = None
     worker: str | None = None
     fatal: bool = False
+    retryable: bool = True
 
 
 class Refused(NamedTuple):
