@@ -1,162 +1,41 @@
-"""The driver: the one loop that owns a run.
+"""The driver: runs a pipeline over its inputs on a run directory, to the end.
 
-::
-
-     inputs ──▶ ledger: pending rows ◀──────────── record(results), grouped commits ◀──┐
-                   │                                                                  │
-                   ▼                                                                  │
-     scheduler.plan / lease_order ──▶ WorkerPool: start, lease, stop workers          │
-                   │                                                                  │
-                   ▼                                                                  │
-     claim rows ── executor.send(tasks) ──▶ workers (one process per worker) ─────────┘
-                                            Results / Ready / SetupFailed / Exited
-
-Only this loop, in one thread, writes the ledger; workers compute and report.
-The unit of scheduling is a *group*: a stage, or a chain of stages fused into
-one worker (:mod:`conveyor.fusion`). Each turn the loop:
-
-1. opens a reduce once nothing above it can produce more;
-2. asks the scheduler how many workers each group should keep alive and
-   starts or stops workers to match, within the budget (:mod:`.workerpool`);
-3. hands out CPU leases, most urgent group first (:mod:`.scheduler`);
-4. tops up every leased worker's window of tasks from the ledger, deepest
-   stage first, except where the downstream queue is full (backpressure);
-5. polls the executor and records what came back in one ledger call per
-   message: outputs and the rows they were routed to, retries after a
-   back-off, failures with their tracebacks, a dead worker's current task
-   failed with the reason and the rest handed back;
-6. lets the watchdog kill workers whose current task ran past the stage's
-   ``timeout`` or whose memory grew past its ``ram`` (:mod:`.watchdog`);
-7. commits the ledger every few tens of milliseconds: durability is grouped,
-   and a crash loses at most the last group, whose items simply run again.
-
-The run ends when no stage has pending or running items. The per-stage
-counters live in memory and start from the ledger, so the driver's memory
-does not grow with the number of items.
+It holds the run directory's lock, opens the SQLite ledger, gets it ready
+(:mod:`conveyor.prepare`: recovery, changed stages, inputs), then turns the
+:class:`~conveyor.engine.Engine` until no stage has pending or running items
+and every reduce has run. SIGINT and SIGTERM stop it cleanly: workers are
+stopped, what they finished is recorded, and the same command resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import os
 import signal
 import threading
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import orjson
-
-from . import codec
-from .errors import RunInterrupted, StageContractError
+from .engine import Engine
+from .errors import RunInterrupted
 from .events import EventLog
-from .executors.base import Executor, Exited, Ready, Results, SetupFailed
-from .fusion import Group, fuse
-from .ledger.base import Claim, Record, Status
+from .executors.base import Executor
 from .ledger.sqlite import SqliteLedger
 from .lock import RunLock
-from .observer import Observer
-from .pipeline import Pipeline, Stage
+from .pipeline import Pipeline
 from .prepare import prepare
 from .resources import Budget
 from .result import LEDGER_FILE, RunResult
-from .runner import StageSpec, WorkerSpec
-from .scheduler import Load, plan
-from .store import Store
-from .watchdog import Watchdog
-from .worker import Running
-from .workerpool import IDLE_SECONDS, Worker, WorkerPool
-
-COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
-CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
-QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
-QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as full
-WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
-WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
-SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
 
-@dataclass
-class _StageState:
-    stage: Stage
-    group: str
-    depth: int
-    pending: int = 0
-    running: int = 0
-    service: float | None = None  # seconds per item, smoothed
-    wait_until: float = 0.0  # nothing claimable before (retry back-off)
-    ancestors: set[str] = field(default_factory=set)
-    downstream: list[str] = field(default_factory=list)
-    reduces_below: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _GroupState:
-    group: Group
-    members: list[_StageState]  # chain order
-    spec: WorkerSpec
-    setup_failures: int = 0  # in a row, without a worker getting ready
-
-    @property
-    def name(self) -> str:
-        return self.group.name
-
-    @property
-    def head(self) -> Stage:
-        return self.members[0].stage
-
-    @property
-    def pending(self) -> int:
-        return sum(m.pending for m in self.members)
-
-    @property
-    def running(self) -> int:
-        return sum(m.running for m in self.members)
-
-    def ready(self, now: float) -> int:
-        return sum(m.pending for m in self.members if m.wait_until <= now)
-
-    @property
-    def service(self) -> float | None:
-        known = [m.service for m in self.members if m.service is not None]
-        return sum(known) if known else None
-
-
-class Driver:
+class Driver(Engine):
     """Runs one pipeline on one run directory; see the module docstring."""
 
     def __init__(self, pipeline: Pipeline, run_dir: Path, executor: Executor, budget: Budget,
                  force: tuple[str, ...] = (), retry: tuple[str, ...] | None = None,
                  progress: bool = False, bench: bool = False) -> None:
-        self.pipeline = pipeline
-        self.run_dir = run_dir
-        self.executor = executor
-        self.budget = budget
+        super().__init__(pipeline, run_dir, executor, budget, progress, bench)
         self.force = force
         self.retry = retry  # stages whose failed items are retried; None: all
-        self.progress = progress
-        self.bench = bench
-        self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
-        self.stages: dict[str, _StageState] = {}
-        self.groups: dict[str, _GroupState] = {}
-        self._fatal: StageContractError | None = None
-        self._signal: str | None = None
-        self._last_commit = 0.0
-        self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
-        self._dirty = True  # something happened that the control step should see now
-        self._unsynced = False  # workers wrote files that must be on disk before the commit
-        self._last_control = 0.0
-        self._cost = _DriverCost()
-        self._ledger: SqliteLedger
-        self._events: EventLog
-        self._pool: WorkerPool
-        self._watchdog: Watchdog
-        self._observer: Observer
-
-    # -- the run --------------------------------------------------------------------
 
     def run(self, inputs: Iterable[Any] | None) -> RunResult:
         for name in (*self.force, *(self.retry or ())):
@@ -165,14 +44,7 @@ class Driver:
             self.budget.check_fits(stage.name, stage.resources)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(self.run_dir) as lock, self._signals():
-            self._ledger = SqliteLedger(self.run_dir / LEDGER_FILE)
-            self._events = EventLog(self.run_dir)
-            self._pool = WorkerPool(self.executor, self.budget, self._events)
-            self._watchdog = Watchdog(self._pool, self.executor,
-                                      lambda name: self.pipeline[name],
-                                      lambda group: self.groups[group].head.resources.ram)
-            self._observer = Observer(self.pipeline, self._events, self.run_dir, self.progress,
-                                      self.bench)
+            self._open(SqliteLedger(self.run_dir / LEDGER_FILE), EventLog(self.run_dir))
             clean = prepared = False
             try:
                 self._observer.start(self.executor.name, self.budget, lock.previous)
@@ -215,457 +87,14 @@ class Driver:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    def _build_state(self) -> None:
-        pipe = self.pipeline
-        pending = self._ledger.pending_counts()
-        order = pipe.order()
-        for group in fuse(pipe):
-            members = []
-            for name in group.stages:
-                stage = pipe[name]
-                state = _StageState(
-                    stage, group.name, order.index(name), ancestors=pipe.ancestors(name),
-                    downstream=[s.name for s in pipe.downstream(name)],
-                    reduces_below={n for n in pipe.descendants(name) if pipe[n].reduce})
-                state.pending = pending.get(name, 0)
-                self.stages[name] = state
-                members.append(state)
-            spec = WorkerSpec(group.name, tuple(StageSpec(m.stage, pipe.routes(m.stage.name))
-                                                for m in members),
-                              str(self.run_dir), self.store.inline_limit,
-                              fsync=not self.executor.same_machine)
-            self.groups[group.name] = _GroupState(group, members, spec)
-
-    # -- the loop ----------------------------------------------------------------------
-
     def _loop(self) -> None:
         while self._signal is None and self._fatal is None:
-            now = time.time()
-            if self._dirty or now - self._last_control >= CONTROL_SECONDS:
-                self._control(now)
-            busy = self._dispatch(now)
-            for event in self.executor.poll(0.0 if busy else self._idle_timeout(now)):
-                self._handle(event)
-            now = time.time()
-            self._watchdog.check(now)
-            self._maybe_commit(now)
+            self.turn()
             if self._finished():
                 return
-
-    def _control(self, now: float) -> None:
-        """The scheduling step: reduces, worker targets, CPU leases."""
-        self._dirty = False
-        self._last_control = now
-        self._cost.sample()
-        self._open_reduces()
-        loads = self._loads(now)
-        self._reconcile(loads, now)
-        self._pool.assign_leases(loads, now)
-
-    def _idle_timeout(self, now: float) -> float:
-        waits = [s.wait_until - now for s in self.stages.values()
-                 if s.pending and s.wait_until > now]
-        return max(0.0, min([COMMIT_SECONDS, *waits]))
 
     def _finished(self) -> bool:
         if any(s.pending or s.running for s in self.stages.values()):
             return False
         return all(name in self._settled for name, s in self.stages.items() if s.stage.reduce)
 
-    def _commit(self) -> None:
-        """Make the group durable: files the items refer to first, then their rows."""
-        if self.store.take_wrote() or self._unsynced:
-            self.store.sync()
-            self._unsynced = False
-        self._ledger.commit()
-
-    def _maybe_commit(self, now: float) -> None:
-        if now - self._last_commit >= COMMIT_SECONDS:
-            self._commit()
-            self._events.flush()
-            self._last_commit = now
-            workers = {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
-            self._observer.step(self._queues(), workers)
-
-    def _queues(self) -> dict[str, dict[str, int]]:
-        return {name: {"pending": s.pending, "running": s.running}
-                for name, s in self.stages.items()}
-
-    # -- what comes back from workers --------------------------------------------------------
-
-    def _handle(self, event: Any) -> None:
-        if isinstance(event, Results):
-            self._unsynced |= event.wrote_files
-            self._record(event.worker, event.records)
-            return
-        self._dirty = True
-        worker = self._pool.workers.get(event.worker)
-        if isinstance(event, Exited):
-            self._exited(event.worker, event.reason, event.running)
-        elif worker is None:
-            return
-        elif isinstance(event, Ready):
-            worker.ready = True
-            worker.head_since = worker.idle_since = time.time()
-            self.groups[worker.group].setup_failures = 0
-        elif isinstance(event, SetupFailed):
-            self._setup_failed(worker, event.error, event.traceback)
-
-    def _record(self, worker_id: int, records: list[Record]) -> None:
-        """Judge and record what a worker computed, in one ledger call."""
-        worker = self._pool.workers.get(worker_id)
-        if worker is None:
-            return
-        now = time.time()
-        kept: list[Record] = []
-        spans: dict[str, list[float]] = {}  # stage -> [seconds, calls]
-        for r in records:
-            if r.item_id is not None and worker.inflight.pop(r.item_id, None) is None:
-                continue  # already settled (a timeout raced the result)
-            if r.status is Status.FAILED:
-                r = self._judge(r, now)
-            kept.append(r)
-            span = spans.setdefault(r.stage, [0.0, 0])
-            span[0] += r.ended - r.started
-            span[1] += 1
-        for name, (seconds, calls) in spans.items():
-            state = self.stages[name]
-            per_item = max(seconds / calls, 1e-6) / (state.stage.batch_size or 1)
-            state.service = per_item if state.service is None else (
-                0.8 * state.service + 0.2 * per_item)
-        self._apply(kept, f"w{worker_id}")
-        self._cost.count(len(kept))
-        worker.head_since = now
-        if not worker.inflight:
-            worker.idle_since = now
-            self._dirty = True  # its lease may go to another group
-
-    def _judge(self, r: Record, now: float) -> Record:
-        """A failed call: the run stops on a contract breach; an error is retried while
-        the stage's retries last, after a back-off that doubles each time."""
-        if r.fatal:
-            self._fatal = StageContractError(r.error)
-            return r
-        stage = self.stages[r.stage].stage
-        if r.retryable and r.attempt <= stage.retries:
-            return r._replace(status=Status.PENDING,
-                              retry_at=now + stage.retry_backoff * 2 ** (r.attempt - 1))
-        return r
-
-    def _apply(self, records: list[Record], worker: str) -> None:
-        """Write records to the ledger and keep the in-memory counters in step."""
-        if not records:
-            return
-        refused = {id(r.record): r.reason for r in self._ledger.record(records, worker)}
-        self._observer.recorded([r for r in records if id(r) not in refused])
-        fused = {(r.stage, r.key) for r in records
-                 if r.item_id is None and id(r) not in refused}
-        collided = []
-        stages = self.stages
-        for r in records:
-            state = stages[r.stage]
-            if refused and id(r) in refused:
-                if r.item_id is not None:
-                    collided.append(r._replace(status=Status.FAILED, outputs=[],
-                                               error=refused[id(r)], traceback=None,
-                                               retry_at=None))
-                continue
-            if r.item_id is not None:
-                state.running -= 1
-            if r.status is Status.PENDING:
-                state.pending += 1
-                self._events.emit("retry", stage=r.stage, key=r.key, attempt=r.attempt,
-                                  error=r.error)
-            elif r.status is Status.FAILED:
-                self._events.emit("failed", stage=r.stage, key=r.key, attempts=r.attempt,
-                                  error=r.error)
-            for out in r.outputs:
-                for target in out.targets:
-                    if (target, out.key) not in fused:
-                        if not stages[target].pending:
-                            self._dirty = True  # new work for a stage that had none
-                        stages[target].pending += 1
-            if state.reduces_below:
-                self._settled.difference_update(state.reduces_below)
-        if collided:  # the key collided: the producing item fails for good
-            self._apply(collided, worker)
-
-    def _setup_failed(self, worker: Worker, error: str, tb: str) -> None:
-        """Tasks sent to a worker whose setup raised fail with that error.
-
-        After SETUP_FAILURES in a row the group is taken as broken: every item
-        waiting for it fails now with the setup error, instead of each one
-        waiting for a worker that cannot start.
-        """
-        group = self.groups[worker.group]
-        group.setup_failures += 1
-        self._events.emit("setup_failed", group=worker.group, worker=worker.id, error=error)
-        worker.kill_reason = "setup failed"
-        self._fail_claims(worker, list(worker.inflight.values()), error, tb, retry=True)
-        worker.inflight.clear()
-        if group.setup_failures < SETUP_FAILURES:
-            return
-        now = time.time()
-        for member in group.members:
-            while member.pending:
-                claims = self._ledger.claim(member.stage.name, 1000, f"w{worker.id}", now)
-                if not claims:
-                    break
-                member.pending -= len(claims)
-                member.running += len(claims)
-                self._fail_claims(worker, claims, error, tb, retry=False)
-
-    def _fail_claims(self, worker: Worker, claims: list[Claim], error: str, tb: str | None,
-                     retry: bool) -> None:
-        now = time.time()
-        records = []
-        for claim in claims:
-            r = Record(claim.stage, claim.key, claim.id, Status.FAILED, claim.attempt, now, now,
-                       [], error, tb)
-            records.append(self._judge(r, now) if retry else r)
-        self._apply(records, f"w{worker.id}")
-
-    def _exited(self, worker_id: int, reason: str, running: Running | None = None) -> None:
-        """A worker is gone: the call it was in failed; the tasks it had not started, or
-        finished without reporting, go back without using an attempt."""
-        worker = self._pool.exited(worker_id, reason)
-        self._observer.worker_gone(worker_id)
-        if worker is None or not worker.inflight:
-            return
-        claims = list(worker.inflight.values())
-        why = worker.kill_reason if worker.kill_reason not in (None, "stopped") else \
-            f"worker {reason}"
-        spec = self.groups[worker.group].spec
-        if not self.executor.knows_running:  # assume the first task sent was running
-            blamed = claims[: spec.batch_size or 1]
-        elif running is None or running.item_id not in worker.inflight:
-            blamed = []  # it died between calls
-        else:
-            at = list(worker.inflight).index(running.item_id)
-            blamed = claims[at:at + running.count]
-            stage = spec.stages[running.stage].stage.name
-            if stage != blamed[0].stage:  # a fused stage below the task's
-                why = f"{why} in stage {stage!r}"
-        self._fail_claims(worker, blamed, why, None, retry=True)
-        self._release([c for c in claims if c not in blamed])
-
-    def _release(self, claims: list[Claim]) -> None:
-        self._ledger.release([c.id for c in claims])
-        for claim in claims:
-            self.stages[claim.stage].running -= 1
-            self.stages[claim.stage].pending += 1
-
-    def _stop_all(self) -> None:
-        """Stop every worker; record what they finish, hand back what they did not start."""
-        if not hasattr(self, "_pool"):
-            return
-        for event in self.executor.shutdown(grace=5.0 if self._signal is None else 2.0):
-            if isinstance(event, Results):
-                self._unsynced |= event.wrote_files
-                self._record(event.worker, event.records)
-        for worker in list(self._pool.workers.values()):
-            self._release(list(worker.inflight.values()))
-            worker.inflight.clear()
-            self._pool.exited(worker.id, "stopped with the run")
-
-    # -- workers ------------------------------------------------------------------------------
-
-    def _loads(self, now: float) -> dict[str, Load]:
-        loads = {}
-        for name, g in self.groups.items():
-            ready = g.ready(now)
-            head = g.members[0]
-            if g.head.reduce:
-                ready = ready if self._reduce_due(head) else 0
-            in_fill = 1.0 if not head.stage.upstream else self._fill(head)
-            cap = self._cost.workers_fed(g.service, len(g.members))
-            if g.head.concurrency is not None:
-                cap = min(cap or g.head.concurrency, g.head.concurrency)
-            loads[name] = Load(
-                name=name, resources=g.head.resources, ready=ready, running=g.running,
-                workers=len(self._pool.of(name)), service=g.service,
-                batch=g.head.batch_size or 1, cap=cap, depth=head.depth,
-                throttled=self._room(g) <= 0,
-                expected=not g.pending and not g.head.reduce and self._fed(g),
-                in_fill=in_fill, out_fill=self._out_fill(g))
-        return loads
-
-    def _fill(self, state: _StageState) -> float:
-        """How full a stage's queue is, 0..1, measured in time: full is QUEUE_SECONDS of its
-        work (at least two windows, at most QUEUE_LIMIT items)."""
-        group = self.groups[state.group]
-        full = QUEUE_LIMIT / 4 if state.service is None else QUEUE_SECONDS / state.service
-        full = min(QUEUE_LIMIT, max(full, 2 * self._window(group)))
-        return min(1.0, state.pending / full)
-
-    def _out_fill(self, group: _GroupState) -> float:
-        return max((self._fill(self.stages[d]) for d in group.members[-1].downstream
-                    if not self.stages[d].stage.reduce), default=0.0)
-
-    def _room(self, group: _GroupState) -> int:
-        """How many more items the group may take before its downstream queues are full.
-
-        Items in flight count against the room: each will land downstream.
-        """
-        queued = [self.stages[d].pending for d in group.members[-1].downstream
-                  if not self.stages[d].stage.reduce]
-        return QUEUE_LIMIT - max(queued, default=0) - group.running
-
-    def _fed(self, group: _GroupState) -> bool:
-        """Whether work may still arrive: something above the group is pending or running."""
-        head = group.members[0]
-        return any(self.stages[a].pending or self.stages[a].running for a in head.ancestors)
-
-    def _reconcile(self, loads: dict[str, Load], now: float) -> None:
-        """Start and stop workers to match the plan's targets."""
-        targets = plan(list(loads.values()), self._pool.live_budget)
-        for name, group in self.groups.items():
-            for _ in range(targets[name] - len(self._pool.of(name))):
-                worker = self._pool.start(group.spec, now)
-                if worker is None:
-                    break
-                self._observer.worker_started(worker.id, name, self.executor.pid(worker.id))
-
-        def wanted(worker: Worker) -> bool:
-            group = self.groups[worker.group]
-            if not (group.pending or group.running or self._fed(group)):
-                return False  # nothing left for it to do
-            surplus = len(self._pool.of(worker.group)) - targets[worker.group]
-            return surplus <= 0 or now - worker.idle_since < IDLE_SECONDS
-
-        self._pool.stop_idle(wanted, now)
-
-    # -- handing out work ----------------------------------------------------------------------
-
-    def _window(self, group: _GroupState) -> int:
-        """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
-        (one until its speed is known, so slow items spread over workers), and
-        two batches for a batch stage, one computing while the next is read."""
-        batch = group.head.batch_size
-        if batch:
-            return 2 * batch
-        service = group.service
-        if service is None:
-            return 1
-        return max(1, min(512, math.ceil(WINDOW_SECONDS / service)))
-
-    def _dispatch(self, now: float) -> bool:
-        """Top up every leased worker's window; True if any task was sent."""
-        sent = False
-        for group in sorted(self.groups.values(), key=lambda g: -g.members[0].depth):
-            if not group.pending:
-                continue
-            if group.head.reduce and not self._reduce_due(group.members[0]):
-                continue
-            window = self._window(group)
-            for worker in self._pool.of(group.name):
-                want = window - len(worker.inflight)
-                # Top up by at least half a window, so claims and messages stay chunky.
-                if not worker.can_take_work or want < max(1, window // 2):
-                    continue
-                want = min(want, self._room(group))
-                if want <= 0:
-                    break
-                claims = self._claim(group, want, worker, now)
-                if not claims:
-                    break
-                if group.head.reduce:
-                    claims = [c._replace(ref=self._write_gather_file(c.stage)) for c in claims]
-                if not worker.inflight:
-                    worker.head_since = now
-                for claim in claims:
-                    worker.inflight[claim.id] = claim
-                self.executor.send(worker.id, claims)
-                sent = True
-        return sent
-
-    def _claim(self, group: _GroupState, want: int, worker: Worker, now: float) -> list[Claim]:
-        """Claim up to ``want`` rows for a worker, deepest stage of the group first, within
-        the worker's WINDOW_BYTES."""
-        claims: list[Claim] = []
-        held = sum(len(c.data or b"") for c in worker.inflight.values())
-        for member in reversed(group.members):
-            if len(claims) >= want or not member.pending or member.wait_until > now:
-                continue
-            if held >= WINDOW_BYTES and (claims or worker.inflight):
-                break
-            got = self._ledger.claim(member.stage.name, want - len(claims), f"w{worker.id}", now,
-                                     max_bytes=WINDOW_BYTES - held)
-            held += sum(len(c.data or b"") for c in got)
-            member.pending -= len(got)
-            member.running += len(got)
-            claims.extend(got)
-            if not got and member.pending:  # all of it is backing off before a retry
-                member.wait_until = self._ledger.next_retry(member.stage.name) or now
-        return claims
-
-    # -- reduces -------------------------------------------------------------------------------------
-
-    def _reduce_due(self, state: _StageState) -> bool:
-        return state.stage.name in self._settled and not any(
-            self.stages[a].pending or self.stages[a].running for a in state.ancestors)
-
-    def _open_reduces(self) -> None:
-        """Check each reduce once nothing above it can change; (re)open it if its input did."""
-        for name, state in self.stages.items():
-            if not state.stage.reduce or name in self._settled or state.running:
-                continue
-            if any(self.stages[a].pending or self.stages[a].running for a in state.ancestors):
-                continue
-            digest = _gather_digest(self._ledger.gathered(name))
-            row = self._ledger.reduce_row(name)
-            if row is None or row[1] != digest:
-                self._ledger.open_reduce(name, name, digest)
-                state.pending = 1
-            self._settled.add(name)
-
-    def _write_gather_file(self, name: str) -> str:
-        """Write a reduce's input, one value (or ``@ref``) per line; return its reference."""
-        ref = f"gather/{name}.jsonl"
-        path = self.run_dir / ref
-        path.parent.mkdir(exist_ok=True)
-        with open(path, "wb") as fh:
-            for row in self._ledger.gathered(name):
-                fh.write(b"@" + row.ref.encode() if row.ref else row.data or b"null")
-                fh.write(b"\n")
-        return ref
-
-
-class _DriverCost:
-    """The driver's own CPU time per recorded row, measured as the run goes.
-
-    A group whose worker needs less time per item than the driver spends
-    handing it out and recording it cannot use many workers: they would wait
-    for the driver and take CPU from it. :meth:`workers_fed` is how many it can
-    keep busy.
-    """
-
-    def __init__(self) -> None:
-        self.per_row: float | None = None
-        self._cpu = time.process_time()
-        self._rows = 0
-
-    def count(self, rows: int) -> None:
-        self._rows += rows
-
-    def sample(self) -> None:
-        if self._rows < 200:  # too few to say much
-            return
-        cpu = time.process_time()
-        per_row = (cpu - self._cpu) / self._rows
-        self.per_row = per_row if self.per_row is None else 0.7 * self.per_row + 0.3 * per_row
-        self._cpu, self._rows = cpu, 0
-
-    def workers_fed(self, service: float | None, rows_per_item: int) -> int | None:
-        """How many workers of a group (``service`` s per item) the driver keeps busy,
-        plus one, so a worker computes while another waits for its next tasks."""
-        if service is None or self.per_row is None:
-            return None
-        return 1 + math.ceil(service / (self.per_row * rows_per_item))
-
-
-def _gather_digest(rows: Iterable[Any]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for row in rows:
-        h.update(orjson.dumps([row.key, row.digest or codec.digest(row.data or b"")]))
-    return h.hexdigest()

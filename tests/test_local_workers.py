@@ -183,9 +183,9 @@ def test_worker_logs_land_in_the_run_directory(run_dir):
 
 def test_queues_between_stages_are_bounded(run_dir, monkeypatch):
     """A producer far faster than its consumer is throttled, not allowed to run ahead."""
-    import conveyor.driver
+    import conveyor.engine
 
-    monkeypatch.setattr(conveyor.driver, "QUEUE_LIMIT", 20)
+    monkeypatch.setattr(conveyor.engine, "QUEUE_LIMIT", 20)
     ledger_path = str(run_dir / "ledger.db")
     pipe = Pipeline("backpressure")
 

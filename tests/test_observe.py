@@ -162,7 +162,17 @@ def test_the_verdict_names_the_stage_built_to_be_slow(bench_run):
     assert "Stage 'heavy' limited throughput" in analysis.verdict
     by_name = {s.name: s for s in analysis.stages}
     assert by_name["heavy"].utilisation > by_name["light"].utilisation
-    assert analysis.total_cost > 0 and by_name["heavy"].cost > by_name["light"].cost
+    # cost: each worker's declared resources for as long as it lived, at the prices
+    lives, starts = 0.0, {}
+    for e in read_events(bench_run):
+        if e["event"] == "worker_start":
+            starts[e["worker"]] = e
+        elif e["event"] == "worker_exit":
+            s = starts.pop(e["worker"])
+            hours = (e["t"] - s["t"]) / 3600
+            lives += hours * (s["cpus"] * 0.04 + s["ram"] / 2**30 * 0.005 + s["gpus"] * 2.5)
+    assert analysis.total_cost == pytest.approx(lives)
+    assert all(s.cost > 0 for s in analysis.stages)
 
 
 def test_the_report_renders_in_a_real_browser_without_errors(bench_run, tmp_path):
