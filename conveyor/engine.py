@@ -70,6 +70,7 @@ QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as f
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
+SERVE_IDLE_SECONDS = 300.0  # when serving, an idle worker beyond min_workers lives this long
 
 
 @dataclass
@@ -130,6 +131,7 @@ class Engine:
         self.progress = progress
         self.bench = bench
         self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
+        self.serving = False  # True: more work may always come (see conveyor.service)
         self.stages: dict[str, _StageState] = {}
         self.groups: dict[str, _GroupState] = {}
         self._fatal: StageContractError | None = None
@@ -294,10 +296,11 @@ class Engine:
         """Write records to the ledger and keep the in-memory counters in step."""
         if not records:
             return
+        records = self._shape(records)
         refused = {id(r.record): r.reason for r in self._ledger.record(records, worker)}
-        self._observer.recorded([r for r in records if id(r) not in refused])
-        fused = {(r.stage, r.key) for r in records
-                 if r.item_id is None and id(r) not in refused}
+        applied = [r for r in records if id(r) not in refused]
+        self._observer.recorded(applied)
+        fused = {(r.stage, r.key) for r in applied if r.item_id is None}
         collided = []
         stages = self.stages
         for r in records:
@@ -325,8 +328,16 @@ class Engine:
                         stages[target].pending += 1
             if state.reduces_below:
                 self._settled.difference_update(state.reduces_below)
+        self._applied(applied, fused)
         if collided:  # the key collided: the producing item fails for good
             self._apply(collided, worker)
+
+    def _shape(self, records: list[Record]) -> list[Record]:
+        """Records as they will be written (a front end may change where outputs go)."""
+        return records
+
+    def _applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
+        """Records the ledger took; ``fused`` are the rows they created in their final state."""
 
     def _setup_failed(self, worker: Worker, error: str, tb: str) -> None:
         """Tasks sent to a worker whose setup raised fail with that error.
@@ -423,7 +434,7 @@ class Engine:
                 name=name, resources=g.head.resources, ready=ready, running=g.running,
                 workers=len(self._pool.of(name)), service=g.service,
                 batch=g.head.batch_size or 1, cap=cap, depth=head.depth,
-                throttled=self._room(g) <= 0,
+                throttled=self._room(g) <= 0, floor=g.head.min_workers,
                 expected=not g.pending and not g.head.reduce and self._fed(g),
                 in_fill=in_fill, out_fill=self._out_fill(g))
         return loads
@@ -466,10 +477,14 @@ class Engine:
 
         def wanted(worker: Worker) -> bool:
             group = self.groups[worker.group]
-            if not (group.pending or group.running or self._fed(group)):
+            alive = len(self._pool.of(worker.group))
+            if alive <= group.head.min_workers:
+                return True  # kept warm
+            if not (self.serving or group.pending or group.running or self._fed(group)):
                 return False  # nothing left for it to do
-            surplus = len(self._pool.of(worker.group)) - targets[worker.group]
-            return surplus <= 0 or now - worker.idle_since < IDLE_SECONDS
+            idle_limit = group.head.idle_timeout or (SERVE_IDLE_SECONDS if self.serving
+                                                     else IDLE_SECONDS)
+            return alive <= targets[worker.group] or now - worker.idle_since < idle_limit
 
         self._pool.stop_idle(wanted, now)
 

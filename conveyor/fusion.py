@@ -47,7 +47,8 @@ def _compatible(a: "Stage", b: "Stage") -> bool:
             and a.batch_size is None and b.batch_size is None
             and a.timeout is None and b.timeout is None
             and a.resources == b.resources and dict(a.env) == dict(b.env)
-            and a.concurrency == b.concurrency)
+            and a.concurrency == b.concurrency and a.min_workers == b.min_workers
+            and a.idle_timeout == b.idle_timeout)
 
 
 def fuse(pipeline: "Pipeline") -> list[Group]:

@@ -43,6 +43,9 @@ class Stage:
     env: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     reduce: bool = False
+    min_workers: int = 0
+    idle_timeout: float | None = None
+    batch_wait: float = 0.05
     # (value parameter, return) annotations, resolved where declared (see validation.py)
     annotations: tuple[Any, Any] = (None, None)
 
@@ -122,7 +125,8 @@ class Pipeline:
               threads: int | None = None, concurrency: int | None = None,
               batch_size: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
               timeout: float | None = None, env: Mapping[str, str] | None = None,
-              version: str | None = None) -> Any:
+              version: str | None = None, min_workers: int = 0,
+              idle_timeout: float | None = None, batch_wait: float = 0.05) -> Any:
         """Register a function or class as a stage; usable as ``@pipe.stage`` or ``@pipe.stage(...)``.
 
         Args:
@@ -132,8 +136,12 @@ class Pipeline:
             name: the stage's name (default: the function or class name).
             cpus, ram, gpus, threads: what each worker holds; ``threads``
                 (default ``ceil(cpus)``) pins OMP/MKL/OpenBLAS/torch threads.
-            concurrency: the most workers this stage may have at once.
+            concurrency: the most workers this stage may have at once (its max_workers).
+            min_workers: workers kept alive (set up, warm) even with nothing to do.
+            idle_timeout: seconds an idle worker beyond ``min_workers`` is kept before it
+                is stopped (a GPU worker gives its device back).
             batch_size: call the stage with lists of up to this many values.
+            batch_wait: seconds a partial batch waits for more values before it runs.
             retries, retry_backoff, timeout: per item; backoff doubles each retry.
             env: extra environment variables for the stage's workers.
             version: bump to force a recompute when the code did not change.
@@ -143,7 +151,8 @@ class Pipeline:
                       resources=(cpus, ram, gpus, threads),
                       concurrency=concurrency, batch_size=batch_size, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
-                      version=version, reduce=False)
+                      version=version, reduce=False, min_workers=min_workers,
+                      idle_timeout=idle_timeout, batch_wait=batch_wait)
             return obj
 
         return register(target) if target is not None else register
@@ -377,6 +386,15 @@ def _check_stage(stage: Stage) -> None:
     if stage.concurrency is not None and (not isinstance(stage.concurrency, int)
                                           or stage.concurrency < 1):
         raise bad(f"concurrency must be a positive integer, got {stage.concurrency!r}")
+    if not isinstance(stage.min_workers, int) or stage.min_workers < 0:
+        raise bad(f"min_workers must be a non-negative integer, got {stage.min_workers!r}")
+    if stage.concurrency is not None and stage.min_workers > stage.concurrency:
+        raise bad(f"min_workers={stage.min_workers} is more than concurrency="
+                  f"{stage.concurrency}")
+    if stage.idle_timeout is not None and stage.idle_timeout <= 0:
+        raise bad(f"idle_timeout must be > 0 seconds, got {stage.idle_timeout!r}")
+    if stage.batch_wait < 0:
+        raise bad(f"batch_wait must be >= 0 seconds, got {stage.batch_wait!r}")
     if not isinstance(stage.retries, int) or stage.retries < 0:
         raise bad(f"retries must be a non-negative integer, got {stage.retries!r}")
     if stage.retry_backoff < 0:

@@ -260,6 +260,7 @@ class GroupRunner:
         self._next = dict(zip(names, names[1:]))
         self._index = {name: i for i, name in enumerate(names)}
         self.batch_size = spec.batch_size or 1
+        self.batch_wait = spec.stages[0].stage.batch_wait
         #: Called before each call as ``note(stage_index, item_id, count)``, and with
         #: ``(-1, -1, 0)`` when a run is over: a worker keeps where it is, so that
         #: if it dies, the driver knows which task killed it.

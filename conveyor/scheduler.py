@@ -8,8 +8,8 @@ answers are pure functions of the loads, unit-tested without processes.
 use at most as many workers as it has work for (ready plus in flight, in
 batches; once its speed is known, one per second of work in hand), at most its cap (``concurrency``, and how many workers the driver
 can keep fed), and at least one as soon as work is on its way from upstream
-(so the worker is set up before the work arrives). Every group with work
-first gets one worker, then every group whose work is on its way gets one
+(so the worker is set up before the work arrives). Every group first gets the
+workers it keeps warm (``min_workers``); then every group with work gets one, then every group whose work is on its way gets one
 (nearest first, with what is left); the rest are handed out one at a time to
 the group with the most work per worker (items times measured
 seconds per item; a group not yet measured counts at the mean of the
@@ -65,6 +65,7 @@ class Load:
     expected: bool = False  # work is on its way from upstream
     in_fill: float = 0.0  # how full its input queue is, 0..1 (1 for the first stage)
     out_fill: float = 0.0  # how full its fullest downstream queue is, 0..1
+    floor: int = 0  # workers kept alive whatever the work (min_workers)
 
     def useful_workers(self) -> int:
         """How many workers this group could keep busy right now.
@@ -115,16 +116,17 @@ def plan(loads: list[Load], budget: Budget) -> dict[str, int]:
             pool.acquire(best.resources)
             targets[best.name] += 1
 
-    # One worker for every group that has work, so none is starved of a
-    # process; then one for each group whose work is on its way, nearest
-    # first, so it is set up in time; then the rest to whoever has the most
-    # work per worker.
-    give(has_work, lambda load: min(1, useful[load.name]))
+    # The workers every group keeps warm; one for every group that has work, so
+    # none is starved of a process; then one for each group whose work is on
+    # its way, nearest first, so it is set up in time; then the rest to whoever
+    # has the most work per worker.
+    give(loads, lambda load: load.floor)
+    give(has_work, lambda load: max(targets[load.name], min(1, useful[load.name])))
     for load in expected:
-        if useful[load.name] and pool.fits(load.resources):
+        if useful[load.name] and not targets[load.name] and pool.fits(load.resources):
             pool.acquire(load.resources)
             targets[load.name] = 1
-    give(has_work, lambda load: useful[load.name])
+    give(has_work, lambda load: max(targets[load.name], useful[load.name]))
     return targets
 
 

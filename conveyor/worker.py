@@ -40,7 +40,6 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
 
 FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
-BATCH_WAIT = 0.05  # how long a partial batch waits for more input
 PREFETCH_BYTES = 256 * 2**20  # decoded inputs held ahead of the stage, at most
 PREFETCH_ITEMS = 64  # ... and at most this many (or two batches)
 
@@ -191,7 +190,7 @@ def serve(conn: Connection, runner: Any) -> None:
         if not stopping:
             stopping = _take(inbox, pending, batch, block=not pending and not outcomes)
             if batch > 1 and 0 < len(pending) < batch and not stopping:
-                stopping = _fill(inbox, pending, batch)
+                stopping = _fill(inbox, pending, batch, runner.batch_wait)
         if pending:
             take, pending = pending[:batch], pending[batch:]
             outcomes.extend(runner.run(take))
@@ -218,9 +217,9 @@ def _take(inbox: _Inbox, pending: list[Any], want: int, block: bool) -> bool:
     return False
 
 
-def _fill(inbox: _Inbox, pending: list[Any], batch: int) -> bool:
-    """Top ``pending`` up to a batch, waiting a little for stragglers. True on stop."""
-    deadline = time.monotonic() + BATCH_WAIT
+def _fill(inbox: _Inbox, pending: list[Any], batch: int, wait: float) -> bool:
+    """Top ``pending`` up to a batch, waiting ``wait`` seconds for stragglers. True on stop."""
+    deadline = time.monotonic() + wait
     while len(pending) < batch:
         wait = deadline - time.monotonic()
         if wait <= 0:

@@ -116,6 +116,12 @@ def test_work_in_hand_comes_before_starting_workers_ahead_of_time():
     assert targets == {"root": 1, "next": 1, "last": 0}  # the nearest is set up first
 
 
+def test_warm_workers_are_kept_whatever_the_work():
+    targets = plan([load("model", floor=2), load("busy", ready=100, service=1.0)],
+                   Budget(cpus=4, ram=0))
+    assert targets == {"model": 2, "busy": 2}
+
+
 def test_a_throttled_group_keeps_only_what_its_work_in_flight_needs():
     targets = plan([load("producer", ready=1000, running=2, throttled=True, service=0.001),
                     load("consumer", ready=400, service=0.01)], Budget(cpus=8, ram=0))
