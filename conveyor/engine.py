@@ -466,12 +466,18 @@ class Engine:
         return any(self.stages[a].pending or self.stages[a].running for a in head.ancestors)
 
     def _reconcile(self, loads: dict[str, Load], now: float) -> None:
-        """Start and stop workers to match the plan's targets."""
+        """Start and stop workers to match the plan's targets.
+
+        An idle worker the plan no longer wants is kept a while (it may be
+        wanted again soon) unless a group is waiting for room to start one.
+        """
         targets = plan(list(loads.values()), self._pool.live_budget)
+        starved = False
         for name, group in self.groups.items():
             for _ in range(targets[name] - len(self._pool.of(name))):
                 worker = self._pool.start(group.spec, now)
                 if worker is None:
+                    starved = True
                     break
                 self._observer.worker_started(worker.id, name, self.executor.pid(worker.id))
 
@@ -482,9 +488,11 @@ class Engine:
                 return True  # kept warm
             if not (self.serving or group.pending or group.running or self._fed(group)):
                 return False  # nothing left for it to do
+            if alive <= targets[worker.group]:
+                return True
             idle_limit = group.head.idle_timeout or (SERVE_IDLE_SECONDS if self.serving
                                                      else IDLE_SECONDS)
-            return alive <= targets[worker.group] or now - worker.idle_since < idle_limit
+            return not starved and now - worker.idle_since < idle_limit
 
         self._pool.stop_idle(wanted, now)
 

@@ -85,6 +85,13 @@ class Executor(ABC):
     def poll(self, timeout: float) -> list[Event]:
         """Events since the last poll, waiting up to ``timeout`` seconds for one."""
 
+    def wakeup(self) -> None:
+        """Make a :meth:`poll` in progress in another thread (or the next one) return now.
+
+        Executors that cannot be woken leave this as is; their callers poll with
+        short timeouts.
+        """
+
     @abstractmethod
     def stop(self, worker: int, kill: bool = False) -> None:
         """Ask ``worker`` to finish the tasks it holds and exit, or kill it now.

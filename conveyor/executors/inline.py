@@ -10,7 +10,7 @@ killed from outside, so per-item timeouts are not enforced and the stage's
 
 from __future__ import annotations
 
-import time
+import threading
 import traceback
 from typing import Mapping
 
@@ -27,6 +27,7 @@ class InlineExecutor(Executor):
 
     def __init__(self) -> None:
         self._runners: dict[int, GroupRunner] = {}
+        self._wake = threading.Event()
         self._pending_setup: set[int] = set()
         self._events: list[Event] = []
         self._next_id = 0
@@ -61,9 +62,13 @@ class InlineExecutor(Executor):
             records.extend(runner.run(loaded[start:start + size]))
         self._events.append(Results(worker, records, runner.store.take_wrote()))
 
+    def wakeup(self) -> None:
+        self._wake.set()
+
     def poll(self, timeout: float) -> list[Event]:
         if not self._events and timeout > 0:
-            time.sleep(timeout)  # nothing runs in the background: only time can pass
+            self._wake.wait(timeout)  # nothing runs in the background: only time can pass
+        self._wake.clear()
         events, self._events = self._events, []
         return events
 

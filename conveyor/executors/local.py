@@ -60,6 +60,9 @@ class LocalExecutor(Executor):
         self.python = python or sys.executable
         self._workers: dict[int, _Worker] = {}
         self._next_id = 0
+        self._wake_r, self._wake_w = socket.socketpair()  # wakeup() from other threads
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         log_dir = Path(spec.run_dir) / "logs"
@@ -93,12 +96,23 @@ class LocalExecutor(Executor):
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass  # it died; poll() reports the exit with its reason
 
+    def wakeup(self) -> None:
+        try:
+            self._wake_w.send(b"!")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending
+
     def poll(self, timeout: float) -> list[Event]:
-        if not self._workers:
-            return []
         by_conn = {w.conn: wid for wid, w in self._workers.items()}
         events: list[Event] = []
-        for conn in wait(list(by_conn), timeout):
+        for conn in wait([*by_conn, self._wake_r], timeout):
+            if conn is self._wake_r:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+                continue
             wid = by_conn[conn]  # type: ignore[index]
             try:
                 while conn.poll():  # type: ignore[union-attr]

@@ -311,6 +311,23 @@ class MemoryLedger(Ledger):
     def commit(self) -> None:
         pass  # nothing to make durable
 
+    def forget(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Drop finished ``(stage, key)`` rows and their values: a served request is over.
+
+        Not part of the ledger contract: a durable ledger keeps its history.
+        """
+        for stage, key in rows:
+            row_id = self._by_key.get((stage, key))
+            if row_id is None:
+                continue
+            for output_id in list(self._outputs_of.get(row_id, [])):
+                self._delete_output(output_id)
+            self._outputs_of.pop(row_id, None)
+            input_id = self._rows[row_id]["input_id"]
+            self._delete_row(row_id)
+            if input_id in self._outputs and self._outputs[input_id]["item_id"] is None:
+                self._delete_output(input_id)  # a run input only this row read
+
     # -- reading -------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:

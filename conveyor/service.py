@@ -1,0 +1,305 @@
+"""Serving a pipeline: requests in, the engine's warm workers, responses out.
+
+A :class:`Service` is the :class:`~conveyor.engine.Engine` turned by a thread
+of its own for as long as it serves: the same workers (set up once, kept warm
+by ``min_workers``, given back after ``idle_timeout``), the same scheduler,
+batching and fault handling as a batch run, over an in-memory ledger (a
+request needs no record once it is answered)::
+
+    HTTP handlers ── submit(value) ──▶ queue ──▶ service thread: Engine.turn()
+          ▲                                             │ rows keyed q<n>, q<n>/0, ...
+          └──────── Future[Response] ◀── resolved when ─┘ every row of q<n> is final
+
+A request is one input keyed ``q<n>``; everything derived from it carries
+that key as a prefix, so the service knows when all of it is final (done,
+routed out or failed) and answers with the outputs that went nowhere further
+(the pipeline's results for that input), any failures, and the time and cost
+each stage spent on it. Concurrent requests that reach a batch stage share
+its batches (``batch_size``, ``batch_wait``) and are split back to their
+requests. Requests for one stage alone run that stage and stop there.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import codec
+from .engine import Engine
+from .errors import ConveyorError, PipelineError
+from .events import EventLog
+from .executors import make_executor
+from .executors.base import Executor
+from .ledger.base import FINISHED, Output, Record, Status
+from .ledger.memory import MemoryLedger
+from .pipeline import Pipeline
+from .resources import Budget
+
+DEFAULT_PRICES = {"cpu": 0.04, "ram": 0.005, "gpu": 2.50}  # $/CPU-hour, $/GB-hour, $/GPU-hour
+TURN_WAIT = 0.05  # the longest the service thread sleeps without news
+
+
+class Overloaded(ConveyorError):
+    """The service holds as many requests as it may; try again after ``retry_after`` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"overloaded; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Closed(ConveyorError):
+    """The service is shutting down (or broke) and takes no more requests."""
+
+
+@dataclass
+class Response:
+    """What became of one request."""
+
+    key: str
+    outputs: list[dict[str, Any]]  # {"stage", "key", "value"} of results that went no further
+    failures: list[dict[str, Any]]  # {"stage", "key", "error", "traceback"}
+    timings: dict[str, float]  # seconds each stage spent on it
+    cost: dict[str, float]  # what that time cost, per stage, at the service's prices
+    seconds: float  # from submit to answer
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class _Request:
+    key: str
+    stage: str | None  # one stage alone, or the whole pipeline
+    value: Any  # the input
+    future: Future
+    started: float
+    rows: set[tuple[str, str]] = field(default_factory=set)
+    outstanding: int = 1  # rows of it not final yet (its input row, to begin with)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+
+
+def request_key(row_key: str) -> str:
+    """The request a row belongs to: ``q12`` for ``q12``, ``q12/0``, ``q12@b/3``."""
+    return row_key.split("/", 1)[0].split("@", 1)[0]
+
+
+class Service(Engine):
+    """Serves a pipeline from a thread of its own; see the module docstring."""
+
+    def __init__(self, pipeline: Pipeline, executor: str | Executor = "local",
+                 budget: Budget | None = None, run_dir: str | Path | None = None,
+                 max_queue: int = 1000, prices: dict[str, float] | None = None) -> None:
+        pipeline.validate()
+        reduces = [s.name for s in pipeline.stages.values() if s.reduce]
+        if reduces:
+            raise PipelineError(f"stage {reduces[0]!r} is a reduce: it runs once over a whole "
+                                f"run, not per request, so this pipeline cannot be served")
+        self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="conveyor-serve-")
+        super().__init__(pipeline, Path(run_dir or self._tmp.name), make_executor(executor),
+                         budget or Budget.detect())
+        self.serving = True
+        self.max_queue = max_queue
+        self.prices = {**DEFAULT_PRICES, **(prices or {})}
+        self.on_response: Callable[[Response], None] = lambda response: None
+        self.on_call: Callable[[str, float, int], None] = lambda stage, seconds, n: None
+        self._inbox: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._requests: dict[str, _Request] = {}
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._next = 0
+        self._closing = False
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rate = 0.0  # answers per second, smoothed (for Retry-After)
+        self._last_answer = time.time()
+        self.broken: str | None = None
+
+    # -- life -----------------------------------------------------------------------------
+
+    def start(self) -> "Service":
+        """Start the service thread (workers with ``min_workers`` start warming at once)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._open(MemoryLedger(), EventLog(self.run_dir))
+        self._observer.start(self.executor.name, self.budget, None)
+        self._build_state()
+        self._observer.prepared(None)
+        self._thread = threading.Thread(target=self._serve, name="conveyor-service",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Take no more requests, answer those in flight (for up to ``grace`` s), then stop."""
+        self._closing = True
+        deadline = time.time() + grace
+        while self.inflight and time.time() < deadline and not self.broken:
+            time.sleep(0.01)
+        self._stopped.set()
+        self.executor.wakeup()
+        if self._thread is not None:
+            self._thread.join()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def workers(self) -> dict[str, int]:
+        """Live workers per stage."""
+        return {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
+
+    def queued(self) -> dict[str, int]:
+        """Items waiting per stage."""
+        return {name: s.pending for name, s in self.stages.items()}
+
+    # -- requests -------------------------------------------------------------------------
+
+    def submit(self, value: Any, stage: str | None = None) -> Future:
+        """Queue one input (for the whole pipeline, or ``stage`` alone); a Future of its Response.
+
+        Raises :class:`Overloaded` when ``max_queue`` requests are in flight and
+        :class:`Closed` once the service is stopping.
+        """
+        if self._closing or self.broken:
+            raise Closed(self.broken or "the service is shutting down")
+        if stage is not None:
+            self.pipeline[stage]  # raises KeyError naming it
+        with self._lock:
+            if self._inflight >= self.max_queue:
+                raise Overloaded(self.retry_after())
+            self._inflight += 1
+            self._next += 1
+            key = f"q{self._next}"
+        future: Future = Future()
+        self._inbox.put(_Request(key, stage, value, future, time.time()))
+        self.executor.wakeup()
+        return future
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has room, from the recent answer rate (at least 1)."""
+        if self._rate <= 0:
+            return 1
+        return max(1, math.ceil(self._inflight / self._rate))
+
+    # -- the service thread ------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                self._take_requests()
+                self.turn(max_wait=TURN_WAIT)
+                if self._fatal is not None:
+                    raise self._fatal
+        except BaseException as exc:  # a bug or a broken stage contract: fail what is open
+            self.broken = f"{type(exc).__name__}: {exc}"
+            self._events.emit("service_broken", error=self.broken,
+                              traceback=traceback.format_exc())
+            for request in list(self._requests.values()):
+                self._answer(request, error=exc)
+        finally:
+            self._stop_all()
+            self._observer.finish(None, self.broken, self._queues())
+            self._events.close()
+
+    def _take_requests(self) -> None:
+        by_stage: dict[str, list[tuple[str, Any]]] = {}
+        while True:
+            try:
+                request = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            stage = request.stage or self.pipeline.root().name
+            self._requests[request.key] = request
+            request.rows.add((stage, request.key))
+            data = codec.encode(request.value)
+            by_stage.setdefault(stage, []).append((request.key, data))
+        for stage, items in by_stage.items():
+            self._ledger.add_inputs(stage, ((key, self.store.put(data, codec.digest(data)))
+                                            for key, data in items))
+            self.stages[stage].pending += len(items)
+            self._dirty = True
+
+    # -- engine hooks ------------------------------------------------------------------------
+
+    def _shape(self, records: list[Record]) -> list[Record]:
+        """A one-stage request's outputs go nowhere further."""
+        shaped = []
+        for r in records:
+            request = self._requests.get(request_key(r.key))
+            if request is not None and request.stage is not None and r.outputs:
+                r = r._replace(outputs=[Output(o.key, o.value) for o in r.outputs])
+            shaped.append(r)
+        return shaped
+
+    def _applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
+        calls: dict[tuple[str, float, float], int] = {}
+        for r in records:
+            calls[(r.stage, r.started, r.ended)] = calls.get((r.stage, r.started, r.ended), 0) + 1
+        for (stage, started, ended), n in calls.items():
+            self.on_call(stage, ended - started, n)
+        done: list[_Request] = []
+        for r in records:
+            request = self._requests.get(request_key(r.key))
+            if request is None:
+                continue
+            request.rows.add((r.stage, r.key))
+            if r.item_id is None:
+                request.outstanding += 1  # a fused row, created final (or to retry)
+            seconds = (r.ended - r.started) / calls[(r.stage, r.started, r.ended)]
+            request.timings[r.stage] = request.timings.get(r.stage, 0.0) + seconds
+            request.cost[r.stage] = request.cost.get(r.stage, 0.0) + self._price(r.stage, seconds)
+            if r.status in FINISHED or r.status is Status.FAILED:
+                request.outstanding -= 1
+            if r.status is Status.FAILED:
+                request.failures.append({"stage": r.stage, "key": r.key, "error": r.error,
+                                         "traceback": r.traceback})
+            for out in r.outputs:
+                for target in out.targets:
+                    request.rows.add((target, out.key))
+                    if (target, out.key) not in fused:
+                        request.outstanding += 1
+                if not out.targets and not out.gathers:
+                    value = codec.decode(self.store.get(out.value.data, out.value.ref))
+                    request.outputs.append({"stage": r.stage, "key": out.key, "value": value})
+            if request.outstanding == 0:
+                done.append(request)
+        for request in done:
+            self._answer(request)
+
+    def _price(self, stage: str, seconds: float) -> float:
+        res = self.pipeline[stage].resources
+        per_hour = (res.cpus * self.prices["cpu"] + res.ram / 2**30 * self.prices["ram"]
+                    + res.gpus * self.prices["gpu"])
+        return seconds / 3600 * per_hour
+
+    def _answer(self, request: _Request, error: BaseException | None = None) -> None:
+        self._requests.pop(request.key, None)
+        assert isinstance(self._ledger, MemoryLedger)
+        self._ledger.forget(request.rows)
+        with self._lock:
+            self._inflight -= 1
+        now = time.time()
+        gap = max(now - self._last_answer, 1e-3)
+        self._rate = 0.9 * self._rate + 0.1 / gap
+        self._last_answer = now
+        if error is not None:
+            request.future.set_exception(error)
+            return
+        response = Response(request.key, request.outputs, request.failures, request.timings,
+                            request.cost, now - request.started)
+        if not request.future.done():  # a caller that gave up has cancelled it
+            request.future.set_result(response)
+        self.on_response(response)
