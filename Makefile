@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[docs,dev]'
+	$(PY) -m pip install --quiet -e '.[docs,serve,ray,dev]'
 	touch $(STAMP)
 
 demo: venv
