@@ -29,6 +29,8 @@ console = Console()
 errors = Console(stderr=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PRICE_HELP = ("A price per hour: cpu=0.04 (per CPU), ram=0.005 (per GB), gpu=2.5 (per GPU); "
+              "repeatable.")
 
 
 def load_pipeline(spec: str) -> Pipeline:
@@ -252,26 +254,15 @@ def failures(run_dir: Path = typer.Argument(..., help="A run directory."),
 def report(run_dir: Path = typer.Argument(..., help="A run directory."),
            out: Optional[Path] = typer.Option(None, "-o", "--out", help=(
                "Where to write the HTML (default: RUN_DIR/report.html).")),
-           price: List[str] = typer.Option([], "--price", help=(
-               "A price per hour: cpu=0.04 (per CPU), ram=0.005 (per GB), gpu=2.5 (per GPU); "
-               "repeatable.")),
+           price: List[str] = typer.Option([], "--price", help=PRICE_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON too.")
            ) -> None:
     """Write a self-contained HTML report: timeline, throughput, utilisation, queues,
     the bottleneck in words, failures, and cost per stage."""
-    from .report import DEFAULT_PRICES, analyse, render, summary_json
+    from .report import analyse, render, summary_json
 
-    prices: dict[str, float] = {}
-    for item in price:
-        name, sep, value = item.partition("=")
-        if not sep or name not in DEFAULT_PRICES:
-            raise typer.BadParameter(f"--price takes cpu=, ram= or gpu=, got {item!r}")
-        try:
-            prices[name] = float(value)
-        except ValueError:
-            raise typer.BadParameter(f"--price {name}= needs a number, got {value!r}") from None
     try:
-        analysis = analyse(run_dir, prices)
+        analysis = analyse(run_dir, _prices(price))
     except (ValueError, LedgerError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -282,6 +273,61 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory."),
     else:
         console.print(f"report: {path}")
         console.print(analysis.verdict, highlight=False)
+
+
+def _prices(options: list[str]) -> dict[str, float]:
+    """``--price name=value`` options as a dict."""
+    from .resources import DEFAULT_PRICES
+
+    prices: dict[str, float] = {}
+    for item in options:
+        name, sep, value = item.partition("=")
+        if not sep or name not in DEFAULT_PRICES:
+            raise typer.BadParameter(f"--price takes cpu=, ram= or gpu=, got {item!r}")
+        try:
+            prices[name] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"--price {name}= needs a number, got {value!r}") from None
+    return prices
+
+
+@app.command()
+def serve(
+    pipeline: str = typer.Argument(..., help="MODULE:PIPELINE or path/to/file.py:PIPELINE"),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    cpus: Optional[float] = typer.Option(None, help="CPUs to use (default: all)."),
+    ram: Optional[str] = typer.Option(None, help="RAM to use, e.g. 8GiB (default: all)."),
+    gpus: Optional[int] = typer.Option(None, help="GPUs to use (default: all NVML sees)."),
+    timeout: float = typer.Option(60.0, help="Seconds a request may take before a 504."),
+    max_queue: int = typer.Option(1000, "--max-queue", help=(
+        "Requests held at once; more get 503 with Retry-After.")),
+    grace: float = typer.Option(30.0, help="Seconds in-flight requests get on shutdown."),
+    price: List[str] = typer.Option([], "--price", help=PRICE_HELP),
+    debug: bool = typer.Option(False, "--debug", help="Put tracebacks in 500 answers."),
+) -> None:
+    """Serve a pipeline over HTTP: POST /run, /run/batch, /stages/NAME; GET /health,
+    /metrics, /docs. Stops cleanly on SIGTERM or Ctrl-C, answering requests in flight."""
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as exc:
+        errors.print(f"[red]error:[/] serving needs its extra: pip install 'conveyor[serve]' "
+                     f"({exc})")
+        raise typer.Exit(EXIT_USAGE) from None
+    from .resources import Budget
+
+    pipe = load_pipeline(pipeline)
+    try:
+        app_ = create_app(pipe, budget=Budget.detect(cpus=cpus, ram=ram, gpus=gpus),
+                          timeout=timeout, max_queue=max_queue, debug=debug,
+                          prices=_prices(price), grace=grace)
+    except ConveyorError as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    uvicorn.run(app_, host=host, port=port, log_level="info",
+                timeout_graceful_shutdown=int(grace) + 1)
 
 
 def _register_features() -> None:

@@ -23,6 +23,7 @@ from .items import input_items
 from .ledger.base import KeyCollision, Ledger
 from .pipeline import Pipeline
 from .store import Store
+from .validation import boundary
 
 
 def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[Any] | None,
@@ -93,10 +94,14 @@ def _reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,
     """Give a (re)defined stage the rows its upstreams' finished outputs route to it."""
     stage = pipeline[name]
     for up in stage.upstream:
+        # The predicate sees a value as its stage returned it (a typed stage's model),
+        # as it does in the worker that routes fresh outputs.
+        returned = boundary(pipeline[up])
         for output_id, key, data, ref in ledger.finished_outputs(up):
             if stage.when is not None:
                 try:
-                    if not stage.when(codec.decode(store.get(data, ref))):
+                    value = returned.check_output(up, codec.decode(store.get(data, ref)))
+                    if not stage.when(value):
                         continue
                 except Exception:
                     continue  # the producing item recorded no such route before either

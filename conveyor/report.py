@@ -24,10 +24,9 @@ from typing import Any
 
 from . import charts
 from .events import read_events
-from .resources import format_size
+from .resources import DEFAULT_PRICES, format_size, hourly_price
 from .result import RunResult
 
-DEFAULT_PRICES = {"cpu": 0.04, "ram": 0.005, "gpu": 2.50}  # $/CPU-hour, $/GB-hour, $/GPU-hour
 SATURATED = 0.6  # a stage busier than this is a candidate bottleneck
 MAX_ROWS = 60  # worker rows in the timeline
 MAX_FAILURES = 1000
@@ -171,8 +170,8 @@ def _costs(stages: list[StageSummary], workers: list[WorkerLife], prices: dict[s
     by_group: dict[str, float] = {}
     for w in workers:
         hours = (w.end - w.start) / 3600
-        by_group[w.group] = by_group.get(w.group, 0.0) + hours * (
-            w.cpus * prices["cpu"] + w.ram / 2**30 * prices["ram"] + w.gpus * prices["gpu"])
+        by_group[w.group] = by_group.get(w.group, 0.0) + hours * hourly_price(
+            w.cpus, w.ram, w.gpus, prices)
     for group, cost in by_group.items():
         members = [s for s in stages if s.group == group]
         busy = sum(s.busy for s in members)

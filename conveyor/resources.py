@@ -146,6 +146,16 @@ class Budget:
                 f"to run it on CPU")
 
 
+# Roughly on-demand cloud prices; reports and served requests are costed with these
+# unless the user gives their own.
+DEFAULT_PRICES = {"cpu": 0.04, "ram": 0.005, "gpu": 2.50}  # $/CPU-hour, $/GB-hour, $/GPU-hour
+
+
+def hourly_price(cpus: float, ram: int, gpus: float, prices: dict[str, float]) -> float:
+    """Dollars per hour of holding ``cpus``, ``ram`` bytes and ``gpus`` at ``prices``."""
+    return cpus * prices["cpu"] + ram / 2**30 * prices["ram"] + gpus * prices["gpu"]
+
+
 def detect_cpus() -> float:
     """CPUs this process may use: affinity mask, capped by a cgroup v2 quota."""
     cpus = float(len(os.sched_getaffinity(0)))

@@ -83,8 +83,7 @@ class StageRunner:
         self._call: Any = None
         self._takes_ctx = self.stage.takes_ctx  # inspected once, not per item
         self._is_generator = self.stage.is_generator
-        self.boundary = boundary(*self.stage.annotations, batch=bool(self.stage.batch_size),
-                                 generator=self._is_generator, reduce=self.stage.reduce)
+        self.boundary = boundary(self.stage)
 
     def setup(self) -> None:
         """Instantiate a class stage and run its ``setup()``; once per worker."""
@@ -173,8 +172,16 @@ class StageRunner:
             except ValidationFailed as exc:
                 records.append(self._record(item.task, FAILED, [], str(exc), None, started,
                                             retryable=False))
+        return records + self._call_values(good, started)
+
+    def _call_values(self, good: list[tuple[Loaded, Any]], started: float) -> list[Record]:
+        """One call of the stage on ``good``; where it raises, each half is called again.
+
+        Halving isolates the value that breaks a batch in a few calls (a batch
+        of 32 with one bad value: 11 calls), so its batch-mates do not fail with it.
+        """
         if not good:
-            return records
+            return []
         keys = [item.task.key for item, _ in good]
         try:
             ctx = self._context(keys, max(item.task.attempt for item, _ in good))
@@ -187,13 +194,18 @@ class StageRunner:
                     f"{len(good)} values and must return a list of {len(good)}, got {got}")
         except StageContractError as exc:
             ended = time.time()  # one call: every item of it shares its start and end
-            return records + [self._record(i.task, FAILED, [], str(exc), None, started, True,
-                                           ended) for i, _ in good]
+            return [self._record(i.task, FAILED, [], str(exc), None, started, True, ended)
+                    for i, _ in good]
         except Exception as exc:
-            ended, text, tb = time.time(), _describe(exc), traceback.format_exc()
-            return records + [self._record(i.task, FAILED, [], text, tb, started, ended=ended)
-                              for i, _ in good]
+            if len(good) > 1:
+                half = len(good) // 2
+                return (self._call_values(good[:half], time.time())
+                        + self._call_values(good[half:], time.time()))
+            text, tb = _describe(exc), traceback.format_exc()
+            return [self._record(good[0][0].task, FAILED, [], text, tb, started,
+                                 ended=time.time())]
         ended = time.time()
+        records: list[Record] = []
         for (item, _), key, result in zip(good, keys, results):
             try:
                 outputs, status = self._outputs([_keyed(key, result)], key)

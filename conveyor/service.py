@@ -41,9 +41,8 @@ from .executors.base import Executor
 from .ledger.base import FINISHED, Output, Record, Status
 from .ledger.memory import MemoryLedger
 from .pipeline import Pipeline
-from .resources import Budget
+from .resources import DEFAULT_PRICES, Budget, hourly_price
 
-DEFAULT_PRICES = {"cpu": 0.04, "ram": 0.005, "gpu": 2.50}  # $/CPU-hour, $/GB-hour, $/GPU-hour
 TURN_WAIT = 0.05  # the longest the service thread sleeps without news
 
 
@@ -90,6 +89,13 @@ class _Request:
     cost: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    workers: dict[str, int]  # live, per stage
+    ready: dict[str, int]  # set up and taking tasks, per stage
+    queued: dict[str, int]  # items waiting, per stage
+
+
 def request_key(row_key: str) -> str:
     """The request a row belongs to: ``q12`` for ``q12``, ``q12/0``, ``q12@b/3``."""
     return row_key.split("/", 1)[0].split("@", 1)[0]
@@ -125,6 +131,7 @@ class Service(Engine):
         self._rate = 0.0  # answers per second, smoothed (for Retry-After)
         self._last_answer = time.time()
         self.broken: str | None = None
+        self._snapshot = _Snapshot({}, {}, {})
 
     # -- life -----------------------------------------------------------------------------
 
@@ -155,15 +162,42 @@ class Service(Engine):
 
     @property
     def inflight(self) -> int:
+        """Requests taken and not answered yet."""
         return self._inflight
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`stop` was called: no more requests are taken."""
+        return self._closing
+
     def workers(self) -> dict[str, int]:
-        """Live workers per stage."""
-        return {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
+        """Live workers per stage, as of the service thread's last turn."""
+        return self._snapshot.workers
 
     def queued(self) -> dict[str, int]:
-        """Items waiting per stage."""
-        return {name: s.pending for name, s in self.stages.items()}
+        """Items waiting per stage, as of the service thread's last turn."""
+        return self._snapshot.queued
+
+    @property
+    def warm(self) -> bool:
+        """Whether every stage has its ``min_workers`` set up and ready."""
+        return all(self._snapshot.ready.get(name, 0) >= s.min_workers
+                   for name, s in self.pipeline.stages.items())
+
+    def wait_warm(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for :attr:`warm` (False: not warm yet, or broken)."""
+        deadline = time.time() + timeout
+        while not self.warm and not self.broken and time.time() < deadline:
+            time.sleep(0.02)
+        return self.warm and not self.broken
+
+    def _take_snapshot(self) -> None:
+        # Built by the service thread and swapped in whole: other threads (a metrics
+        # scrape, a health check) read it without touching the engine's changing state.
+        workers = {name: self._pool.of(s.group) for name, s in self.stages.items()}
+        self._snapshot = _Snapshot({name: len(w) for name, w in workers.items()},
+                                   {name: sum(x.ready for x in w) for name, w in workers.items()},
+                                   {name: s.pending for name, s in self.stages.items()})
 
     # -- requests -------------------------------------------------------------------------
 
@@ -173,20 +207,31 @@ class Service(Engine):
         Raises :class:`Overloaded` when ``max_queue`` requests are in flight and
         :class:`Closed` once the service is stopping.
         """
+        return self.submit_many([value], stage)[0]
+
+    def submit_many(self, values: list[Any], stage: str | None = None) -> list[Future]:
+        """Queue several inputs at once: all of them, or (overloaded, closed) none."""
         if self._closing or self.broken:
             raise Closed(self.broken or "the service is shutting down")
         if stage is not None:
             self.pipeline[stage]  # raises KeyError naming it
         with self._lock:
-            if self._inflight >= self.max_queue:
+            if self._inflight + len(values) > self.max_queue:
                 raise Overloaded(self.retry_after())
-            self._inflight += 1
-            self._next += 1
-            key = f"q{self._next}"
-        future: Future = Future()
-        self._inbox.put(_Request(key, stage, value, future, time.time()))
+            self._inflight += len(values)
+            first = self._next + 1
+            self._next += len(values)
+        futures = []
+        now = time.time()
+        for n, value in enumerate(values, first):
+            future: Future = Future()
+            # Running from the start: a caller that gives up cannot cancel it under the
+            # service thread's feet; the request is answered (and dropped) all the same.
+            future.set_running_or_notify_cancel()
+            self._inbox.put(_Request(f"q{n}", stage, value, future, now))
+            futures.append(future)
         self.executor.wakeup()
-        return future
+        return futures
 
     def retry_after(self) -> int:
         """Seconds until the queue has room, from the recent answer rate (at least 1)."""
@@ -201,6 +246,7 @@ class Service(Engine):
             while not self._stopped.is_set():
                 self._take_requests()
                 self.turn(max_wait=TURN_WAIT)
+                self._take_snapshot()
                 if self._fatal is not None:
                     raise self._fatal
         except BaseException as exc:  # a bug or a broken stage contract: fail what is open
@@ -281,9 +327,7 @@ class Service(Engine):
 
     def _price(self, stage: str, seconds: float) -> float:
         res = self.pipeline[stage].resources
-        per_hour = (res.cpus * self.prices["cpu"] + res.ram / 2**30 * self.prices["ram"]
-                    + res.gpus * self.prices["gpu"])
-        return seconds / 3600 * per_hour
+        return seconds / 3600 * hourly_price(res.cpus, res.ram, res.gpus, self.prices)
 
     def _answer(self, request: _Request, error: BaseException | None = None) -> None:
         self._requests.pop(request.key, None)
@@ -300,6 +344,5 @@ class Service(Engine):
             return
         response = Response(request.key, request.outputs, request.failures, request.timings,
                             request.cost, now - request.started)
-        if not request.future.done():  # a caller that gave up has cancelled it
-            request.future.set_result(response)
+        request.future.set_result(response)
         self.on_response(response)

@@ -85,13 +85,24 @@ def annotations(call: Any, is_class: bool) -> tuple[Any, Any]:
     return (hints.get(params[0].name) if params else None), hints.get("return")
 
 
-def boundary(takes: Any, returns: Any, *, batch: bool, generator: bool, reduce: bool
-             ) -> Boundary:
-    """The validators a stage's resolved annotations ask for."""
-    if batch or reduce:
+def value_types(stage: Any) -> tuple[Any, Any]:
+    """The annotations of one value going into and coming out of ``stage``.
+
+    A batch stage's ``list[T]`` and a reduce's ``Iterable[T]`` take ``T`` each;
+    a batch stage's ``list[T]`` and a generator's ``Iterator[T]`` give ``T`` each.
+    None where nothing is annotated (or not in a form we can look into).
+    """
+    takes, returns = stage.annotations
+    if stage.batch_size or stage.reduce:
         takes = _element(takes)
-    if batch or generator:
+    if stage.batch_size or stage.is_generator:
         returns = _element(returns)
+    return takes, returns
+
+
+def boundary(stage: Any) -> Boundary:
+    """The validators ``stage``'s resolved annotations ask for."""
+    takes, returns = value_types(stage)
     return Boundary(_adapter(takes), _adapter(returns))
 
 

@@ -180,6 +180,26 @@ def test_batch_stage_gets_lists_and_keys_line_up(executor, run_dir, tmp_path):
     assert max(sizes) == 4  # batches really were assembled
 
 
+def test_a_value_that_breaks_its_batch_fails_alone(executor, run_dir, tmp_path):
+    log = tmp_path / "calls.log"
+    pipe = Pipeline("poison-batch")
+
+    @pipe.stage(batch_size=8, batch_wait=1.0)
+    def invert(values):
+        append_log(log, ",".join(map(str, values)))
+        return [1 / v for v in values]
+
+    result = pipe.run([Item(f"i{i}", i) for i in range(-4, 4)], run_dir=run_dir,
+                      executor=executor)
+    assert result.counts["invert"]["done"] == 7
+    [failure] = result.failures()
+    assert failure["key"] == "i0" and "ZeroDivisionError" in failure["error"]
+    assert dict(result.outputs("invert")) == {f"i{i}": 1 / i for i in range(-4, 4) if i}
+    calls = read_log(log)
+    assert calls[0] == "-4,-3,-2,-1,0,1,2,3"  # one batch, then halves until 0 is alone
+    assert calls[1:] == ["-4,-3,-2,-1", "0,1,2,3", "0,1", "0", "1", "2,3"]
+
+
 def test_class_stage_runs_setup_once_per_worker(executor, run_dir, tmp_path):
     log = tmp_path / "setup.log"
     pipe = Pipeline("setup")
