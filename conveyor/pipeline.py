@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -207,6 +207,28 @@ class Pipeline:
         _check_stage(stage)
         self._stages[stage_name] = stage
         self._names[id(obj)] = stage_name
+
+    def tuned(self, stage: str, **options: Any) -> "Pipeline":
+        """A copy of this pipeline with some of ``stage``'s scheduling options changed.
+
+        For trying another ``batch_size``, ``concurrency``, ``batch_wait``,
+        ``min_workers``, ``idle_timeout``, ``retries`` or ``timeout`` without
+        editing the stage; the copy is a different pipeline (its fingerprints
+        differ where the options do).
+        """
+        allowed = {"batch_size", "concurrency", "batch_wait", "min_workers", "idle_timeout",
+                   "retries", "retry_backoff", "timeout"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise StageDefinitionError(f"tuned() changes {', '.join(sorted(allowed))}; "
+                                       f"not {', '.join(sorted(unknown))}")
+        changed = replace(self[stage], **options)
+        _check_stage(changed)
+        copy = Pipeline.__new__(Pipeline)
+        copy.__dict__.update(self.__dict__)
+        copy._stages = {**self._stages, stage: changed}
+        copy._names = dict(self._names)
+        return copy
 
     def _resolve(self, ref: Any, for_stage: str) -> str:
         if isinstance(ref, str):

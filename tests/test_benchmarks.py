@@ -23,6 +23,8 @@ EXPECTED = {
     "first": {"first_done_s", "bound_s", "ratio"},
     "rerun": {"rerun_s", "bound_s", "ratio"},
     "memory": {"growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},
+    "serve": {"batched", "unbatched", "batching_speedup", "direct_p50_ms", "overhead_ms",
+              "ratio"},
 }
 
 

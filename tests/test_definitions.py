@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor import (BudgetError, GraphError, Pipeline, PipelineError, StageDefinitionError,
+from conveyor import (BudgetError, GraphError, Item, Pipeline, PipelineError, StageDefinitionError,
                       open_run)
 
 
@@ -161,3 +161,23 @@ def test_force_names_an_existing_stage(tmp_path):
     pipe.stage(lambda x: x, name="a")
     with pytest.raises(KeyError, match="no stage 'zzz'"):
         pipe.run(["x"], run_dir=tmp_path / "run", force=["zzz"])
+
+
+def test_tuned_copies_the_pipeline_with_one_stage_changed(tmp_path):
+    pipe = Pipeline("tune")
+
+    @pipe.stage(batch_size=8)
+    def double(xs):
+        return [x * 2 for x in xs]
+
+    single = pipe.tuned("double", batch_size=1, retries=2)
+    assert (single["double"].batch_size, single["double"].retries) == (1, 2)
+    assert (pipe["double"].batch_size, pipe["double"].retries) == (8, 0)
+    assert dict(single.run([Item("a", 1), Item("b", 2)], run_dir=tmp_path / "r",
+                           executor="inline").outputs("double")) == {"a": 2, "b": 4}
+    with pytest.raises(StageDefinitionError, match="not cpus"):
+        pipe.tuned("double", cpus=4)
+    with pytest.raises(StageDefinitionError, match="stage 'double': batch_size"):
+        pipe.tuned("double", batch_size=0)
+    with pytest.raises(KeyError, match="no stage 'nope'"):
+        pipe.tuned("nope", retries=1)
