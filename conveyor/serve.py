@@ -45,6 +45,7 @@ from fastapi import Body, FastAPI, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, TypeAdapter, create_model
 
+from .errors import InputError
 from .pipeline import Pipeline, Stage
 from .resources import Budget
 from .service import Closed, Overloaded, Response, Service
@@ -199,6 +200,8 @@ def _endpoint(service: Service, stage: Stage, alone: str | None, limit: float, d
             future = service.submit_many([plain.dump_python(body, mode="json")], alone)[0]
         except (Overloaded, Closed) as exc:
             return _refused(exc)
+        except InputError as exc:
+            return _invalid(exc)
         try:
             response = await asyncio.wait_for(asyncio.wrap_future(future), wait)
         except asyncio.TimeoutError:
@@ -223,6 +226,8 @@ def _batch_endpoint(service: Service, stage: Stage, limit: float, debug: bool) -
             futures = service.submit_many(plain.dump_python(body, mode="json"))
         except (Overloaded, Closed) as exc:
             return _refused(exc)
+        except InputError as exc:
+            return _invalid(exc)
         try:
             responses = await asyncio.wait_for(
                 asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), wait)
@@ -277,6 +282,12 @@ def _token(name: str) -> str:
 def _refused(exc: Overloaded | Closed) -> JSONResponse:
     retry_after = exc.retry_after if isinstance(exc, Overloaded) else 5
     return _error(503, str(exc), {"Retry-After": str(retry_after)})
+
+
+def _invalid(exc: InputError) -> JSONResponse:
+    """A body pydantic accepted that still cannot travel (a 422 shaped like pydantic's)."""
+    return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]},
+                        status_code=422)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from . import codec
 from .engine import Engine
-from .errors import ConveyorError, PipelineError
+from .errors import ConveyorError, InputError, PipelineError
 from .events import EventLog
 from .executors import make_executor
 from .executors.base import Executor
@@ -78,7 +78,7 @@ class Response:
 class _Request:
     key: str
     stage: str | None  # one stage alone, or the whole pipeline
-    value: Any  # the input
+    data: bytes  # the input, encoded
     future: Future
     started: float
     rows: set[tuple[str, str]] = field(default_factory=set)
@@ -210,7 +210,17 @@ class Service(Engine):
         return self.submit_many([value], stage)[0]
 
     def submit_many(self, values: list[Any], stage: str | None = None) -> list[Future]:
-        """Queue several inputs at once: all of them, or (overloaded, closed) none."""
+        """Queue several inputs at once: all of them, or (overloaded, closed, one not JSON) none.
+
+        Raises :class:`~conveyor.errors.InputError` for a value that cannot be
+        encoded (a set, an integer past 64 bits ...), in the caller's thread.
+        """
+        encoded = []
+        for value in values:
+            try:
+                encoded.append(codec.encode(value))
+            except codec.EncodeError as exc:
+                raise InputError(f"the input cannot be encoded as JSON: {exc}") from None
         if self._closing or self.broken:
             raise Closed(self.broken or "the service is shutting down")
         if stage is not None:
@@ -223,12 +233,12 @@ class Service(Engine):
             self._next += len(values)
         futures = []
         now = time.time()
-        for n, value in enumerate(values, first):
+        for n, data in enumerate(encoded, first):
             future: Future = Future()
             # Running from the start: a caller that gives up cannot cancel it under the
             # service thread's feet; the request is answered (and dropped) all the same.
             future.set_running_or_notify_cancel()
-            self._inbox.put(_Request(f"q{n}", stage, value, future, now))
+            self._inbox.put(_Request(f"q{n}", stage, data, future, now))
             futures.append(future)
         self.executor.wakeup()
         return futures
@@ -270,8 +280,7 @@ class Service(Engine):
             stage = request.stage or self.pipeline.root().name
             self._requests[request.key] = request
             request.rows.add((stage, request.key))
-            data = codec.encode(request.value)
-            by_stage.setdefault(stage, []).append((request.key, data))
+            by_stage.setdefault(stage, []).append((request.key, request.data))
         for stage, items in by_stage.items():
             self._ledger.add_inputs(stage, ((key, self.store.put(data, codec.digest(data)))
                                             for key, data in items))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conveyor import Pipeline
-from conveyor.errors import PipelineError
+from conveyor.errors import InputError, PipelineError
 from conveyor.resources import Budget
 from conveyor.service import Closed, Overloaded, Service
 
@@ -76,6 +76,12 @@ def test_a_full_queue_refuses_and_a_stopped_service_is_closed(service):
     service.stop(grace=5)
     with pytest.raises(Closed):
         service.submit(1)
+
+
+def test_an_input_that_cannot_be_encoded_is_refused_and_breaks_nothing(service):
+    with pytest.raises(InputError, match="cannot be encoded as JSON: Integer exceeds 64-bit"):
+        service.submit(2**70)
+    assert service.submit(1).result(60).ok and not service.broken
 
 
 def test_a_request_that_kills_its_worker_fails_alone(service):
