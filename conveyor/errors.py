@@ -66,3 +66,7 @@ class EnvError(ConveyorError):
 
     The stage's items fail with it; the rest of the pipeline goes on.
     """
+
+
+class ToolNotFound(EnvError):
+    """A native tool a stage calls is not on the worker's PATH; the message says what to install."""
