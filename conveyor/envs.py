@@ -139,7 +139,9 @@ def _normalise(lines: Iterable[str]) -> tuple[str, ...]:
         match = _NAME.match(line)
         if match and "://" not in line and "/" not in match.group(1):
             name, rest = match.groups()
-            line = re.sub(r"[-_.]+", "-", name).lower() + rest.replace(" ", "")
+            spec, semi, marker = rest.partition(";")  # spaces matter in a marker ("and")
+            line = (re.sub(r"[-_.]+", "-", name).lower() + spec.replace(" ", "")
+                    + (f"; {marker.strip()}" if semi else ""))
         found.add(line)
     return tuple(sorted(found))
 

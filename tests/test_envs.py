@@ -65,6 +65,8 @@ def test_spellings_of_one_requirement_set_are_one_environment(tmp_path):
     a = requirements_of(["Six==1.16.0", "  attrs >= 22  # for the parser", "", "six==1.16.0"])
     b = requirements_of(["attrs>=22", "six == 1.16.0"])
     assert a == b == ("attrs>=22", "six==1.16.0")
+    assert requirements_of(["Typing_Extensions >4 ;python_version < '3.12' and os_name=='posix'"]) \
+        == ("typing-extensions>4; python_version < '3.12' and os_name=='posix'",)
     assert env_key(EnvSpec(a), ("/py", "3.11.7")) == env_key(EnvSpec(b), ("/py", "3.11.7"))
     assert env_key(EnvSpec(a), ("/py", "3.11.7")) != env_key(EnvSpec(a), ("/py", "3.12.1"))
     assert env_key(EnvSpec(a), ("/py", "3.11.7")) != env_key(EnvSpec(a[:1]), ("/py", "3.11.7"))
@@ -269,3 +271,16 @@ def test_a_native_tool_on_path_is_called(run_dir, tmp_path):
     pipe.stage(pinned_env.pdftext)
     result = pipe.run([str(pdf)], run_dir=run_dir)
     assert result.output("pdftext") == {"path": str(pdf), "text": "hello tools"}
+
+
+def test_the_inline_executor_refuses_a_stage_with_its_own_environment(run_dir, cache):
+    pipe = Pipeline("inline")
+    pipe.stage(envstages.same, name="first")
+    pipe.stage(envstages.which_six, after="first", requirements=[SIX])
+    pipe.stage(envstages.same, name="fine", after="first")
+    result = pipe.run(["a", "b"], run_dir=run_dir, executor="inline")
+    assert result.counts["fine"]["done"] == 2
+    assert [f["error"] for f in result.failures("which_six")] == [
+        "stage 'which_six' declares its own Python environment (requirements=/python=), "
+        "which the inline executor cannot give it: use the local executor"] * 2
+    assert not cache.exists()  # nothing was built
