@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import EnvError, StageDefinitionError
 
@@ -212,13 +212,15 @@ def env_key(spec: EnvSpec, base: tuple[str, str]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def ensure(spec: EnvSpec, cache: Path | None = None, attempt: str | None = None) -> Env:
+def ensure(spec: EnvSpec, cache: Path | None = None, attempt: str | None = None,
+           say: Callable[[str], None] = lambda line: None) -> Env:
     """The environment for ``spec``, built now if no finished one is cached.
 
     Builders of the same key take turns on a lock next to it; whoever comes
     second finds the finished environment and uses it. ``attempt`` names the
     caller's run: a build that failed for that same attempt fails again at
-    once with the same error instead of running pip again.
+    once with the same error instead of running pip again. ``say`` is told
+    when a build starts and ends (a worker writes it to its log).
 
     Raises:
         EnvError: the build failed; the message carries pip's or uv's output.
@@ -242,11 +244,14 @@ def ensure(spec: EnvSpec, cache: Path | None = None, attempt: str | None = None)
         for stale in cache.glob(f"{key}.tmp-*"):  # left by a builder that died
             shutil.rmtree(stale, ignore_errors=True)
         tmp = cache / f"{key}.tmp-{os.getpid()}"
+        say(f"conveyor: building environment {key} ({', '.join(spec.requirements)}) "
+            f"from {base[0]} (Python {base[1]}) in {tmp}")
         try:
             tool = _build(tmp, base[0], spec.requirements + runtime_pins())
         except EnvError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             failed.write_text(json.dumps({"attempt": attempt, "error": str(exc)}))
+            say(f"conveyor: environment {key} failed to build: {exc}")
             raise
         _fix_scripts(tmp, final)
         (tmp / MARKER).write_text(json.dumps({
@@ -255,6 +260,7 @@ def ensure(spec: EnvSpec, cache: Path | None = None, attempt: str | None = None)
             "built_at": time.time(), "build_id": uuid.uuid4().hex}, indent=1))
         os.rename(tmp, final)
         failed.unlink(missing_ok=True)
+        say(f"conveyor: environment {key} built with {tool} in {final}")
     return Env(key, final, str(final / "bin" / "python"), built=True)
 
 

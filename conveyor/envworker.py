@@ -53,7 +53,8 @@ def main(fd: int, slot_fd: int, group: str) -> None:
     spec = EnvSpec.from_json(os.environ.pop(SPEC_VAR))
     try:
         if spec.requirements:
-            env = ensure(spec, attempt=os.environ.get(ATTEMPT_VAR))
+            env = ensure(spec, attempt=os.environ.get(ATTEMPT_VAR),
+                         say=lambda line: print(line, file=sys.stderr, flush=True))
             python, label = env.python, env.key
         else:
             assert spec.python is not None

@@ -199,6 +199,9 @@ def test_a_requirement_that_does_not_exist_fails_its_stage_with_pips_message(run
         assert failure["error"].startswith("stage 'which_six': building the environment")
         assert "No matching distribution found for conveyor-no-such-package-zq" in \
             failure["error"]
+    log = (run_dir / "logs" / "which_six.log").read_text()
+    assert log.count("conveyor: building environment") == 1  # not once per worker
+    assert log.count("failed to build") == 1
     assert not [p for p in cache.iterdir() if (p / MARKER).exists()]  # nothing half-built kept
     assert not list(cache.glob("*.tmp-*"))
 
