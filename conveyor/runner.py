@@ -59,7 +59,7 @@ class WorkerSpec:
         return self.stages[0].stage.resources
 
     @property
-    def env(self) -> EnvSpec | None:
+    def python_env(self) -> EnvSpec | None:
         """The group's own Python environment (fused stages share one), or None."""
         return EnvSpec.of(self.stages[0].stage)
 

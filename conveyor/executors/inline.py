@@ -36,7 +36,7 @@ class InlineExecutor(Executor):
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         worker = self._next_id
         self._next_id += 1
-        if spec.env is not None:  # running it here would silently use the driver's packages
+        if spec.python_env is not None:  # running it here would silently use the driver's packages
             self._events += [SetupFailed(worker, f"stage {spec.group!r} declares its own Python "
                                          f"environment (requirements=/python=), which the inline "
                                          f"executor cannot give it: use the local executor", ""),

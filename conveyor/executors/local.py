@@ -18,8 +18,9 @@ socket with cloudpickle, along with the driver's ``sys.path`` so the user's
 modules import the same way. A stage with its own Python environment starts
 through :mod:`conveyor.envworker` (which builds or finds the environment, then
 execs its interpreter) and gets the driver's ``sys.path`` without the
-driver's installed packages, which would shadow the environment's. A worker's stdout and stderr go to
-``<run_dir>/logs/<group>.log`` (a group is a stage, or stages fused together). A worker dies with its driver (PDEATHSIG), so
+driver's installed packages, which would shadow the environment's. A
+worker's stdout and stderr go to ``<run_dir>/logs/<group>.log`` (a group is
+a stage, or stages fused together). A worker dies with its driver (PDEATHSIG), so
 a ``kill -9`` of the driver leaves no process behind. End of file on a
 worker's socket means it exited; its exit status says how.
 """
@@ -78,7 +79,7 @@ class LocalExecutor(Executor):
         full_env = dict(os.environ)
         full_env.update(env)
         fds = [str(theirs.fileno()), str(slot_fd)]
-        own = spec.env
+        own = spec.python_env
         if own is None:
             command = [self.python, "-m", "conveyor.worker", *fds]
             path = list(sys.path)
