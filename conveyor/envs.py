@@ -294,7 +294,7 @@ def _build(path: Path, base: str, requirements: tuple[str, ...]) -> str:
 
 
 def _fix_scripts(tmp: Path, final: Path) -> None:
-    """Point the scripts' ``#!`` lines at where the environment will live, not where it was built."""
+    """Point the scripts' ``#!`` lines at where the environment will live, not its build dir."""
     old, new = f"#!{tmp}/".encode(), f"#!{final}/".encode()
     for script in (tmp / "bin").iterdir():
         if script.is_symlink() or not script.is_file():

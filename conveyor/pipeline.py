@@ -47,7 +47,7 @@ class Stage:
     min_workers: int = 0
     idle_timeout: float | None = None
     batch_wait: float = 0.05
-    requirements: tuple[str, ...] = ()  # normalised pip lines (conveyor.envs); () shares the driver's
+    requirements: tuple[str, ...] = ()  # normalised pip lines (conveyor.envs); (): the driver's
     python: str | None = None  # the interpreter its workers run under (None: the driver's)
     # (value parameter, return) annotations, resolved where declared (see validation.py)
     annotations: tuple[Any, Any] = (None, None)

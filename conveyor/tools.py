@@ -1,4 +1,4 @@
-"""Native tools a stage calls (``pdftotext``, ``tesseract``, ``ffmpeg``): find them or say what to install.
+"""Native tools a stage calls (``pdftotext``, ``ffmpeg``): find them, or say what to install.
 
 A tool is part of a stage's environment as much as its Python packages, but
 it comes from the system's package manager, not pip. A stage looks its tool
