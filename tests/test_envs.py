@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Pipeline, StageDefinitionError
-from conveyor.envs import (CACHE_VAR, MARKER, EnvSpec, base_of, env_key, forwarded_path,
-                           requirements_of, runtime_env)
+from conveyor.envs import (CACHE_VAR, MARKER, EnvSpec, base_of, ensure, env_key,
+                           forwarded_path, requirements_of, runtime_env)
 from conveyor.fingerprint import fingerprints
 from conveyor.fusion import fuse
 
@@ -195,15 +195,28 @@ def test_a_requirement_that_does_not_exist_fails_its_stage_with_pips_message(run
     assert result.counts["fine"]["done"] == 4
     failures = result.failures("which_six")
     assert len(failures) == 4
+    said = ("conveyor-no-such-package-zq was not found in the package registry"  # uv's words
+            if shutil.which("uv") else
+            "No matching distribution found for conveyor-no-such-package-zq")  # pip's
     for failure in failures:
         assert failure["error"].startswith("stage 'which_six': building the environment")
-        assert "No matching distribution found for conveyor-no-such-package-zq" in \
-            failure["error"]
+        assert said in failure["error"]
     log = (run_dir / "logs" / "which_six.log").read_text()
     assert log.count("conveyor: building environment") == 1  # not once per worker
     assert log.count("failed to build") == 1
     assert not [p for p in cache.iterdir() if (p / MARKER).exists()]  # nothing half-built kept
     assert not list(cache.glob("*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_uv_builds_the_environment_when_it_is_on_path(cache):
+    if shutil.which("uv") is None:
+        pytest.skip("uv is not on PATH (the venv+pip builds are tested above)")
+    env = ensure(EnvSpec((SIX,)), cache)
+    assert env.built and json.loads((env.path / MARKER).read_text())["tool"] == "uv"
+    out = subprocess.run([env.python, "-c", "import six, orjson; print(six.__version__)"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "1.16.0", out.stderr
 
 
 @pytest.mark.slow
