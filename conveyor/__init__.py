@@ -16,9 +16,9 @@ budget, records every (stage, item) durably and resumes where it stopped.
 """
 
 from .context import Context, context
-from .errors import (BudgetError, ConveyorError, GraphError, InputError, LedgerError,
+from .errors import (BudgetError, ConveyorError, EnvError, GraphError, InputError, LedgerError,
                      PipelineError, RunInterrupted, RunLockedError, StageContractError,
-                     StageDefinitionError)
+                     StageDefinitionError, ToolNotFound)
 from .items import Item
 from .pipeline import Pipeline, Stage
 from .resources import Budget, Resources
@@ -27,8 +27,8 @@ from .result import RunResult, open_run
 __version__ = "0.1.0"
 
 __all__ = [
-    "Budget", "BudgetError", "Context", "ConveyorError", "GraphError", "InputError", "Item",
-    "LedgerError", "Pipeline", "PipelineError", "Resources", "RunInterrupted",
+    "Budget", "BudgetError", "Context", "ConveyorError", "EnvError", "GraphError", "InputError",
+    "Item", "LedgerError", "Pipeline", "PipelineError", "Resources", "RunInterrupted",
     "RunLockedError", "RunResult", "Stage", "StageContractError", "StageDefinitionError",
-    "context", "open_run",
+    "ToolNotFound", "context", "open_run",
 ]

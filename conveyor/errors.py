@@ -59,3 +59,14 @@ class RunInterrupted(ConveyorError):
 
 class ExecutorUnavailable(ConveyorError):
     """The chosen executor cannot be used here (an optional dependency is missing)."""
+
+
+class EnvError(ConveyorError):
+    """A stage's Python environment cannot be built or used (pip's or uv's output says why).
+
+    The stage's items fail with it; the rest of the pipeline goes on.
+    """
+
+
+class ToolNotFound(EnvError):
+    """A native tool a stage calls is not on the worker's PATH; the message says what to install."""

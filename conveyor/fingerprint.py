@@ -4,7 +4,8 @@ A stage's fingerprint hashes its own source (the function, or the whole
 class), its parameters (default argument values, and the values it closes
 over when they are plain data: a threshold, a model name), its ``when=``
 predicate, its ``version=``, the options that change what it computes (being
-a reduce; batch size does not), and the fingerprints of its upstream stages.
+a reduce; batch size does not), its Python environment (``requirements``,
+``python``), and the fingerprints of its upstream stages.
 Editing a stage therefore recomputes it and every stage below it, and
 nothing above. Code the stage calls into (helpers, other modules, model
 files) is not hashed: bump ``version=`` when it changes.
@@ -17,6 +18,8 @@ import inspect
 import json
 import types
 from typing import TYPE_CHECKING, Any
+
+from .envs import identity
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline, Stage
@@ -99,6 +102,9 @@ def stage_fingerprint(stage: "Stage", upstream: list[str]) -> str:
                  stage.version or "", "reduce" if stage.reduce else "map", *upstream):
         h.update(part.encode())
         h.update(b"\0")
+    env = identity(stage)
+    if env:  # only when declared, so fingerprints of stages without one stay as they were
+        h.update(b"env\0" + env.encode())
     return h.hexdigest()
 
 

@@ -1,7 +1,8 @@
 """Fusing stages: a linear chain of compatible stages runs in one worker.
 
 When ``b`` is the only stage after ``a`` and ``a`` the only stage before
-``b``, and both declare the same resources, environment and concurrency, are
+``b``, and both declare the same resources, environment variables, Python
+environment and concurrency, are
 not batched, not reduces and have no timeout, the two form one *group*: a
 worker of the group takes an item at ``a`` and carries each output straight
 into ``b`` in the same process. Nothing is lost by it (each stage and item
@@ -48,7 +49,8 @@ def _compatible(a: "Stage", b: "Stage") -> bool:
             and a.timeout is None and b.timeout is None
             and a.resources == b.resources and dict(a.env) == dict(b.env)
             and a.concurrency == b.concurrency and a.min_workers == b.min_workers
-            and a.idle_timeout == b.idle_timeout)
+            and a.idle_timeout == b.idle_timeout
+            and a.requirements == b.requirements and a.python == b.python)
 
 
 def fuse(pipeline: "Pipeline") -> list[Group]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from .envs import interpreter, requirements_of
 from .errors import GraphError, StageDefinitionError
 from .resources import Resources
 from .validation import annotations
@@ -46,6 +47,8 @@ class Stage:
     min_workers: int = 0
     idle_timeout: float | None = None
     batch_wait: float = 0.05
+    requirements: tuple[str, ...] = ()  # normalised pip lines (conveyor.envs); (): the driver's
+    python: str | None = None  # the interpreter its workers run under (None: the driver's)
     # (value parameter, return) annotations, resolved where declared (see validation.py)
     annotations: tuple[Any, Any] = (None, None)
 
@@ -126,7 +129,9 @@ class Pipeline:
               batch_size: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
               timeout: float | None = None, env: Mapping[str, str] | None = None,
               version: str | None = None, min_workers: int = 0,
-              idle_timeout: float | None = None, batch_wait: float = 0.05) -> Any:
+              idle_timeout: float | None = None, batch_wait: float = 0.05,
+              requirements: str | os.PathLike[str] | Sequence[str] | None = None,
+              python: str | os.PathLike[str] | None = None) -> Any:
         """Register a function or class as a stage; usable as ``@pipe.stage`` or ``@pipe.stage(...)``.
 
         Args:
@@ -145,6 +150,11 @@ class Pipeline:
             retries, retry_backoff, timeout: per item; backoff doubles each retry.
             env: extra environment variables for the stage's workers.
             version: bump to force a recompute when the code did not change.
+            requirements: pip requirement strings, or the path of a requirements
+                file: the stage's workers run in a virtual environment with these
+                installed, built once and cached (see :mod:`conveyor.envs`).
+            python: an interpreter (or virtual environment directory) for the
+                stage's workers; with ``requirements``, the base of the environment.
         """
         def register(obj: Callable[..., Any]) -> Callable[..., Any]:
             self._add(obj, after=after, when=when, name=name,
@@ -152,7 +162,8 @@ class Pipeline:
                       concurrency=concurrency, batch_size=batch_size, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=False, min_workers=min_workers,
-                      idle_timeout=idle_timeout, batch_wait=batch_wait)
+                      idle_timeout=idle_timeout, batch_wait=batch_wait,
+                      requirements=requirements, python=python)
             return obj
 
         return register(target) if target is not None else register
@@ -164,7 +175,9 @@ class Pipeline:
                cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
                threads: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
                timeout: float | None = None, env: Mapping[str, str] | None = None,
-               version: str | None = None) -> Any:
+               version: str | None = None,
+               requirements: str | os.PathLike[str] | Sequence[str] | None = None,
+               python: str | os.PathLike[str] | None = None) -> Any:
         """Register a stage that runs once over every output of its upstreams.
 
         The function receives an iterator of the upstream values (ordered by
@@ -176,7 +189,8 @@ class Pipeline:
                       resources=(cpus, ram, gpus, threads),
                       concurrency=1, batch_size=None, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
-                      version=version, reduce=True)
+                      version=version, reduce=True, requirements=requirements,
+                      python=python)
             return obj
 
         return register(target) if target is not None else register
@@ -201,6 +215,11 @@ class Pipeline:
         if len(set(upstream)) != len(upstream):
             raise GraphError(f"stage {stage_name!r} names the same upstream twice")
         options["env"] = dict(options["env"] or {})
+        try:
+            options["requirements"] = requirements_of(options["requirements"])
+            options["python"] = interpreter(options["python"])
+        except StageDefinitionError as exc:
+            raise StageDefinitionError(f"stage {stage_name!r}: {exc}") from None
         call = obj.__call__ if inspect.isclass(obj) else obj  # type: ignore[operator]
         options["annotations"] = annotations(call, inspect.isclass(obj))
         stage = Stage(name=stage_name, target=obj, upstream=upstream, reduce=reduce, **options)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import codec
 from .context import Context, activate, deactivate
+from .envs import EnvSpec
 from .errors import StageContractError
 from .items import Item, check_key
 from .ledger.base import Claim, Output, Record, Status
@@ -56,6 +57,17 @@ class WorkerSpec:
     @property
     def resources(self) -> Any:
         return self.stages[0].stage.resources
+
+    @property
+    def python_env(self) -> EnvSpec | None:
+        """The group's own Python environment (fused stages share one), or None."""
+        return EnvSpec.of(self.stages[0].stage)
+
+    def targets(self) -> list[tuple[str, str, str]]:
+        """(stage, module, qualname) of each stage's code, to name what fails to import."""
+        return [(s.stage.name, getattr(s.stage.target, "__module__", "?"),
+                 getattr(s.stage.target, "__qualname__", repr(s.stage.target)))
+                for s in self.stages]
 
 
 class Loaded(NamedTuple):

@@ -100,7 +100,7 @@ def pinned_env(threads: int, devices: tuple[str, ...], extra: Mapping[str, str]
     return env
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when the driver dies (no orphans)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -241,19 +241,45 @@ def _send(conn: Connection, msg: Any) -> None:
         os._exit(0)  # the driver is gone; nothing left to report to
 
 
+def unloadable(targets: list[tuple[str, str, str]], exc: Exception) -> str:
+    """Why a group's code cannot be loaded here: the stage, its code, this environment.
+
+    ``targets`` are (stage, module, qualname) of the group's stages, sent as
+    plain data because the stages themselves are what could not be loaded.
+    """
+    import importlib
+
+    from .envs import LABEL_VAR
+
+    where = os.environ.get(LABEL_VAR) or sys.executable
+    stage, module, qualname = targets[0]
+    for candidate in targets:  # in a fused group, name the stage whose module is missing
+        try:
+            importlib.import_module(candidate[1])
+        except Exception:
+            stage, module, qualname = candidate
+            break
+    why = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+    return f"stage {stage!r}: cannot import {module}.{qualname} in env {where}: {why}"
+
+
 def main(fd: int, slot_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver coordinates Ctrl-C
-    _die_with_parent()
+    die_with_parent()
     conn = Connection(fd)
     slot = Slot(slot_fd)
-    kind, payload, path = conn.recv()
+    kind, payload, path, targets = conn.recv()
     assert kind == "init", kind
     sys.path[:0] = [p for p in path if p not in sys.path]
     import cloudpickle
 
     from .runner import GroupRunner
 
-    spec = cloudpickle.loads(payload)
+    try:
+        spec = cloudpickle.loads(payload)
+    except Exception as exc:  # the stage's code does not import in this environment
+        _send(conn, ("setup_failed", unloadable(targets, exc), traceback.format_exc()))
+        return
     runner = GroupRunner(spec)
     runner.note = slot.note
     try:

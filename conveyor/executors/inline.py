@@ -5,7 +5,8 @@ is a :class:`~conveyor.runner.GroupRunner` held in this process; its setup
 runs when it is first sent work (a worker started ahead of time costs
 nothing until then), and tasks run as soon as they are sent. Nothing can be
 killed from outside, so per-item timeouts are not enforced and the stage's
-``env`` is not applied.
+``env`` is not applied; a stage with its own Python environment
+(``requirements=``/``python=``) cannot run here, and its items fail saying so.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class InlineExecutor(Executor):
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         worker = self._next_id
         self._next_id += 1
+        if spec.python_env is not None:  # running it here would silently use the driver's packages
+            self._events += [SetupFailed(worker, f"stage {spec.group!r} declares its own Python "
+                                         f"environment (requirements=/python=), which the inline "
+                                         f"executor cannot give it: use the local executor", ""),
+                             Exited(worker, "setup failed")]
+            return worker
         self._runners[worker] = GroupRunner(spec)
         self._pending_setup.add(worker)
         self._events.append(Ready(worker))

@@ -15,8 +15,12 @@ the driver holds SQLite handles and threads), with the environment the driver
 computed (pinned thread counts, ``CUDA_VISIBLE_DEVICES``, the stage's ``env``)
 so native libraries see it before they load. The stage is sent over the
 socket with cloudpickle, along with the driver's ``sys.path`` so the user's
-modules import the same way. A worker's stdout and stderr go to
-``<run_dir>/logs/<group>.log`` (a group is a stage, or stages fused together). A worker dies with its driver (PDEATHSIG), so
+modules import the same way. A stage with its own Python environment starts
+through :mod:`conveyor.envworker` (which builds or finds the environment, then
+execs its interpreter) and gets the driver's ``sys.path`` without the
+driver's installed packages, which would shadow the environment's. A
+worker's stdout and stderr go to ``<run_dir>/logs/<group>.log`` (a group is
+a stage, or stages fused together). A worker dies with its driver (PDEATHSIG), so
 a ``kill -9`` of the driver leaves no process behind. End of file on a
 worker's socket means it exited; its exit status says how.
 """
@@ -28,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -35,6 +40,7 @@ from typing import Mapping
 
 import cloudpickle
 
+from .. import envs
 from ..ledger.base import Claim
 from ..runner import WorkerSpec
 from ..worker import Running, Slot
@@ -57,7 +63,8 @@ class LocalExecutor(Executor):
     knows_running = True
 
     def __init__(self, python: str | None = None) -> None:
-        self.python = python or sys.executable
+        self.python = python or sys.executable  # for stages without an environment of their own
+        self._attempt = uuid.uuid4().hex  # a stage's failed env build is not repeated in a run
         self._workers: dict[int, _Worker] = {}
         self._next_id = 0
         self._wake_r, self._wake_w = socket.socketpair()  # wakeup() from other threads
@@ -71,20 +78,30 @@ class LocalExecutor(Executor):
         slot, slot_fd = Slot.make()
         full_env = dict(os.environ)
         full_env.update(env)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        fds = [str(theirs.fileno()), str(slot_fd)]
+        own = spec.python_env
+        if own is None:
+            command = [self.python, "-m", "conveyor.worker", *fds]
+            path = list(sys.path)
+            full_env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        else:  # see conveyor.envworker: build or find the env, then exec its interpreter
+            command = [sys.executable, "-m", "conveyor.envworker", *fds, spec.group]
+            path = envs.forwarded_path(sys.path)
+            full_env["PYTHONPATH"] = envs.package_dir()
+            full_env[envs.SPEC_VAR] = own.to_json()
+            full_env[envs.ATTEMPT_VAR] = self._attempt
         with open(log_dir / f"{spec.group}.log", "ab") as log:
             proc = subprocess.Popen(
-                [self.python, "-m", "conveyor.worker", str(theirs.fileno()), str(slot_fd)],
-                pass_fds=(theirs.fileno(), slot_fd), env=full_env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log)
+                command, pass_fds=(theirs.fileno(), slot_fd), env=full_env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         theirs.close()
         os.close(slot_fd)  # the mapping stays
         conn = Connection(ours.detach())
         worker_id = self._next_id
         self._next_id += 1
         self._workers[worker_id] = _Worker(proc, conn, slot)
-        self._send(worker_id, ("init", cloudpickle.dumps(spec), list(sys.path)))
+        self._send(worker_id, ("init", cloudpickle.dumps(spec), path, spec.targets()))
         return worker_id
 
     def send(self, worker: int, tasks: list[Claim]) -> None:
