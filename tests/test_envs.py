@@ -209,9 +209,11 @@ def test_a_requirement_that_does_not_exist_fails_its_stage_with_pips_message(run
 
 
 @pytest.mark.slow
-def test_uv_builds_the_environment_when_it_is_on_path(cache):
-    if shutil.which("uv") is None:
-        pytest.skip("uv is not on PATH (the venv+pip builds are tested above)")
+def test_uv_builds_the_environment_when_it_is_on_path(cache, monkeypatch):
+    # The dev extra installs uv next to this interpreter; the tests above build with
+    # venv+pip unless the venv is activated.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("uv"), "uv is missing: pip install -e '.[dev]' installs it"
     env = ensure(EnvSpec((SIX,)), cache)
     assert env.built and json.loads((env.path / MARKER).read_text())["tool"] == "uv"
     out = subprocess.run([env.python, "-c", "import six, orjson; print(six.__version__)"],
