@@ -38,25 +38,21 @@ the ledger, so the engine's memory does not grow with the number of items.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import orjson
-
-from . import codec
 from .errors import StageContractError
 from .events import EventLog
 from .executors.base import Executor, Exited, Ready, Results, SetupFailed
-from .fusion import Group, fuse
+from .fusion import fuse
 from .ledger.base import Claim, Ledger, Record, Status
 from .observer import Observer
-from .pipeline import Pipeline, Stage
+from .pipeline import Pipeline
 from .resources import Budget
 from .runner import StageSpec, WorkerSpec
+from .runstate import DriverCost, GroupState, StageState, gather_digest, write_gather_file
 from .scheduler import Load, plan
 from .store import Store
 from .watchdog import Watchdog
@@ -73,52 +69,6 @@ SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 SERVE_IDLE_SECONDS = 300.0  # when serving, an idle worker beyond min_workers lives this long
 
 
-@dataclass
-class _StageState:
-    stage: Stage
-    group: str
-    depth: int
-    pending: int = 0
-    running: int = 0
-    service: float | None = None  # seconds per item, smoothed
-    wait_until: float = 0.0  # nothing claimable before (retry back-off)
-    ancestors: set[str] = field(default_factory=set)
-    downstream: list[str] = field(default_factory=list)
-    reduces_below: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _GroupState:
-    group: Group
-    members: list[_StageState]  # chain order
-    spec: WorkerSpec
-    setup_failures: int = 0  # in a row, without a worker getting ready
-
-    @property
-    def name(self) -> str:
-        return self.group.name
-
-    @property
-    def head(self) -> Stage:
-        return self.members[0].stage
-
-    @property
-    def pending(self) -> int:
-        return sum(m.pending for m in self.members)
-
-    @property
-    def running(self) -> int:
-        return sum(m.running for m in self.members)
-
-    def ready(self, now: float) -> int:
-        return sum(m.pending for m in self.members if m.wait_until <= now)
-
-    @property
-    def service(self) -> float | None:
-        known = [m.service for m in self.members if m.service is not None]
-        return sum(known) if known else None
-
-
 class Engine:
     """Runs a pipeline's stages on workers, one turn at a time; see the module docstring."""
 
@@ -132,8 +82,8 @@ class Engine:
         self.bench = bench
         self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
         self.serving = False  # True: more work may always come (see conveyor.service)
-        self.stages: dict[str, _StageState] = {}
-        self.groups: dict[str, _GroupState] = {}
+        self.stages: dict[str, StageState] = {}
+        self.groups: dict[str, GroupState] = {}
         self._fatal: StageContractError | None = None
         self._signal: str | None = None
         self._last_commit = 0.0
@@ -141,7 +91,7 @@ class Engine:
         self._dirty = True  # something happened that the control step should see now
         self._unsynced = False  # workers wrote files that must be on disk before the commit
         self._last_control = 0.0
-        self._cost = _DriverCost()
+        self._cost = DriverCost()
         self._ledger: Ledger
         self._events: EventLog
         self._pool: WorkerPool
@@ -167,7 +117,7 @@ class Engine:
             members = []
             for name in group.stages:
                 stage = pipe[name]
-                state = _StageState(
+                state = StageState(
                     stage, group.name, order.index(name), ancestors=pipe.ancestors(name),
                     downstream=[s.name for s in pipe.downstream(name)],
                     reduces_below={n for n in pipe.descendants(name) if pipe[n].reduce})
@@ -178,7 +128,7 @@ class Engine:
                                                 for m in members),
                               str(self.run_dir), self.store.inline_limit,
                               fsync=not self.executor.same_machine)
-            self.groups[group.name] = _GroupState(group, members, spec)
+            self.groups[group.name] = GroupState(group, members, spec)
 
     # -- one turn ------------------------------------------------------------------------
 
@@ -439,7 +389,7 @@ class Engine:
                 in_fill=in_fill, out_fill=self._out_fill(g))
         return loads
 
-    def _fill(self, state: _StageState) -> float:
+    def _fill(self, state: StageState) -> float:
         """How full a stage's queue is, 0..1, measured in time: full is QUEUE_SECONDS of its
         work (at least two windows, at most QUEUE_LIMIT items)."""
         group = self.groups[state.group]
@@ -447,11 +397,11 @@ class Engine:
         full = min(QUEUE_LIMIT, max(full, 2 * self._window(group)))
         return min(1.0, state.pending / full)
 
-    def _out_fill(self, group: _GroupState) -> float:
+    def _out_fill(self, group: GroupState) -> float:
         return max((self._fill(self.stages[d]) for d in group.members[-1].downstream
                     if not self.stages[d].stage.reduce), default=0.0)
 
-    def _room(self, group: _GroupState) -> int:
+    def _room(self, group: GroupState) -> int:
         """How many more items the group may take before its downstream queues are full.
 
         Items in flight count against the room: each will land downstream.
@@ -460,7 +410,7 @@ class Engine:
                   if not self.stages[d].stage.reduce]
         return QUEUE_LIMIT - max(queued, default=0) - group.running
 
-    def _fed(self, group: _GroupState) -> bool:
+    def _fed(self, group: GroupState) -> bool:
         """Whether work may still arrive: something above the group is pending or running."""
         head = group.members[0]
         return any(self.stages[a].pending or self.stages[a].running for a in head.ancestors)
@@ -498,7 +448,7 @@ class Engine:
 
     # -- handing out work ----------------------------------------------------------------------
 
-    def _window(self, group: _GroupState) -> int:
+    def _window(self, group: GroupState) -> int:
         """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
         (one until its speed is known, so slow items spread over workers), and
         two batches for a batch stage, one computing while the next is read."""
@@ -531,7 +481,7 @@ class Engine:
                 if not claims:
                     break
                 if group.head.reduce:
-                    claims = [c._replace(ref=self._write_gather_file(c.stage)) for c in claims]
+                    claims = [c._replace(ref=write_gather_file(self._ledger, self.run_dir, c.stage)) for c in claims]
                 if not worker.inflight:
                     worker.head_since = now
                 for claim in claims:
@@ -540,7 +490,7 @@ class Engine:
                 sent = True
         return sent
 
-    def _claim(self, group: _GroupState, want: int, worker: Worker, now: float) -> list[Claim]:
+    def _claim(self, group: GroupState, want: int, worker: Worker, now: float) -> list[Claim]:
         """Claim up to ``want`` rows for a worker, deepest stage of the group first, within
         the worker's WINDOW_BYTES."""
         claims: list[Claim] = []
@@ -562,7 +512,7 @@ class Engine:
 
     # -- reduces -------------------------------------------------------------------------------------
 
-    def _reduce_due(self, state: _StageState) -> bool:
+    def _reduce_due(self, state: StageState) -> bool:
         return state.stage.name in self._settled and not any(
             self.stages[a].pending or self.stages[a].running for a in state.ancestors)
 
@@ -573,60 +523,9 @@ class Engine:
                 continue
             if any(self.stages[a].pending or self.stages[a].running for a in state.ancestors):
                 continue
-            digest = _gather_digest(self._ledger.gathered(name))
+            digest = gather_digest(self._ledger.gathered(name))
             row = self._ledger.reduce_row(name)
             if row is None or row[1] != digest:
                 self._ledger.open_reduce(name, name, digest)
                 state.pending = 1
             self._settled.add(name)
-
-    def _write_gather_file(self, name: str) -> str:
-        """Write a reduce's input, one value (or ``@ref``) per line; return its reference."""
-        ref = f"gather/{name}.jsonl"
-        path = self.run_dir / ref
-        path.parent.mkdir(exist_ok=True)
-        with open(path, "wb") as fh:
-            for row in self._ledger.gathered(name):
-                fh.write(b"@" + row.ref.encode() if row.ref else row.data or b"null")
-                fh.write(b"\n")
-        return ref
-
-
-class _DriverCost:
-    """The driver's own CPU time per recorded row, measured as the run goes.
-
-    A group whose worker needs less time per item than the driver spends
-    handing it out and recording it cannot use many workers: they would wait
-    for the driver and take CPU from it. :meth:`workers_fed` is how many it can
-    keep busy.
-    """
-
-    def __init__(self) -> None:
-        self.per_row: float | None = None
-        self._cpu = time.process_time()
-        self._rows = 0
-
-    def count(self, rows: int) -> None:
-        self._rows += rows
-
-    def sample(self) -> None:
-        if self._rows < 200:  # too few to say much
-            return
-        cpu = time.process_time()
-        per_row = (cpu - self._cpu) / self._rows
-        self.per_row = per_row if self.per_row is None else 0.7 * self.per_row + 0.3 * per_row
-        self._cpu, self._rows = cpu, 0
-
-    def workers_fed(self, service: float | None, rows_per_item: int) -> int | None:
-        """How many workers of a group (``service`` s per item) the driver keeps busy,
-        plus one, so a worker computes while another waits for its next tasks."""
-        if service is None or self.per_row is None:
-            return None
-        return 1 + math.ceil(service / (self.per_row * rows_per_item))
-
-
-def _gather_digest(rows: Iterable[Any]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for row in rows:
-        h.update(orjson.dumps([row.key, row.digest or codec.digest(row.data or b"")]))
-    return h.hexdigest()

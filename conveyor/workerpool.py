@@ -14,7 +14,6 @@ the live-process ceiling is then the real CPU budget.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 

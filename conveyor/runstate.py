@@ -1,0 +1,127 @@
+"""The engine's in-memory view of a run: per-stage and per-group counters, the driver's cost.
+
+Counters start from the ledger and move with each claim and result, so they
+stay the size of the pipeline, never of the input. Reduces' input files and
+digests are here too: what a reduce reads, and how the engine tells that it
+changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+
+from . import codec
+from .fusion import Group
+from .ledger.base import Ledger
+from .pipeline import Stage
+from .runner import WorkerSpec
+
+
+@dataclass
+class StageState:
+    """What the engine knows of one stage: its queue, what runs, how fast it goes."""
+
+    stage: Stage
+    group: str
+    depth: int
+    pending: int = 0
+    running: int = 0
+    service: float | None = None  # seconds per item, smoothed
+    wait_until: float = 0.0  # nothing claimable before (retry back-off)
+    ancestors: set[str] = field(default_factory=set)
+    downstream: list[str] = field(default_factory=list)
+    reduces_below: set[str] = field(default_factory=set)
+
+
+@dataclass
+class GroupState:
+    """A group (a stage or a fused chain) and the worker spec its workers run."""
+
+    group: Group
+    members: list[StageState]  # chain order
+    spec: WorkerSpec
+    setup_failures: int = 0  # in a row, without a worker getting ready
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def head(self) -> Stage:
+        return self.members[0].stage
+
+    @property
+    def pending(self) -> int:
+        return sum(m.pending for m in self.members)
+
+    @property
+    def running(self) -> int:
+        return sum(m.running for m in self.members)
+
+    def ready(self, now: float) -> int:
+        return sum(m.pending for m in self.members if m.wait_until <= now)
+
+    @property
+    def service(self) -> float | None:
+        known = [m.service for m in self.members if m.service is not None]
+        return sum(known) if known else None
+
+
+class DriverCost:
+    """The driver's own CPU time per recorded row, measured as the run goes.
+
+    A group whose worker needs less time per item than the driver spends
+    handing it out and recording it cannot use many workers: they would wait
+    for the driver and take CPU from it. :meth:`workers_fed` is how many it can
+    keep busy.
+    """
+
+    def __init__(self) -> None:
+        self.per_row: float | None = None
+        self._cpu = time.process_time()
+        self._rows = 0
+
+    def count(self, rows: int) -> None:
+        self._rows += rows
+
+    def sample(self) -> None:
+        if self._rows < 200:  # too few to say much
+            return
+        cpu = time.process_time()
+        per_row = (cpu - self._cpu) / self._rows
+        self.per_row = per_row if self.per_row is None else 0.7 * self.per_row + 0.3 * per_row
+        self._cpu, self._rows = cpu, 0
+
+    def workers_fed(self, service: float | None, rows_per_item: int) -> int | None:
+        """How many workers of a group (``service`` s per item) the driver keeps busy,
+        plus one, so a worker computes while another waits for its next tasks."""
+        if service is None or self.per_row is None:
+            return None
+        return 1 + math.ceil(service / (self.per_row * rows_per_item))
+
+
+def write_gather_file(ledger: Ledger, run_dir: Path, name: str) -> str:
+    """Write reduce ``name``'s input, one value (or ``@ref``) per line; return its reference."""
+    ref = f"gather/{name}.jsonl"
+    path = run_dir / ref
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "wb") as fh:
+        for row in ledger.gathered(name):
+            fh.write(b"@" + row.ref.encode() if row.ref else row.data or b"null")
+            fh.write(b"\n")
+    return ref
+
+
+def gather_digest(rows: Iterable[Any]) -> str:
+    """A digest of a reduce's input rows (keys and value digests), to tell when it changed."""
+    h = hashlib.blake2b(digest_size=16)
+    for row in rows:
+        h.update(orjson.dumps([row.key, row.digest or codec.digest(row.data or b"")]))
+    return h.hexdigest()
