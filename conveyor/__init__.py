@@ -16,9 +16,9 @@ budget, records every (stage, item) durably and resumes where it stopped.
 """
 
 from .context import Context, context
-from .errors import (BudgetError, ConveyorError, GraphError, InputError, LedgerError,
-                     PipelineError, RunInterrupted, RunLockedError, StageContractError,
-                     StageDefinitionError)
+from .errors import (BudgetError, ConveyorError, ExecutorUnavailable, GraphError, InputError,
+                     LedgerError, PipelineError, RunInterrupted, RunLockedError,
+                     StageContractError, StageDefinitionError, StoreError)
 from .items import Item
 from .pipeline import Pipeline, Stage
 from .resources import Budget, Resources
@@ -27,8 +27,9 @@ from .result import RunResult, open_run
 __version__ = "0.1.0"
 
 __all__ = [
-    "Budget", "BudgetError", "Context", "ConveyorError", "GraphError", "InputError", "Item",
+    "Budget", "BudgetError", "Context", "ConveyorError", "ExecutorUnavailable", "GraphError",
+    "InputError", "Item",
     "LedgerError", "Pipeline", "PipelineError", "Resources", "RunInterrupted",
     "RunLockedError", "RunResult", "Stage", "StageContractError", "StageDefinitionError",
-    "context", "open_run",
+    "StoreError", "context", "open_run",
 ]

@@ -1,0 +1,287 @@
+"""The Ray executor: each worker is a Ray actor, anywhere in a Ray cluster.
+
+::
+
+     driver process (scheduler, ledger)                Ray actors (one per worker)
+    ┌────────────────────────────────────┐           ┌──────────────────────────────┐
+    │ start(): actor with num_cpus,      │           │ _Actor: a GroupRunner        │
+    │   num_gpus, memory, runtime_env    │──setup()─▶│   setup() once               │
+    │ send(): one actor call per task    │──run()───▶│   run(tasks) -> records      │
+    │   (per batch in a batch stage)     │           │   (calls run in order)       │
+    │ poll(): ray.wait on the calls' refs│◀──refs────│                              │
+    └────────────────────────────────────┘           └──────────────────────────────┘
+
+The engine, scheduler and ledger are the local executor's; only where the
+code runs differs. Each task (or batch) is its own actor call, so the call
+at the head of a worker's queue is the one running: if the actor dies, the
+driver blames exactly that call and hands the rest back. An actor reserves
+its CPUs for its whole life (``lends_cpu = False``) and may live on another
+machine, so it fsyncs the files it writes itself (``same_machine = False``).
+Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs; the stage's
+``env`` and the pinned thread counts travel in the actor's ``runtime_env``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import cloudpickle
+
+from ..errors import ExecutorUnavailable
+from ..ledger.base import Claim
+from ..runner import GroupRunner, WorkerSpec
+from ..worker import Running
+from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+
+try:
+    import ray
+    from ray.exceptions import RayActorError, RayError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ExecutorUnavailable(
+        "the ray executor needs Ray: pip install 'conveyor[ray]'") from exc
+
+WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
+
+
+class _Actor:
+    """The worker side: a GroupRunner held by a Ray actor."""
+
+    def __init__(self, spec: bytes, path: list[str]) -> None:
+        sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
+        self.runner = GroupRunner(cloudpickle.loads(spec))
+        self.broken = False
+
+    def setup(self) -> tuple[Any, ...]:
+        """Run the stages' setup(); ("ready", pid, host) or ("failed", error, traceback)."""
+        try:
+            self.runner.setup()
+        except BaseException as exc:
+            self.broken = True
+            return ("failed", f"setup of {self.runner.spec.group!r} failed: "
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(self.runner.spec.resources.threads)
+        return ("ready", os.getpid(), socket.gethostname())
+
+    def run(self, tasks: list[Claim]) -> tuple[list[Any], bool]:
+        """Records of ``tasks`` (one call of the stage) and whether files were written."""
+        if self.broken:
+            return [], False  # the driver already failed these with the setup error
+        records = self.runner.run([self.runner.load(task) for task in tasks])
+        return records, self.runner.store.take_wrote()
+
+
+@dataclass
+class _Call:
+    ref: Any
+    tasks: list[Claim]
+    stage: int  # index of the tasks' stage in the group's chain
+    started: float = 0.0  # when it became the head of its worker's queue (0: not yet)
+
+
+@dataclass
+class _Worker:
+    actor: Any
+    spec: WorkerSpec
+    setup: Any  # the setup call's ref, until it answers
+    calls: deque[_Call] = field(default_factory=deque)
+    pid: int | None = None  # where the actor runs on this machine
+    stopping: bool = False
+
+    def head(self) -> Running | None:
+        if not self.calls:
+            return None
+        call = self.calls[0]
+        return Running(call.stage, call.tasks[0].id, len(call.tasks), call.started)
+
+
+class RayExecutor(Executor):
+    """Ray actors as workers; see the module docstring."""
+
+    name = "ray"
+    lends_cpu = False
+    same_machine = False
+    knows_running = True
+
+    def __init__(self, address: str | None = None, cpus: float = 1.0, gpus: int = 0) -> None:
+        """Join the Ray cluster at ``address`` ("auto", "ray://host:port"), or start a
+        local one sized ``cpus``/``gpus``; either when the first worker starts, so a
+        run with nothing to do costs no Ray start. A Ray instance already initialised
+        in this process is used as it is."""
+        self.address, self.cpus, self.gpus = address, cpus, gpus
+        self._owns_ray = False
+        self._actor_class: Any = None
+        self._workers: dict[int, _Worker] = {}
+        self._calls: dict[Any, int] = {}  # outstanding ref -> worker id
+        self._events: list[Event] = []
+        self._wake = threading.Event()
+        self._next_id = 0
+        self._host = socket.gethostname()
+
+    def _connect(self) -> None:
+        if not ray.is_initialized():
+            opts: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                        logging_level="ERROR", configure_logging=False)
+            if self.address is None:
+                # Declared GPUs (the budget's) are taken as they are, as the local
+                # executor does, so GPU stages schedule on a machine Ray sees none on.
+                ray.init(num_cpus=max(1, math.ceil(self.cpus)), num_gpus=self.gpus, **opts)
+            else:
+                ray.init(address=self.address, **opts)
+            self._owns_ray = True
+        self._actor_class = ray.remote(_Actor)
+
+    def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
+        if self._actor_class is None:
+            self._connect()
+        res = spec.resources
+        env_vars = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}  # Ray's job
+        actor = self._actor_class.options(
+            num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
+            runtime_env={"env_vars": env_vars}, max_restarts=0,
+            name=None).remote(cloudpickle.dumps(spec), list(sys.path))
+        worker_id = self._next_id
+        self._next_id += 1
+        setup = actor.setup.remote()
+        self._workers[worker_id] = _Worker(actor, spec, setup)
+        self._calls[setup] = worker_id
+        return worker_id
+
+    def send(self, worker: int, tasks: list[Claim]) -> None:
+        w = self._workers.get(worker)
+        if w is None:
+            return
+        index = {s.stage.name: i for i, s in enumerate(w.spec.stages)}
+        for chunk in _calls(tasks, w.spec.batch_size):
+            ref = w.actor.run.remote(chunk)
+            w.calls.append(_Call(ref, chunk, index[chunk[0].stage]))
+            self._calls[ref] = worker
+        if w.calls[0].started == 0.0:
+            w.calls[0].started = time.time()
+
+    def wakeup(self) -> None:
+        self._wake.set()
+
+    def poll(self, timeout: float) -> list[Event]:
+        self._stop_idle()
+        if not self._events and timeout > 0:
+            if self._calls:
+                ray.wait(list(self._calls), num_returns=1, timeout=min(timeout, WAIT_SECONDS))
+            else:
+                self._wake.wait(min(timeout, WAIT_SECONDS))
+        self._wake.clear()
+        if self._calls:
+            done, _ = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=0)
+            for ref in done:
+                if ref in self._calls:  # not dropped meanwhile with its dead worker
+                    self._answer(self._calls.pop(ref), ref)
+        self._stop_idle()
+        events, self._events = self._events, []
+        return events
+
+    def _answer(self, worker_id: int, ref: Any) -> None:
+        """Turn one finished call into events."""
+        w = self._workers[worker_id]
+        try:
+            value = ray.get(ref)
+        except RayActorError as exc:
+            self._gone(worker_id, f"died: {_first_line(exc)}")
+            return
+        except RayError as exc:  # the actor code itself broke: treat the worker as lost
+            self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
+            return
+        if ref is w.setup:
+            w.setup = None
+            if value[0] == "ready":
+                w.pid = value[1] if value[2] == self._host else None
+                self._events.append(Ready(worker_id))
+            else:
+                self._events.append(SetupFailed(worker_id, value[1], value[2]))
+                self._gone(worker_id, "setup failed", kill=True)
+            return
+        call = w.calls.popleft()
+        assert call.ref is ref, "actor calls finish in the order they were sent"
+        if w.calls:
+            w.calls[0].started = time.time()
+        records, wrote = value
+        self._events.append(Results(worker_id, records, wrote))
+
+    def _gone(self, worker_id: int, reason: str, kill: bool = False) -> None:
+        w = self._workers.pop(worker_id)
+        running = w.head()
+        for call in w.calls:
+            self._calls.pop(call.ref, None)
+        if w.setup is not None:
+            self._calls.pop(w.setup, None)
+        if kill:
+            ray.kill(w.actor, no_restart=True)
+        self._events.append(Exited(worker_id, reason, running))
+
+    def _stop_idle(self) -> None:
+        """Workers asked to stop exit once their queued calls are answered."""
+        for worker_id, w in list(self._workers.items()):
+            if w.stopping and not w.calls and w.setup is None:
+                self._gone(worker_id, "exited", kill=True)
+
+    def stop(self, worker: int, kill: bool = False) -> None:
+        w = self._workers.get(worker)
+        if w is None:
+            return
+        if kill:
+            self._gone(worker, "killed", kill=True)
+        else:
+            w.stopping = True
+
+    def pid(self, worker: int) -> int | None:
+        w = self._workers.get(worker)
+        return w.pid if w else None
+
+    def running(self, worker: int) -> Running | None:
+        w = self._workers.get(worker)
+        return w.head() if w else None
+
+    def workers(self) -> list[int]:
+        return list(self._workers)
+
+    def shutdown(self, grace: float = 5.0) -> list[Event]:
+        """Stop every actor as the base does; then stop the Ray instance if this started it."""
+        try:
+            return super().shutdown(grace)
+        finally:
+            if self._owns_ray:
+                ray.shutdown()
+                self._owns_ray = False
+
+
+def _calls(tasks: list[Claim], batch_size: int | None) -> list[list[Claim]]:
+    """Split tasks into actor calls: one per task, or one per batch in a batch stage.
+
+    A task on its second attempt or later gets a call of its own (the runner runs
+    it alone anyway), so that if it is what kills the actor, it alone is blamed.
+    """
+    if not batch_size:
+        return [[task] for task in tasks]
+    calls: list[list[Claim]] = []
+    for task in tasks:
+        if task.attempt > 1:
+            calls.append([task])
+        elif calls and len(calls[-1]) < batch_size and calls[-1][0].attempt <= 1:
+            calls[-1].append(task)
+        else:
+            calls.append([task])
+    return calls
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
