@@ -322,7 +322,8 @@ class Pipeline:
             executor: ``"local"`` (worker processes, the default), ``"inline"``
                 (in this process, one item at a time, for debugging) or ``"ray"``
                 (Ray actors; needs ``pip install 'conveyor[ray]'``).
-            cpus, ram, gpus: override the detected machine budget.
+            cpus, ram, gpus: override the detected machine budget (with a Ray
+                ``address``: the cluster's total CPUs, memory and GPUs).
             force: stages to recompute even if unchanged.
             retry: which failed items get a fresh set of retries: all (True, the
                 default), none (False), or those of the named stages.
@@ -350,11 +351,16 @@ class Pipeline:
         from .store import record_store
 
         self.validate()
-        budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
+        if executor == "ray" and address is not None:  # the cluster's budget, not this node's
+            runner = make_executor(executor, address)
+            budget = runner.cluster_budget(cpus, ram, gpus)  # type: ignore[attr-defined]
+        else:
+            budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
+            runner = make_executor(executor, address, budget)
         retry_stages = None if retry is True else () if retry is False else tuple(retry)
         if store is not None:
             record_store(run_dir, store)
-        driver = Driver(self, Path(run_dir), make_executor(executor, address, budget), budget,
+        driver = Driver(self, Path(run_dir), runner, budget,
                         force=tuple(force), retry=retry_stages, progress=progress,
                         bench=bench)
         return driver.run(inputs)

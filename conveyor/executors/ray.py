@@ -38,6 +38,7 @@ import cloudpickle
 
 from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
+from ..resources import Budget, parse_size
 from ..runner import GroupRunner, WorkerSpec
 from ..worker import Running
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
@@ -50,6 +51,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the ray executor needs Ray: pip install 'conveyor[ray]'") from exc
 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
+_INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             configure_logging=False)
 
 
 class _Actor:
@@ -130,16 +133,26 @@ class RayExecutor(Executor):
 
     def _connect(self) -> None:
         if not ray.is_initialized():
-            opts: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                        logging_level="ERROR", configure_logging=False)
             if self.address is None:
                 # Declared GPUs (the budget's) are taken as they are, as the local
                 # executor does, so GPU stages schedule on a machine Ray sees none on.
-                ray.init(num_cpus=max(1, math.ceil(self.cpus)), num_gpus=self.gpus, **opts)
+                ray.init(num_cpus=max(1, math.ceil(self.cpus)), num_gpus=self.gpus, **_INIT)
             else:
-                ray.init(address=self.address, **opts)
+                ray.init(address=self.address, **_INIT)
             self._owns_ray = True
         self._actor_class = ray.remote(_Actor)
+
+    def cluster_budget(self, cpus: float | None = None, ram: int | str | None = None,
+                       gpus: int | None = None) -> Budget:
+        """The cluster's budget: its total CPUs, memory and GPUs, each part overridden
+        where given (joins the cluster now)."""
+        if self._actor_class is None:
+            self._connect()
+        total = ray.cluster_resources()
+        return Budget(cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
+                      ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
+                      devices=tuple(str(i) for i in range(
+                          gpus if gpus is not None else int(total.get("GPU", 0)))))
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         if self._actor_class is None:
