@@ -119,6 +119,23 @@ def test_a_timeout_kills_the_actor_and_fails_only_its_item(run_dir):
     assert failure["key"] == "stuck" and "timed out after 1 s" in failure["error"]
 
 
+def test_actors_get_the_stage_env_pinned_threads_and_their_gpu_share(run_dir):
+    pipe = Pipeline("ray-env")
+
+    def seen(x):
+        return {v: os.environ.get(v) for v in ("GREETING", "OMP_NUM_THREADS",
+                                               "CUDA_VISIBLE_DEVICES")}
+
+    pipe.stage(seen, name="cpu", cpus=1, threads=1, env={"GREETING": "hello"})
+    pipe.stage(seen, name="gpu", after="cpu", cpus=0.5, gpus=0.5, threads=2)
+    result = pipe.run(["a"], run_dir=run_dir, executor="ray", cpus=2, gpus=1)
+    assert dict(result.outputs("cpu"))["a"] == {"GREETING": "hello", "OMP_NUM_THREADS": "1",
+                                         "CUDA_VISIBLE_DEVICES": ""}  # no GPU for it
+    gpu = dict(result.outputs("gpu"))["a"]
+    assert gpu["OMP_NUM_THREADS"] == "2" and gpu["CUDA_VISIBLE_DEVICES"] == "0"
+    assert gpu["GREETING"] is None  # env is per stage
+
+
 DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {pipelines!r})

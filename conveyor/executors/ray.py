@@ -17,8 +17,9 @@ at the head of a worker's queue is the one running: if the actor dies, the
 driver blames exactly that call and hands the rest back. An actor reserves
 its CPUs for its whole life (``lends_cpu = False``) and may live on another
 machine, so it fsyncs the files it writes itself (``same_machine = False``).
-Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs; the stage's
-``env`` and the pinned thread counts travel in the actor's ``runtime_env``.
+Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
+see none, as local workers); the stage's ``env`` and the pinned thread counts
+travel in the actor's ``runtime_env``.
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ class RayExecutor(Executor):
         if self._actor_class is None:
             self._connect()
         res = spec.resources
-        env_vars = {k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}  # Ray's job
+        env_vars = dict(env)  # pinned threads, the stage's env, no devices for CPU stages
+        if res.gpus:
+            del env_vars["CUDA_VISIBLE_DEVICES"]  # Ray sets the devices it placed the actor on
         actor = self._actor_class.options(
             num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
             runtime_env={"env_vars": env_vars}, max_restarts=0,
