@@ -119,6 +119,23 @@ def test_a_timeout_kills_the_actor_and_fails_only_its_item(run_dir):
     assert failure["key"] == "stuck" and "timed out after 1 s" in failure["error"]
 
 
+def test_time_in_setup_does_not_count_towards_an_item_timeout(run_dir):
+    pipe = Pipeline("ray-slow-setup")
+
+    @pipe.stage(timeout=1, retries=0)
+    class Slow:
+        def setup(self):
+            time.sleep(2)  # tasks were sent meanwhile; their clock starts after this
+
+        def __call__(self, x):
+            time.sleep(0.3)  # still running when the driver hears the actor is ready
+            return x
+
+    result = pipe.run([Item(str(i), i) for i in range(4)], run_dir=run_dir, executor="ray",
+                      cpus=1)
+    assert result.ok, result.failures()
+
+
 def test_actors_get_the_stage_env_pinned_threads_and_their_gpu_share(run_dir):
     pipe = Pipeline("ray-env")
 

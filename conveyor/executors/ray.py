@@ -90,7 +90,7 @@ class _Call:
     ref: Any
     tasks: list[Claim]
     stage: int  # index of the tasks' stage in the group's chain
-    started: float = 0.0  # when it became the head of its worker's queue (0: not yet)
+    started: float = 0.0  # when it became the head of a ready worker's queue (0: not yet)
 
 
 @dataclass
@@ -101,6 +101,12 @@ class _Worker:
     calls: deque[_Call] = field(default_factory=deque)
     pid: int | None = None  # where the actor runs on this machine
     stopping: bool = False
+
+    def begin_head(self) -> None:
+        """Start the clock of the call at the head of the queue, once the actor is ready
+        (until then it waits for setup, and a timeout must not count that)."""
+        if self.calls and self.setup is None and self.calls[0].started == 0.0:
+            self.calls[0].started = time.time()
 
     def head(self) -> Running | None:
         if not self.calls:
@@ -182,8 +188,7 @@ class RayExecutor(Executor):
             ref = w.actor.run.remote(chunk)
             w.calls.append(_Call(ref, chunk, index[chunk[0].stage]))
             self._calls[ref] = worker
-        if w.calls[0].started == 0.0:
-            w.calls[0].started = time.time()
+        w.begin_head()
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -220,6 +225,7 @@ class RayExecutor(Executor):
             w.setup = None
             if value[0] == "ready":
                 w.pid = value[1] if value[2] == self._host else None
+                w.begin_head()
                 self._events.append(Ready(worker_id))
             else:
                 self._events.append(SetupFailed(worker_id, value[1], value[2]))
@@ -227,8 +233,7 @@ class RayExecutor(Executor):
             return
         call = w.calls.popleft()
         assert call.ref is ref, "actor calls finish in the order they were sent"
-        if w.calls:
-            w.calls[0].started = time.time()
+        w.begin_head()
         records, wrote = value
         self._events.append(Results(worker_id, records, wrote))
 
