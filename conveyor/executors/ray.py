@@ -78,11 +78,15 @@ class _Actor:
         return ("ready", os.getpid(), socket.gethostname())
 
     def run(self, tasks: list[Claim]) -> tuple[list[Any], bool]:
-        """Records of ``tasks`` (one call of the stage) and whether files were written."""
+        """Records of ``tasks`` (one call of the stage), their files already durable."""
         if self.broken:
             return [], False  # the driver already failed these with the setup error
         records = self.runner.run([self.runner.load(task) for task in tasks])
-        return records, self.runner.store.take_wrote()
+        if self.runner.store.take_wrote():
+            # Values are fsynced as written; files a stage wrote in its item folder are
+            # not, and the driver may be on another machine: flush them here.
+            self.runner.store.sync()
+        return records, False
 
 
 @dataclass
@@ -170,8 +174,8 @@ class RayExecutor(Executor):
             del env_vars["CUDA_VISIBLE_DEVICES"]  # Ray sets the devices it placed the actor on
         actor = self._actor_class.options(
             num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
-            runtime_env={"env_vars": env_vars}, max_restarts=0,
-            name=None).remote(cloudpickle.dumps(spec), list(sys.path))
+            runtime_env={"env_vars": env_vars},
+            max_restarts=0).remote(cloudpickle.dumps(spec), list(sys.path))
         worker_id = self._next_id
         self._next_id += 1
         setup = actor.setup.remote()
