@@ -119,6 +119,24 @@ def test_a_timeout_kills_the_actor_and_fails_only_its_item(run_dir):
     assert failure["key"] == "stuck" and "timed out after 1 s" in failure["error"]
 
 
+def test_an_actor_past_its_ram_is_killed_and_only_its_item_fails(run_dir):
+    pipe = Pipeline("ray-ram")
+
+    @pipe.stage(ram="200MiB", retries=0)
+    def work(x, ctx):
+        if ctx.key == "hog":
+            block = bytearray(400 * 2**20)
+            block[::4096] = b"\x01" * (len(block) // 4096)  # touch every page: resident
+            time.sleep(600)
+        return x
+
+    result = pipe.run([Item(k, i) for i, k in enumerate(["a", "hog", "b"])],
+                      run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["work"]["done"] == 2
+    (failure,) = result.failures()
+    assert failure["key"] == "hog" and "exceeded ram 200 MiB" in failure["error"]
+
+
 def test_time_in_setup_does_not_count_towards_an_item_timeout(run_dir):
     pipe = Pipeline("ray-slow-setup")
 
