@@ -137,6 +137,20 @@ def test_an_actor_past_its_ram_is_killed_and_only_its_item_fails(run_dir):
     assert failure["key"] == "hog" and "exceeded ram 200 MiB" in failure["error"]
 
 
+def test_what_a_stage_prints_lands_in_the_run_directory(run_dir):
+    pipe = Pipeline("ray-logs")
+
+    @pipe.stage
+    def noisy(x):
+        print(f"hello from {x}", flush=True)
+        print(f"warning about {x}", file=sys.stderr, flush=True)
+        return x
+
+    pipe.run(["k"], run_dir=run_dir, executor="ray", cpus=1)
+    text = (run_dir / "logs" / "noisy.log").read_text()
+    assert "hello from k" in text and "warning about k" in text
+
+
 def test_time_in_setup_does_not_count_towards_an_item_timeout(run_dir):
     pipe = Pipeline("ray-slow-setup")
 

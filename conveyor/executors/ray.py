@@ -19,7 +19,12 @@ its CPUs for its whole life (``lends_cpu = False``) and may live on another
 machine, so it fsyncs the files it writes itself (``same_machine = False``).
 Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
 see none, as local workers); the stage's ``env`` and the pinned thread counts
-travel in the actor's ``runtime_env``.
+travel in the actor's ``runtime_env``. An actor's stdout and stderr go to
+``<run_dir>/logs/<group>.log``, as a local worker's do.
+
+Without an address, the executor starts a local Ray instance sized to the
+budget when the first worker starts, and stops it at the end of the run; a
+Ray instance already initialised in the process is used and left running.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import cloudpickle
@@ -63,6 +69,7 @@ class _Actor:
         sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
         self.runner = GroupRunner(cloudpickle.loads(spec))
         self.broken = False
+        _log_to(Path(self.runner.spec.run_dir) / "logs" / f"{self.runner.spec.group}.log")
 
     def setup(self) -> tuple[Any, ...]:
         """Run the stages' setup(); ("ready", pid, host) or ("failed", error, traceback)."""
@@ -87,6 +94,18 @@ class _Actor:
             # not, and the driver may be on another machine: flush them here.
             self.runner.store.sync()
         return records, False
+
+
+def _log_to(path: Path) -> None:
+    """Send this process's stdout and stderr to ``path``, as a local worker's are: the
+    stage's prints end up in the run directory, whichever node the actor is on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 @dataclass
