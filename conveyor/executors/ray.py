@@ -226,7 +226,8 @@ class RayExecutor(Executor):
         self._wake.clear()
         if self._calls:
             done, _ = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=0)
-            for ref in done:
+            finished = set(done)
+            for ref in [r for r in self._calls if r in finished]:  # each worker's in send order
                 if ref in self._calls:  # not dropped meanwhile with its dead worker
                     self._answer(self._calls.pop(ref), ref)
         self._stop_idle()
@@ -244,7 +245,7 @@ class RayExecutor(Executor):
         except RayError as exc:  # the actor code itself broke: treat the worker as lost
             self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
             return
-        if ref is w.setup:
+        if ref == w.setup:
             w.setup = None
             if value[0] == "ready":
                 w.pid = value[1] if value[2] == self._host else None
@@ -255,7 +256,7 @@ class RayExecutor(Executor):
                 self._gone(worker_id, "setup failed", kill=True)
             return
         call = w.calls.popleft()
-        assert call.ref is ref, "actor calls finish in the order they were sent"
+        assert call.ref == ref, "actor calls finish in the order they were sent"
         w.begin_head()
         records, wrote = value
         self._events.append(Results(worker_id, records, wrote))
