@@ -15,7 +15,7 @@ def make_executor(name: str | Executor, address: str | None = None,
     """An executor by name (an :class:`Executor` instance is passed through).
 
     ``address`` is the Ray cluster to join (``ray`` only; None starts a local
-    Ray instance sized to ``budget``).
+    Ray instance sized to ``budget``, default this machine's).
 
     Raises:
         ExecutorUnavailable: an unknown name, an address for another executor,
@@ -28,8 +28,7 @@ def make_executor(name: str | Executor, address: str | None = None,
     if name == "ray":
         from .ray import RayExecutor
 
-        return RayExecutor(address, budget.cpus if budget else 1.0,
-                           budget.gpus if budget else 0)
+        return RayExecutor(address, budget)
     if name == "local":
         from .local import LocalExecutor
 

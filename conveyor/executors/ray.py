@@ -146,12 +146,13 @@ class RayExecutor(Executor):
     same_machine = False
     knows_running = True
 
-    def __init__(self, address: str | None = None, cpus: float = 1.0, gpus: int = 0) -> None:
+    def __init__(self, address: str | None = None, budget: Budget | None = None) -> None:
         """Join the Ray cluster at ``address`` ("auto", "ray://host:port"), or start a
-        local one sized ``cpus``/``gpus``; either when the first worker starts, so a
-        run with nothing to do costs no Ray start. A Ray instance already initialised
-        in this process is used as it is."""
-        self.address, self.cpus, self.gpus = address, cpus, gpus
+        local one with the CPUs, RAM and GPUs of ``budget`` (default: this machine's);
+        either when the first worker starts, so a run with nothing to do costs no Ray
+        start. A Ray instance already initialised in this process is used as it is."""
+        self.address = address
+        self.budget = budget
         self._owns_ray = False
         self._actor_class: Any = None
         self._workers: dict[int, _Worker] = {}
@@ -164,9 +165,12 @@ class RayExecutor(Executor):
     def _connect(self) -> None:
         if not ray.is_initialized():
             if self.address is None:
-                # Declared GPUs (the budget's) are taken as they are, as the local
-                # executor does, so GPU stages schedule on a machine Ray sees none on.
-                ray.init(num_cpus=max(1, math.ceil(self.cpus)), num_gpus=self.gpus, **_INIT)
+                # Ray gets the budget as it is, so every stage that fits the budget can
+                # be placed: declared GPUs too (as the local executor takes them), so GPU
+                # stages schedule on a machine where Ray detects none.
+                budget = self.budget or Budget.detect()
+                ray.init(num_cpus=max(1, math.ceil(budget.cpus)), num_gpus=budget.gpus,
+                         _memory=budget.ram, **_INIT)
             else:
                 ray.init(address=self.address, **_INIT)
             self._owns_ray = True
