@@ -103,6 +103,42 @@ def test_an_actor_killed_with_ray_kill_costs_its_item_one_attempt(run_dir):
     assert "worker died" in failure["error"], failure["error"]
 
 
+def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
+    log = tmp_path / "batches.log"
+    pipe = Pipeline("ray-batch-poison")
+
+    @pipe.stage(batch_size=8, retries=2, retry_backoff=0.05)
+    def batch(values, ctx):
+        append_log(log, " ".join(ctx.keys))
+        if "poison" in ctx.keys:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return values
+
+    keys = [f"k{i}" for i in range(7)] + ["poison"]
+    result = pipe.run([Item(k, k) for k in keys], run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["batch"]["done"] == 7
+    (failure,) = result.failures()
+    assert failure["key"] == "poison" and failure["attempts"] == 3
+    assert "poison" in read_log(log)  # on retry it ran alone
+
+
+def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
+    pipe = Pipeline("ray-broken-setup")
+
+    @pipe.stage
+    class Broken:
+        def setup(self):
+            raise RuntimeError("no model here")
+
+        def __call__(self, x):
+            return x
+
+    result = pipe.run(["a", "b"], run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["Broken"]["failed"] == 2
+    assert all("setup of 'Broken' failed: RuntimeError: no model here" in f["error"]
+               for f in result.failures())
+
+
 def test_a_timeout_kills_the_actor_and_fails_only_its_item(run_dir):
     pipe = Pipeline("ray-timeout")
 

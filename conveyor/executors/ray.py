@@ -310,6 +310,7 @@ class RayExecutor(Executor):
             if self._owns_ray:
                 ray.shutdown()
                 self._owns_ray = False
+                self._actor_class = None  # a later start joins or starts Ray again
 
 
 def _calls(tasks: list[Claim], batch_size: int | None) -> list[list[Claim]]:
