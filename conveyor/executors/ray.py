@@ -20,7 +20,10 @@ machine, so it fsyncs the files it writes itself (``same_machine = False``).
 Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
 see none, as local workers); the stage's ``env`` and the pinned thread counts
 travel in the actor's ``runtime_env``. An actor's stdout and stderr go to
-``<run_dir>/logs/<group>.log``, as a local worker's do.
+``<run_dir>/logs/<group>.log``, as a local worker's do. Timeouts are enforced
+everywhere (by killing the actor); a stage's ``ram`` is a Ray reservation, and
+is also enforced by measuring the actor's memory where it runs on the
+driver's machine (the watchdog sees no process elsewhere).
 
 Without an address, the executor starts a local Ray instance sized to the
 budget when the first worker starts, and stops it at the end of the run; a
