@@ -270,7 +270,7 @@ class RayExecutor(Executor):
 
     def _gone(self, worker_id: int, reason: str, kill: bool = False) -> None:
         w = self._workers.pop(worker_id)
-        running = w.head()
+        running = w.head() if w.setup is None else None  # dead in setup: no task was running
         for call in w.calls:
             self._calls.pop(call.ref, None)
         if w.setup is not None:
