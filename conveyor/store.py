@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,6 +39,9 @@ from .errors import StoreError
 
 INLINE_LIMIT = 64 * 1024
 STORE_FILE = "store.url"
+# Names this process's half-written files: workers on several machines may share a
+# directory (and a pid), and must not write into each other's.
+_WRITER = f"{socket.gethostname()}.{os.getpid()}"
 
 
 class Stored(NamedTuple):
@@ -127,13 +131,17 @@ def record_store(run_dir: str | os.PathLike[str], url: str) -> None:
     if "://" not in url:
         url = str(Path(url).resolve())  # workers and later readers may run elsewhere
     _Remote(url)  # fails now, before anything runs, if the URL cannot be used
+    from .result import LEDGER_FILE
+
     path = Path(run_dir) / STORE_FILE
-    if path.exists():
-        recorded = path.read_text().strip()
-        if recorded != url:
-            raise StoreError(f"{run_dir} keeps its values at {recorded!r}, not {url!r}; "
-                             f"use the same store or a new run directory")
+    recorded = path.read_text().strip() if path.exists() else None
+    if recorded is None and (Path(run_dir) / LEDGER_FILE).exists():
+        recorded = "the run directory"  # its ledger refers to values kept there
+    if recorded == url:
         return
+    if recorded is not None:
+        raise StoreError(f"{run_dir} keeps its values at {recorded!r}, not {url!r}; "
+                         f"use the same store or a new run directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_aside(path, url.encode(), fsync=True)
 
@@ -157,7 +165,7 @@ class _Remote:
             return  # content-addressed: the same bytes are there already
         parent, name = path.rsplit("/", 1)
         self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{name}.{os.getpid()}.tmp"
+        tmp = f"{parent}/.{name}.{_WRITER}.tmp"
         with self.fs.open(tmp, "wb") as fh:
             fh.write(data)
             if self.local:  # an object store commits on close; a disk needs fsync
@@ -187,7 +195,7 @@ def safe_name(key: str) -> str:
 def _write_aside(path: Path, data: bytes, fsync: bool) -> None:
     """Write beside, then rename into place so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_WRITER}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         if fsync:

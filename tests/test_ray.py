@@ -305,6 +305,10 @@ def test_large_values_go_to_the_store_url(run_dir, tmp_path):
         assert len(dict(again.outputs("big"))["2"]) == 200_002
     with pytest.raises(StoreError, match="keeps its values at"):
         pipe.run(run_dir=run_dir, executor="ray", cpus=2, store=str(tmp_path / "elsewhere"))
+    plain = tmp_path / "plain"  # a run dir that kept its values itself cannot move them
+    pipe.run(["x"], run_dir=plain, executor="ray", cpus=2)
+    with pytest.raises(StoreError, match="'the run directory'"):
+        pipe.run(["x"], run_dir=plain, executor="ray", cpus=2, store=str(store))
 
 
 CLI_PIPELINE = textwrap.dedent("""
