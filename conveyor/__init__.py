@@ -16,9 +16,9 @@ budget, records every (stage, item) durably and resumes where it stopped.
 """
 
 from .context import Context, context
-from .errors import (BudgetError, ConveyorError, EnvError, GraphError, InputError, LedgerError,
-                     PipelineError, RunInterrupted, RunLockedError, StageContractError,
-                     StageDefinitionError, ToolNotFound)
+from .errors import (BudgetError, ConveyorError, EnvError, ExecutorUnavailable, GraphError,
+                     InputError, LedgerError, PipelineError, RunInterrupted, RunLockedError,
+                     StageContractError, StageDefinitionError, StoreError, ToolNotFound)
 from .items import Item
 from .pipeline import Pipeline, Stage
 from .resources import Budget, Resources
@@ -27,8 +27,8 @@ from .result import RunResult, open_run
 __version__ = "0.1.0"
 
 __all__ = [
-    "Budget", "BudgetError", "Context", "ConveyorError", "EnvError", "GraphError", "InputError",
-    "Item", "LedgerError", "Pipeline", "PipelineError", "Resources", "RunInterrupted",
-    "RunLockedError", "RunResult", "Stage", "StageContractError", "StageDefinitionError",
-    "ToolNotFound", "context", "open_run",
+    "Budget", "BudgetError", "Context", "ConveyorError", "EnvError", "ExecutorUnavailable",
+    "GraphError", "InputError", "Item", "LedgerError", "Pipeline", "PipelineError", "Resources",
+    "RunInterrupted", "RunLockedError", "RunResult", "Stage", "StageContractError",
+    "StageDefinitionError", "StoreError", "ToolNotFound", "context", "open_run",
 ]

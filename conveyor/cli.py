@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ConveyorError, ExecutorUnavailable, InputError, LedgerError, \
-    PipelineError, RunInterrupted, RunLockedError
+    PipelineError, RunInterrupted, RunLockedError, StoreError
 from .pipeline import Pipeline
 from .result import RunResult, open_run
 
@@ -80,7 +80,12 @@ def run(
     inputs_file: Optional[Path] = typer.Option(None, "--inputs-file", help=(
         "A file of inputs: one per line (JSON values if it ends in .jsonl).")),
     run_dir: Path = typer.Option(..., "--run-dir", help="Where the ledger and outputs live."),
-    executor: str = typer.Option("local", help="local (worker processes) or inline."),
+    executor: str = typer.Option("local", help="local (worker processes), inline or ray."),
+    address: Optional[str] = typer.Option(None, help=(
+        "Ray cluster to join with --executor ray: auto, ray://HOST:PORT "
+        "(default: start a local Ray instance).")),
+    store: Optional[str] = typer.Option(None, help=(
+        "Where large values live: an fsspec URL or path (default: the run dir).")),
     cpus: Optional[float] = typer.Option(None, help="CPUs the run may use (default: detected)."),
     ram: Optional[str] = typer.Option(None, help="RAM the run may use, e.g. 8GiB."),
     gpus: Optional[int] = typer.Option(None, help="GPUs the run may use (default: NVML)."),
@@ -99,12 +104,13 @@ def run(
             if inputs_file:
                 given = _chain(given, _read_inputs(inputs_file))
         result = pipe.run(given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
-                          gpus=gpus, force=force, progress=not quiet, bench=bench)
+                          gpus=gpus, force=force, progress=not quiet, bench=bench,
+                          address=address, store=store)
     except RunInterrupted as exc:
         errors.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (PipelineError, InputError, RunLockedError, LedgerError, ExecutorUnavailable,
-            KeyError) as exc:
+            StoreError, KeyError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     with result:
@@ -204,7 +210,8 @@ def retry(run_dir: Path = typer.Argument(..., help="A run directory."),
           stage: List[str] = typer.Option([], "--stage", help="Only this stage (repeatable)."),
           pipeline: Optional[str] = typer.Option(None, "--pipeline", help=(
               "MODULE:PIPELINE (default: the one this run recorded).")),
-          executor: str = typer.Option("local", help="local (worker processes) or inline."),
+          executor: str = typer.Option("local", help="local (worker processes), inline or ray."),
+          address: Optional[str] = typer.Option(None, help="Ray cluster to join (ray only)."),
           cpus: Optional[float] = typer.Option(None, help="CPUs the run may use."),
           ram: Optional[str] = typer.Option(None, help="RAM the run may use, e.g. 8GiB."),
           gpus: Optional[int] = typer.Option(None, help="GPUs the run may use."),
@@ -214,12 +221,12 @@ def retry(run_dir: Path = typer.Argument(..., help="A run directory."),
         pipe = _recorded_pipeline(result, pipeline)
     try:
         result = pipe.run(None, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
-                          gpus=gpus, retry=stage or True, progress=not quiet)
+                          gpus=gpus, retry=stage or True, progress=not quiet, address=address)
     except RunInterrupted as exc:
         errors.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (PipelineError, InputError, RunLockedError, LedgerError, ExecutorUnavailable,
-            KeyError) as exc:
+            StoreError, KeyError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     with result:

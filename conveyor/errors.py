@@ -57,6 +57,10 @@ class RunInterrupted(ConveyorError):
     """The run was stopped by a signal; the ledger is consistent and a rerun resumes."""
 
 
+class StoreError(ConveyorError):
+    """The value store cannot be used: another one is recorded, or its backend is missing."""
+
+
 class ExecutorUnavailable(ConveyorError):
     """The chosen executor cannot be used here (an optional dependency is missing)."""
 

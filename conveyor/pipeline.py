@@ -351,7 +351,8 @@ class Pipeline:
     def run(self, inputs: Iterable[Any] | None = None, *, run_dir: str | os.PathLike[str],
             executor: str = "local", cpus: float | None = None, ram: int | str | None = None,
             gpus: int | None = None, force: Iterable[str] = (), retry: bool | Iterable[str] = True,
-            progress: bool = False, bench: bool = False) -> "RunResult":
+            progress: bool = False, bench: bool = False, address: str | None = None,
+            store: str | None = None) -> "RunResult":
         """Run the pipeline over ``inputs`` and return the run's result.
 
         Args:
@@ -359,9 +360,11 @@ class Pipeline:
                 is its own key. ``None`` resumes the inputs the run dir already has.
             run_dir: where the ledger, values and logs live; running again on
                 the same directory resumes and reuses finished work.
-            executor: ``"local"`` (worker processes, the default) or ``"inline"``
-                (in this process, one item at a time, for debugging).
-            cpus, ram, gpus: override the detected machine budget.
+            executor: ``"local"`` (worker processes, the default), ``"inline"``
+                (in this process, one item at a time, for debugging) or ``"ray"``
+                (Ray actors; needs ``pip install 'conveyor[ray]'``).
+            cpus, ram, gpus: override the detected machine budget (with a Ray
+                ``address``: the cluster's total CPUs, memory and GPUs).
             force: stages to recompute even if unchanged.
             retry: which failed items get a fresh set of retries: all (True, the
                 default), none (False), or those of the named stages.
@@ -369,6 +372,10 @@ class Pipeline:
                 periodic lines on stderr).
             bench: benchmark mode: print and store (``bench.json``) per-stage wall
                 time, items/s, mean/p95 item time, peak worker RSS and GPU memory.
+            address: the Ray cluster to join (``"auto"``, ``"ray://host:10001"``);
+                None starts a local Ray instance. Only with ``executor="ray"``.
+            store: where large values live, as an fsspec URL or path (default:
+                the run directory); recorded in the run directory for later runs.
 
         Raises:
             PipelineError: the definition cannot run (before any work), or a
@@ -376,15 +383,25 @@ class Pipeline:
             InputError: duplicate keys or values that are not JSON.
             RunLockedError: another driver holds ``run_dir``.
             RunInterrupted: SIGINT/SIGTERM stopped the run; rerun to resume.
+            ExecutorUnavailable: the executor cannot be used here.
+            StoreError: ``store`` differs from the one the run directory records.
         """
         from .driver import Driver
         from .executors import make_executor
         from .resources import Budget
+        from .store import record_store
 
         self.validate()
-        budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
+        if executor == "ray" and address is not None:  # the cluster's budget, not this node's
+            runner = make_executor(executor, address)
+            budget = runner.cluster_budget(cpus, ram, gpus)  # type: ignore[attr-defined]
+        else:
+            budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
+            runner = make_executor(executor, address, budget)
         retry_stages = None if retry is True else () if retry is False else tuple(retry)
-        driver = Driver(self, Path(run_dir), make_executor(executor), budget,
+        if store is not None:
+            record_store(run_dir, store)
+        driver = Driver(self, Path(run_dir), runner, budget,
                         force=tuple(force), retry=retry_stages, progress=progress,
                         bench=bench)
         return driver.run(inputs)

@@ -113,8 +113,9 @@ class Service(Engine):
             raise PipelineError(f"stage {reduces[0]!r} is a reduce: it runs once over a whole "
                                 f"run, not per request, so this pipeline cannot be served")
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="conveyor-serve-")
-        super().__init__(pipeline, Path(run_dir or self._tmp.name), make_executor(executor),
-                         budget or Budget.detect())
+        budget = budget or Budget.detect()
+        super().__init__(pipeline, Path(run_dir or self._tmp.name),
+                         make_executor(executor, budget=budget), budget)
         self.serving = True
         self.max_queue = max_queue
         self.prices = {**DEFAULT_PRICES, **(prices or {})}

@@ -13,6 +13,15 @@ filesystem, workers do not fsync each file; the store remembers that it
 wrote (:meth:`Store.take_wrote`) and the driver calls :meth:`Store.sync`
 (one ``syncfs``) before the ledger commit that records those items. A worker
 whose driver is elsewhere (Ray) fsyncs each file itself (``fsync=True``).
+
+Values may live elsewhere than the run directory: a run started with
+``store=URL`` records the URL in ``<run_dir>/store.url`` (:func:`record_store`)
+and every :class:`Store` opened on that run directory (the driver's, each
+worker's, a :class:`~conveyor.RunResult`) then reads and writes values through
+fsspec at that URL (a shared filesystem path, ``s3://...``). Such a file is
+durable when its write returns (fsynced where the filesystem is local), so
+it needs no sync before the commit. Per-item folders and gather files stay in
+the run directory, which is therefore on a shared filesystem in a cluster.
 """
 
 from __future__ import annotations
@@ -21,12 +30,18 @@ import ctypes
 import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import NamedTuple
 
 from . import codec
+from .errors import StoreError
 
 INLINE_LIMIT = 64 * 1024
+STORE_FILE = "store.url"
+# Names this process's half-written files: workers on several machines may share a
+# directory (and a pid), and must not write into each other's.
+_WRITER = f"{socket.gethostname()}.{os.getpid()}"
 
 
 class Stored(NamedTuple):
@@ -51,6 +66,9 @@ class Store:
         self.inline_limit = inline_limit
         self.fsync = fsync
         self._wrote = False
+        recorded = self.root / STORE_FILE
+        self.url = recorded.read_text().strip() if recorded.exists() else None
+        self._remote = _Remote(self.url) if self.url else None
 
     def put(self, data: bytes, digest: str | None = None) -> Stored:
         """Keep ``data``: inline if small, else durably in a file.
@@ -62,6 +80,9 @@ class Store:
             return Stored(data, None, digest, len(data))
         dig = digest or codec.digest(data)
         ref = f"values/{dig[:2]}/{dig}.json"
+        if self._remote is not None:
+            self._remote.put(ref, data)
+            return Stored(None, ref, dig, len(data))
         path = self.root / ref
         if not path.exists():
             _write_aside(path, data, self.fsync)
@@ -74,6 +95,8 @@ class Store:
             return data
         if ref is None:
             raise ValueError("a stored value needs inline data or a reference")
+        if self._remote is not None:
+            return self._remote.get(ref)
         return (self.root / ref).read_bytes()
 
     def item_dir(self, stage: str, key: str) -> Path:
@@ -98,6 +121,68 @@ class Store:
             os.close(fd)
 
 
+def record_store(run_dir: str | os.PathLike[str], url: str) -> None:
+    """Record that ``run_dir`` keeps its large values at ``url`` (an fsspec URL or path).
+
+    Raises:
+        StoreError: the run directory already records another store (its
+            ledger refers to values there), or fsspec is not installed.
+    """
+    if "://" not in url:
+        url = str(Path(url).resolve())  # workers and later readers may run elsewhere
+    _Remote(url)  # fails now, before anything runs, if the URL cannot be used
+    from .result import LEDGER_FILE
+
+    path = Path(run_dir) / STORE_FILE
+    recorded = path.read_text().strip() if path.exists() else None
+    if recorded is None and (Path(run_dir) / LEDGER_FILE).exists():
+        recorded = "the run directory"  # its ledger refers to values kept there
+    if recorded == url:
+        return
+    if recorded is not None:
+        raise StoreError(f"{run_dir} keeps its values at {recorded!r}, not {url!r}; "
+                         f"use the same store or a new run directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_aside(path, url.encode(), fsync=True)
+
+
+class _Remote:
+    """Values at an fsspec URL: written aside then moved, so a reader never sees half."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import fsspec
+        except ImportError:
+            raise StoreError(f"store {url!r} needs fsspec: pip install 'conveyor[ray]'") from None
+        self.fs, base = fsspec.core.url_to_fs(url)
+        self.base = base.rstrip("/")
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
+                                else (self.fs.protocol,))
+
+    def put(self, ref: str, data: bytes) -> None:
+        path = f"{self.base}/{ref}"
+        if self.fs.exists(path):
+            return  # content-addressed: the same bytes are there already
+        parent, name = path.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.{_WRITER}.tmp"
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(data)
+            if self.local:  # an object store commits on close; a disk needs fsync
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.fs.mv(tmp, path)
+        if self.local:
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def get(self, ref: str) -> bytes:
+        return self.fs.cat_file(f"{self.base}/{ref}")
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -110,7 +195,7 @@ def safe_name(key: str) -> str:
 def _write_aside(path: Path, data: bytes, fsync: bool) -> None:
     """Write beside, then rename into place so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_WRITER}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         if fsync:

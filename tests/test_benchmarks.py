@@ -30,8 +30,20 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_benchmark_runs_and_prints_its_json_lines(name, tmp_path):
+    check_benchmark(name, tmp_path)
+
+
+@pytest.mark.ray
+def test_hetero_runs_on_ray(tmp_path):
+    pytest.importorskip("ray")
+    for record in check_benchmark("hetero", tmp_path, "--executor", "ray"):
+        assert record["executor"] == "ray" and record["ray_start_s"] > 0
+
+
+def check_benchmark(name: str, tmp_path: Path, *args: str) -> list[dict]:
+    """Run a benchmark with --quick; check its JSON lines and return them."""
     out = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick",
-                          "--run-dir", str(tmp_path)], capture_output=True, text=True,
+                          "--run-dir", str(tmp_path), *args], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -40,3 +52,4 @@ def test_benchmark_runs_and_prints_its_json_lines(name, tmp_path):
         assert record["bench"] == name
         assert EXPECTED[name] <= set(record), set(record)
         assert record["machine"]["cpus"] >= 1 and record["date"]
+    return lines

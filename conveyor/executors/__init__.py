@@ -1,17 +1,34 @@
-"""Executors: where stage code runs. ``local`` (processes) by default, ``inline`` to debug."""
+"""Executors: where stage code runs. ``local`` (processes) by default, ``inline`` to debug,
+``ray`` for a Ray cluster (imported only when chosen: ``import conveyor`` never imports Ray)."""
 
 from __future__ import annotations
 
 from ..errors import ExecutorUnavailable
+from ..resources import Budget
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
-EXECUTORS = ("local", "inline")
+EXECUTORS = ("local", "inline", "ray")
 
 
-def make_executor(name: str | Executor) -> Executor:
-    """An executor by name (an :class:`Executor` instance is passed through)."""
+def make_executor(name: str | Executor, address: str | None = None,
+                  budget: Budget | None = None) -> Executor:
+    """An executor by name (an :class:`Executor` instance is passed through).
+
+    ``address`` is the Ray cluster to join (``ray`` only; None starts a local
+    Ray instance sized to ``budget``, default this machine's).
+
+    Raises:
+        ExecutorUnavailable: an unknown name, an address for another executor,
+            or ``ray`` without Ray installed.
+    """
     if isinstance(name, Executor):
         return name
+    if address is not None and name != "ray":
+        raise ExecutorUnavailable(f"an address is for the ray executor, not {name!r}")
+    if name == "ray":
+        from .ray import RayExecutor
+
+        return RayExecutor(address, budget)
     if name == "local":
         from .local import LocalExecutor
 

@@ -1,0 +1,342 @@
+"""The Ray executor: each worker is a Ray actor, anywhere in a Ray cluster.
+
+::
+
+     driver process (scheduler, ledger)                Ray actors (one per worker)
+    ┌────────────────────────────────────┐           ┌──────────────────────────────┐
+    │ start(): actor with num_cpus,      │           │ _Actor: a GroupRunner        │
+    │   num_gpus, memory, runtime_env    │──setup()─▶│   setup() once               │
+    │ send(): one actor call per task    │──run()───▶│   run(tasks) -> records      │
+    │   (per batch in a batch stage)     │           │   (calls run in order)       │
+    │ poll(): ray.wait on the calls' refs│◀──refs────│                              │
+    └────────────────────────────────────┘           └──────────────────────────────┘
+
+The engine, scheduler and ledger are the local executor's; only where the
+code runs differs. Each task (or batch) is its own actor call, so the call
+at the head of a worker's queue is the one running: if the actor dies, the
+driver blames exactly that call and hands the rest back. An actor reserves
+its CPUs for its whole life (``lends_cpu = False``) and may live on another
+machine, so it fsyncs the files it writes itself (``same_machine = False``).
+Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
+see none, as local workers); the stage's ``env`` and the pinned thread counts
+travel in the actor's ``runtime_env``. An actor's stdout and stderr go to
+``<run_dir>/logs/<group>.log``, as a local worker's do. Timeouts are enforced
+everywhere (by killing the actor); a stage's ``ram`` is a Ray reservation, and
+is also enforced by measuring the actor's memory where it runs on the
+driver's machine (the watchdog sees no process elsewhere).
+
+Without an address, the executor starts a local Ray instance sized to the
+budget when the first worker starts, and stops it at the end of the run; a
+Ray instance already initialised in the process is used and left running.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import cloudpickle
+
+from ..envs import runtime_env
+from ..errors import ExecutorUnavailable
+from ..ledger.base import Claim
+from ..resources import Budget, parse_size
+from ..runner import GroupRunner, WorkerSpec
+from ..worker import Running
+from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+
+try:
+    import ray
+    from ray.exceptions import RayActorError, RayError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ExecutorUnavailable(
+        "the ray executor needs Ray: pip install 'conveyor[ray]'") from exc
+
+WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
+_INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             configure_logging=False)
+
+
+class _Actor:
+    """The worker side: a GroupRunner held by a Ray actor."""
+
+    def __init__(self, spec: bytes, path: list[str]) -> None:
+        sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
+        self.runner = GroupRunner(cloudpickle.loads(spec))
+        self.broken = False
+        _log_to(Path(self.runner.spec.run_dir) / "logs" / f"{self.runner.spec.group}.log")
+
+    def setup(self) -> tuple[Any, ...]:
+        """Run the stages' setup(); ("ready", pid, host) or ("failed", error, traceback)."""
+        try:
+            self.runner.setup()
+        except BaseException as exc:
+            self.broken = True
+            return ("failed", f"setup of {self.runner.spec.group!r} failed: "
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(self.runner.spec.resources.threads)
+        return ("ready", os.getpid(), socket.gethostname())
+
+    def run(self, tasks: list[Claim]) -> tuple[list[Any], bool]:
+        """Records of ``tasks`` (one call of the stage), their files already durable."""
+        if self.broken:
+            return [], False  # the driver already failed these with the setup error
+        records = self.runner.run([self.runner.load(task) for task in tasks])
+        if self.runner.store.take_wrote():
+            # Values are fsynced as written; files a stage wrote in its item folder are
+            # not, and the driver may be on another machine: flush them here.
+            self.runner.store.sync()
+        return records, False
+
+
+def _log_to(path: Path) -> None:
+    """Send this process's stdout and stderr to ``path``, as a local worker's are: the
+    stage's prints end up in the run directory, whichever node the actor is on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+@dataclass
+class _Call:
+    ref: Any
+    tasks: list[Claim]
+    stage: int  # index of the tasks' stage in the group's chain
+    started: float = 0.0  # when it became the head of a ready worker's queue (0: not yet)
+
+
+@dataclass
+class _Worker:
+    actor: Any
+    spec: WorkerSpec
+    setup: Any  # the setup call's ref, until it answers
+    calls: deque[_Call] = field(default_factory=deque)
+    pid: int | None = None  # where the actor runs on this machine
+    stopping: bool = False
+
+    def begin_head(self) -> None:
+        """Start the clock of the call at the head of the queue, once the actor is ready
+        (until then it waits for setup, and a timeout must not count that)."""
+        if self.calls and self.setup is None and self.calls[0].started == 0.0:
+            self.calls[0].started = time.time()
+
+    def head(self) -> Running | None:
+        if not self.calls:
+            return None
+        call = self.calls[0]
+        return Running(call.stage, call.tasks[0].id, len(call.tasks), call.started)
+
+
+class RayExecutor(Executor):
+    """Ray actors as workers; see the module docstring."""
+
+    name = "ray"
+    lends_cpu = False
+    same_machine = False
+    knows_running = True
+
+    def __init__(self, address: str | None = None, budget: Budget | None = None) -> None:
+        """Join the Ray cluster at ``address`` ("auto", "ray://host:port"), or start a
+        local one with the CPUs, RAM and GPUs of ``budget`` (default: this machine's);
+        either when the first worker starts, so a run with nothing to do costs no Ray
+        start. A Ray instance already initialised in this process is used as it is."""
+        self.address = address
+        self.budget = budget
+        self._owns_ray = False
+        self._actor_class: Any = None
+        self._workers: dict[int, _Worker] = {}
+        self._calls: dict[Any, int] = {}  # outstanding ref -> worker id
+        self._events: list[Event] = []
+        self._wake = threading.Event()
+        self._next_id = 0
+        self._host = socket.gethostname()
+
+    def _connect(self) -> None:
+        if not ray.is_initialized():
+            if self.address is None:
+                # Ray gets the budget as it is, so every stage that fits the budget can
+                # be placed: declared GPUs too (as the local executor takes them), so GPU
+                # stages schedule on a machine where Ray detects none.
+                budget = self.budget or Budget.detect()
+                ray.init(num_cpus=max(1, math.ceil(budget.cpus)), num_gpus=budget.gpus,
+                         _memory=budget.ram, **_INIT)
+            else:
+                ray.init(address=self.address, **_INIT)
+            self._owns_ray = True
+        self._actor_class = ray.remote(_Actor)
+
+    def cluster_budget(self, cpus: float | None = None, ram: int | str | None = None,
+                       gpus: int | None = None) -> Budget:
+        """The cluster's budget: its total CPUs, memory and GPUs, each part overridden
+        where given (joins the cluster now)."""
+        if self._actor_class is None:
+            self._connect()
+        total = ray.cluster_resources()
+        return Budget(cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
+                      ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
+                      devices=tuple(str(i) for i in range(
+                          gpus if gpus is not None else int(total.get("GPU", 0)))))
+
+    def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
+        if self._actor_class is None:
+            self._connect()
+        res = spec.resources
+        env_vars = dict(env)  # pinned threads, the stage's env, no devices for CPU stages
+        if res.gpus:
+            del env_vars["CUDA_VISIBLE_DEVICES"]  # Ray sets the devices it placed the actor on
+        actor = self._actor_class.options(
+            num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
+            # A stage's requirements=/python= become Ray's pip/py_executable fields
+            runtime_env={"env_vars": env_vars, **runtime_env(spec.stages[0].stage)},
+            max_restarts=0).remote(cloudpickle.dumps(spec), list(sys.path))
+        worker_id = self._next_id
+        self._next_id += 1
+        setup = actor.setup.remote()
+        self._workers[worker_id] = _Worker(actor, spec, setup)
+        self._calls[setup] = worker_id
+        return worker_id
+
+    def send(self, worker: int, tasks: list[Claim]) -> None:
+        w = self._workers.get(worker)
+        if w is None:
+            return
+        index = {s.stage.name: i for i, s in enumerate(w.spec.stages)}
+        for chunk in _calls(tasks, w.spec.batch_size):
+            ref = w.actor.run.remote(chunk)
+            w.calls.append(_Call(ref, chunk, index[chunk[0].stage]))
+            self._calls[ref] = worker
+        w.begin_head()
+
+    def wakeup(self) -> None:
+        self._wake.set()
+
+    def poll(self, timeout: float) -> list[Event]:
+        self._stop_idle()
+        if not self._events and timeout > 0:
+            if self._calls:
+                ray.wait(list(self._calls), num_returns=1, timeout=min(timeout, WAIT_SECONDS))
+            else:
+                self._wake.wait(min(timeout, WAIT_SECONDS))
+        self._wake.clear()
+        if self._calls:
+            done, _ = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=0)
+            finished = set(done)
+            for ref in [r for r in self._calls if r in finished]:  # each worker's in send order
+                if ref in self._calls:  # not dropped meanwhile with its dead worker
+                    self._answer(self._calls.pop(ref), ref)
+        self._stop_idle()
+        events, self._events = self._events, []
+        return events
+
+    def _answer(self, worker_id: int, ref: Any) -> None:
+        """Turn one finished call into events."""
+        w = self._workers[worker_id]
+        try:
+            value = ray.get(ref)
+        except RayActorError as exc:
+            self._gone(worker_id, f"died: {_first_line(exc)}")
+            return
+        except RayError as exc:  # the actor code itself broke: treat the worker as lost
+            self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
+            return
+        if ref == w.setup:
+            w.setup = None
+            if value[0] == "ready":
+                w.pid = value[1] if value[2] == self._host else None
+                w.begin_head()
+                self._events.append(Ready(worker_id))
+            else:
+                self._events.append(SetupFailed(worker_id, value[1], value[2]))
+                self._gone(worker_id, "setup failed", kill=True)
+            return
+        call = w.calls.popleft()
+        assert call.ref == ref, "actor calls finish in the order they were sent"
+        w.begin_head()
+        records, wrote = value
+        self._events.append(Results(worker_id, records, wrote))
+
+    def _gone(self, worker_id: int, reason: str, kill: bool = False) -> None:
+        w = self._workers.pop(worker_id)
+        running = w.head() if w.setup is None else None  # dead in setup: no task was running
+        for call in w.calls:
+            self._calls.pop(call.ref, None)
+        if w.setup is not None:
+            self._calls.pop(w.setup, None)
+        if kill:
+            ray.kill(w.actor, no_restart=True)
+        self._events.append(Exited(worker_id, reason, running))
+
+    def _stop_idle(self) -> None:
+        """Workers asked to stop exit once their queued calls are answered."""
+        for worker_id, w in list(self._workers.items()):
+            if w.stopping and not w.calls and w.setup is None:
+                self._gone(worker_id, "exited", kill=True)
+
+    def stop(self, worker: int, kill: bool = False) -> None:
+        w = self._workers.get(worker)
+        if w is None:
+            return
+        if kill:
+            self._gone(worker, "killed", kill=True)
+        else:
+            w.stopping = True
+
+    def pid(self, worker: int) -> int | None:
+        w = self._workers.get(worker)
+        return w.pid if w else None
+
+    def running(self, worker: int) -> Running | None:
+        w = self._workers.get(worker)
+        return w.head() if w else None
+
+    def workers(self) -> list[int]:
+        return list(self._workers)
+
+    def shutdown(self, grace: float = 5.0) -> list[Event]:
+        """Stop every actor as the base does; then stop the Ray instance if this started it."""
+        try:
+            return super().shutdown(grace)
+        finally:
+            if self._owns_ray:
+                ray.shutdown()
+                self._owns_ray = False
+                self._actor_class = None  # a later start joins or starts Ray again
+
+
+def _calls(tasks: list[Claim], batch_size: int | None) -> list[list[Claim]]:
+    """Split tasks into actor calls: one per task, or one per batch in a batch stage.
+
+    A task on its second attempt or later gets a call of its own (the runner runs
+    it alone anyway), so that if it is what kills the actor, it alone is blamed.
+    """
+    if not batch_size:
+        return [[task] for task in tasks]
+    calls: list[list[Claim]] = []
+    for task in tasks:
+        if task.attempt > 1:
+            calls.append([task])
+        elif calls and len(calls[-1]) < batch_size and calls[-1][0].attempt <= 1:
+            calls[-1].append(task)
+        else:
+            calls.append([task])
+    return calls
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

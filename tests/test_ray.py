@@ -1,0 +1,367 @@
+"""The Ray executor beyond the contract suite: real actor deaths, a killed driver, the
+store URL, the CLI joining a running cluster, and the error without Ray installed.
+
+Everything runs on the session's local Ray instance (see conftest) except the
+driver-kill test, whose driver starts its own Ray as a user's would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conveyor import Item, Pipeline, StoreError, open_run
+from conveyor.events import read_events
+from helpers import append_log, read_log
+
+pytestmark = pytest.mark.ray
+PIPELINES = Path(__file__).parent / "pipelines"
+
+
+@pytest.fixture(autouse=True)
+def ray_session(ray_instance):
+    return ray_instance
+
+
+def slow_chain(log: Path) -> Pipeline:
+    """Two stages; every call logs "stage key pid" so a test can find and kill actors."""
+    pipe = Pipeline("ray-chain")
+
+    @pipe.stage(cpus=1, retries=2, retry_backoff=0.05)
+    def work(x, ctx):
+        append_log(log, f"work {ctx.key} {os.getpid()}")
+        time.sleep(0.05)
+        return x * 2
+
+    @pipe.stage(after=work, cpus=1, retries=2, retry_backoff=0.05)
+    def finish(x, ctx):
+        append_log(log, f"finish {ctx.key} {os.getpid()}")
+        return x + 1
+
+    return pipe
+
+
+def test_an_actor_process_killed_mid_run_is_replaced_and_nothing_is_lost(run_dir, tmp_path):
+    log = tmp_path / "calls.log"
+    n = 60
+    killed: list[int] = []
+
+    def killer() -> None:
+        """SIGKILL the process of the ``work`` actor once it has done a few items."""
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            calls = [line.split() for line in read_log(log) if line.startswith("work")]
+            if len(calls) >= 10:
+                pid = int(calls[-1][2])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    result = slow_chain(log).run([Item(f"k{i:02d}", i) for i in range(n)], run_dir=run_dir,
+                                 executor="ray", cpus=2)
+    thread.join()
+    assert killed, "the run ended before an actor could be killed"
+    assert result.ok
+    assert dict(result.outputs("finish")) == {f"k{i:02d}": 2 * i + 1 for i in range(n)}
+    # the dead actor was replaced: later work ran in another process
+    pids = {int(line.split()[2]) for line in read_log(log) if line.startswith("work")}
+    assert pids - set(killed)
+    exits = [e["reason"] for e in read_events(run_dir) if e["event"] == "worker_exit"]
+    assert any("died" in reason for reason in exits), exits
+
+
+def test_an_actor_killed_with_ray_kill_costs_its_item_one_attempt(run_dir):
+    pipe = Pipeline("ray-kill")
+
+    @pipe.stage(retries=1, retry_backoff=0.05)
+    def work(x, ctx):
+        if ctx.key == "poison":
+            import ray
+
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            time.sleep(30)  # the kill lands while this call is running
+        return x * 2
+
+    result = pipe.run([Item(k, i) for i, k in enumerate(["a", "b", "poison", "c"])],
+                      run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["work"]["done"] == 3
+    (failure,) = result.failures()
+    assert failure["key"] == "poison" and failure["attempts"] == 2
+    assert "worker died" in failure["error"], failure["error"]
+
+
+def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
+    log = tmp_path / "batches.log"
+    pipe = Pipeline("ray-batch-poison")
+
+    @pipe.stage(batch_size=8, retries=2, retry_backoff=0.05)
+    def batch(values, ctx):
+        append_log(log, " ".join(ctx.keys))
+        if "poison" in ctx.keys:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return values
+
+    keys = [f"k{i}" for i in range(7)] + ["poison"]
+    result = pipe.run([Item(k, k) for k in keys], run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["batch"]["done"] == 7
+    (failure,) = result.failures()
+    assert failure["key"] == "poison" and failure["attempts"] == 3
+    assert "poison" in read_log(log)  # on retry it ran alone
+
+
+def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
+    pipe = Pipeline("ray-broken-setup")
+
+    @pipe.stage
+    class Broken:
+        def setup(self):
+            raise RuntimeError("no model here")
+
+        def __call__(self, x):
+            return x
+
+    result = pipe.run(["a", "b"], run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["Broken"]["failed"] == 2
+    assert all("setup of 'Broken' failed: RuntimeError: no model here" in f["error"]
+               for f in result.failures())
+
+
+def test_a_timeout_kills_the_actor_and_fails_only_its_item(run_dir):
+    pipe = Pipeline("ray-timeout")
+
+    @pipe.stage(timeout=1, retries=0)
+    def work(x, ctx):
+        if ctx.key == "stuck":
+            time.sleep(600)
+        return x
+
+    result = pipe.run([Item(k, i) for i, k in enumerate(["a", "stuck", "b", "c"])],
+                      run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["work"]["done"] == 3
+    (failure,) = result.failures()
+    assert failure["key"] == "stuck" and "timed out after 1 s" in failure["error"]
+
+
+def test_an_actor_past_its_ram_is_killed_and_only_its_item_fails(run_dir):
+    pipe = Pipeline("ray-ram")
+
+    @pipe.stage(ram="200MiB", retries=0)
+    def work(x, ctx):
+        if ctx.key == "hog":
+            block = bytearray(400 * 2**20)
+            block[::4096] = b"\x01" * (len(block) // 4096)  # touch every page: resident
+            time.sleep(600)
+        return x
+
+    result = pipe.run([Item(k, i) for i, k in enumerate(["a", "hog", "b"])],
+                      run_dir=run_dir, executor="ray", cpus=2)
+    assert result.counts["work"]["done"] == 2
+    (failure,) = result.failures()
+    assert failure["key"] == "hog" and "exceeded ram 200 MiB" in failure["error"]
+
+
+def test_what_a_stage_prints_lands_in_the_run_directory(run_dir):
+    pipe = Pipeline("ray-logs")
+
+    @pipe.stage
+    def noisy(x):
+        print(f"hello from {x}", flush=True)
+        print(f"warning about {x}", file=sys.stderr, flush=True)
+        return x
+
+    pipe.run(["k"], run_dir=run_dir, executor="ray", cpus=1)
+    text = (run_dir / "logs" / "noisy.log").read_text()
+    assert "hello from k" in text and "warning about k" in text
+
+
+def test_time_in_setup_does_not_count_towards_an_item_timeout(run_dir):
+    pipe = Pipeline("ray-slow-setup")
+
+    @pipe.stage(timeout=1, retries=0)
+    class Slow:
+        def setup(self):
+            time.sleep(2)  # tasks were sent meanwhile; their clock starts after this
+
+        def __call__(self, x):
+            time.sleep(0.3)  # still running when the driver hears the actor is ready
+            return x
+
+    result = pipe.run([Item(str(i), i) for i in range(4)], run_dir=run_dir, executor="ray",
+                      cpus=1)
+    assert result.ok, result.failures()
+
+
+def test_actors_get_the_stage_env_pinned_threads_and_their_gpu_share(run_dir):
+    pipe = Pipeline("ray-env")
+
+    def seen(x):
+        return {v: os.environ.get(v) for v in ("GREETING", "OMP_NUM_THREADS",
+                                               "CUDA_VISIBLE_DEVICES")}
+
+    pipe.stage(seen, name="cpu", cpus=1, threads=1, env={"GREETING": "hello"})
+    pipe.stage(seen, name="gpu", after="cpu", cpus=0.5, gpus=0.5, threads=2)
+    result = pipe.run(["a"], run_dir=run_dir, executor="ray", cpus=2, gpus=1)
+    assert dict(result.outputs("cpu"))["a"] == {"GREETING": "hello", "OMP_NUM_THREADS": "1",
+                                         "CUDA_VISIBLE_DEVICES": ""}  # no GPU for it
+    gpu = dict(result.outputs("gpu"))["a"]
+    assert gpu["OMP_NUM_THREADS"] == "2" and gpu["CUDA_VISIBLE_DEVICES"] == "0"
+    assert gpu["GREETING"] is None  # env is per stage
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {pipelines!r})
+    import faulty
+    faulty.pipe.run(faulty.inputs({n}), run_dir=sys.argv[1], executor="ray", cpus=2)
+""")
+
+
+def test_driver_kill_minus_9_then_resume_on_ray(tmp_path):
+    n = 12
+    expected_dir = tmp_path / "clean"
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        import faulty
+    finally:
+        sys.path.remove(str(PIPELINES))
+    with faulty.pipe.run(faulty.inputs(n), run_dir=expected_dir, executor="inline") as clean:
+        expected = {s: dict(clean.outputs(s)) for s in clean.stages}
+
+    run_dir, log = tmp_path / "killed", tmp_path / "killed.log"
+    env = {**os.environ, "FAULT_LOG": str(log), "FAULT_SLEEP": "0.05"}
+    code = DRIVER.format(pipelines=str(PIPELINES), n=n)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while len(read_log(log)) < 25 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the driver finished before it could be killed"
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = time.time()
+    done_at_kill = _done_rows(run_dir)
+    # The actors die with the Ray instance their driver started; no stage code runs on.
+    actors = [p for p in family if p.pid in {int(line.split()[2]) for line in read_log(log)}]
+    assert actors
+    _, alive = psutil.wait_procs(actors, timeout=15)
+    assert not alive, f"actors outlived their driver: {alive}"
+    # Ray's dashboard and runtime-env agents outlive a SIGKILLed driver (Ray's
+    # behaviour, not ours); end the ones this test started.
+    for leftover in family:
+        try:
+            leftover.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    with open_run(run_dir) as result:
+        assert result.ok
+        assert {s: dict(result.outputs(s)) for s in result.stages} == expected
+    assert done_at_kill, "nothing was recorded before the kill"
+    redone = [line for line in read_log(log) if float(line.split()[3]) > killed_at
+              and tuple(line.split()[:2]) in done_at_kill]
+    assert redone == []
+
+
+def _done_rows(run_dir: Path) -> set[tuple[str, str]]:
+    db = sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        return {(s, k) for s, k in db.execute(
+            "SELECT stage, key FROM items WHERE status IN ('done', 'routed-out')")}
+    finally:
+        db.close()
+
+
+def test_large_values_go_to_the_store_url(run_dir, tmp_path):
+    store = tmp_path / "shared-store"
+    pipe = Pipeline("ray-store")
+
+    @pipe.stage
+    def big(n):
+        return "x" * (200_000 + n)  # past the inline limit: a file
+
+    result = pipe.run([Item(str(i), i) for i in range(3)], run_dir=run_dir, executor="ray",
+                      cpus=2, store=f"file://{store}")
+    assert dict(result.outputs("big")) == {str(i): "x" * (200_000 + i) for i in range(3)}
+    assert len(list((store / "values").rglob("*.json"))) == 3
+    assert not (run_dir / "values").exists()
+    with open_run(run_dir) as again:  # another reader finds the store through the run dir
+        assert len(dict(again.outputs("big"))["2"]) == 200_002
+    with pytest.raises(StoreError, match="keeps its values at"):
+        pipe.run(run_dir=run_dir, executor="ray", cpus=2, store=str(tmp_path / "elsewhere"))
+    plain = tmp_path / "plain"  # a run dir that kept its values itself cannot move them
+    pipe.run(["x"], run_dir=plain, executor="ray", cpus=2)
+    with pytest.raises(StoreError, match="'the run directory'"):
+        pipe.run(["x"], run_dir=plain, executor="ray", cpus=2, store=str(store))
+
+
+CLI_PIPELINE = textwrap.dedent("""
+    from conveyor import Pipeline
+
+    pipe = Pipeline("cli-ray")
+
+    @pipe.stage(cpus=1)
+    def shout(word):
+        return word.upper()
+""")
+
+
+def test_cli_joins_a_running_cluster_by_address(ray_instance, tmp_path):
+    module = tmp_path / "clipipe.py"
+    module.write_text(CLI_PIPELINE)
+    address = ray_instance.get_runtime_context().gcs_address
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "conveyor", "run", f"{module}:pipe", "a", "b",
+                           "--run-dir", str(run_dir), "--executor", "ray", "--address", address,
+                           "--cpus", "1", "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert dict(open_run(run_dir).outputs("shout")) == {"a": "A", "b": "B"}
+
+
+def test_ray_executor_without_ray_says_what_to_install(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        from conveyor import ExecutorUnavailable, Pipeline
+        pipe = Pipeline("no-ray")
+        pipe.stage(lambda x: x)
+        try:
+            pipe.run(["a"], run_dir={str(tmp_path / "run")!r}, executor="ray")
+        except ExecutorUnavailable as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert "pip install 'conveyor[ray]'" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_a_stage_with_its_own_requirements_runs_in_a_ray_pip_environment(run_dir):
+    sys.path.insert(0, str(Path(__file__).parent / "pipelines"))
+    import envstages
+    import six
+
+    pipe = Pipeline("ray-env")
+    pipe.stage(envstages.same, name="first")
+    pipe.stage(envstages.which_six, after="first", requirements=["six==1.16.0"])
+    result = pipe.run(["a", "b"], run_dir=run_dir, executor="ray")
+    assert result.ok, result.failures()
+    outputs = dict(result.outputs("which_six"))
+    assert {o["six"] for o in outputs.values()} == {"1.16.0"}
+    assert six.__version__ != "1.16.0"  # the driver's own is another release
