@@ -365,3 +365,18 @@ def test_a_stage_with_its_own_requirements_runs_in_a_ray_pip_environment(run_dir
     outputs = dict(result.outputs("which_six"))
     assert {o["six"] for o in outputs.values()} == {"1.16.0"}
     assert six.__version__ != "1.16.0"  # the driver's own is another release
+
+
+@pytest.mark.slow
+def test_a_requirement_ray_cannot_install_fails_that_stage_items_with_pips_words(run_dir):
+    sys.path.insert(0, str(Path(__file__).parent / "pipelines"))
+    import envstages
+
+    pipe = Pipeline("ray-bad-env")
+    pipe.stage(envstages.same, name="first")
+    pipe.stage(envstages.which_six, after="first", requirements=["conveyor-no-such-package-zq"])
+    result = pipe.run(["a", "b"], run_dir=run_dir, executor="ray")
+    assert result.counts["first"]["done"] == 2
+    assert result.counts["which_six"]["failed"] == 2
+    error = result.failures()[0]["error"]
+    assert "actor could not start" in error and "conveyor-no-such-package-zq" in error

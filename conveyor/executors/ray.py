@@ -46,7 +46,7 @@ from typing import Any, Mapping
 
 import cloudpickle
 
-from ..envs import runtime_env
+from .. import envs
 from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
 from ..resources import Budget, parse_size
@@ -199,11 +199,14 @@ class RayExecutor(Executor):
         env_vars = dict(env)  # pinned threads, the stage's env, no devices for CPU stages
         if res.gpus:
             del env_vars["CUDA_VISIBLE_DEVICES"]  # Ray sets the devices it placed the actor on
+        # The user's modules import as in the driver; in a stage's own environment the
+        # driver's installed packages must not shadow the environment's versions.
+        path = envs.forwarded_path(sys.path) if spec.python_env else list(sys.path)
         actor = self._actor_class.options(
             num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
             # A stage's requirements=/python= become Ray's pip/py_executable fields
-            runtime_env={"env_vars": env_vars, **runtime_env(spec.stages[0].stage)},
-            max_restarts=0).remote(cloudpickle.dumps(spec), list(sys.path))
+            runtime_env={"env_vars": env_vars, **envs.runtime_env(spec.stages[0].stage)},
+            max_restarts=0).remote(cloudpickle.dumps(spec), path)
         worker_id = self._next_id
         self._next_id += 1
         setup = actor.setup.remote()
@@ -248,11 +251,14 @@ class RayExecutor(Executor):
         w = self._workers[worker_id]
         try:
             value = ray.get(ref)
-        except RayActorError as exc:
-            self._gone(worker_id, f"died: {_first_line(exc)}")
-            return
-        except RayError as exc:  # the actor code itself broke: treat the worker as lost
-            self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
+        except RayError as exc:
+            if ref == w.setup:  # never got ready: its runtime_env (pip ...) or start failed
+                self._events.append(SetupFailed(worker_id, _setup_error(exc), ""))
+                self._gone(worker_id, "setup failed", kill=True)
+            elif isinstance(exc, RayActorError):
+                self._gone(worker_id, f"died: {_first_line(exc)}")
+            else:  # the actor code itself broke: treat the worker as lost
+                self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
             return
         if ref == w.setup:
             w.setup = None
@@ -335,6 +341,13 @@ def _calls(tasks: list[Claim], batch_size: int | None) -> list[list[Claim]]:
         else:
             calls.append([task])
     return calls
+
+
+def _setup_error(exc: BaseException, lines: int = 40) -> str:
+    """Why an actor never got ready, with the tail of what Ray says (pip's output included)."""
+    text = str(exc).strip().splitlines()
+    return f"actor could not start: {_first_line(exc)}" + (
+        "\n" + "\n".join(text[-lines:]) if len(text) > 1 else "")
 
 
 def _first_line(exc: BaseException) -> str:
