@@ -122,6 +122,24 @@ def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
     assert "poison" in read_log(log)  # on retry it ran alone
 
 
+def test_without_retries_only_the_item_that_kills_its_actor_fails(run_dir):
+    # Many fast calls are in flight on each actor: when one kills it, Ray also drops
+    # the answers of calls it had finished; those items must not be charged for it.
+    pipe = Pipeline("ray-poison-solo")
+
+    @pipe.stage(cpus=1)
+    def fast(value):
+        if value == "poison":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return value
+
+    keys = [f"k{i:03d}" for i in range(200)]
+    keys.insert(100, "poison")
+    result = pipe.run(keys, run_dir=run_dir, executor="ray", cpus=2)
+    assert [f["key"] for f in result.failures()] == ["poison"]
+    assert result.counts["fast"]["done"] == 200
+
+
 def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
     pipe = Pipeline("ray-broken-setup")
 

@@ -62,6 +62,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the ray executor needs Ray: pip install 'conveyor[ray]'") from exc
 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
+SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show
 _INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              configure_logging=False)
 
@@ -117,6 +118,7 @@ class _Call:
     ref: Any
     tasks: list[Claim]
     stage: int  # index of the tasks' stage in the group's chain
+    isolated: bool = False  # holds a suspect: nothing else is in flight on its actor
     started: float = 0.0  # when it became the head of a ready worker's queue (0: not yet)
 
 
@@ -125,7 +127,8 @@ class _Worker:
     actor: Any
     spec: WorkerSpec
     setup: Any  # the setup call's ref, until it answers
-    calls: deque[_Call] = field(default_factory=deque)
+    calls: deque[_Call] = field(default_factory=deque)  # in flight, in the order sent
+    held: deque[list[Claim]] = field(default_factory=deque)  # waiting for an isolated call
     pid: int | None = None  # where the actor runs on this machine
     stopping: bool = False
 
@@ -161,6 +164,7 @@ class RayExecutor(Executor):
         self._actor_class: Any = None
         self._workers: dict[int, _Worker] = {}
         self._calls: dict[Any, int] = {}  # outstanding ref -> worker id
+        self._suspects: set[int] = set()  # task ids in flight on an actor that died
         self._events: list[Event] = []
         self._wake = threading.Event()
         self._next_id = 0
@@ -218,10 +222,20 @@ class RayExecutor(Executor):
         w = self._workers.get(worker)
         if w is None:
             return
+        w.held.extend(_calls(tasks, w.spec.batch_size, self._suspects))
+        self._submit(worker)
+
+    def _submit(self, worker: int) -> None:
+        """Send held calls to the actor; a call holding a suspect goes alone."""
+        w = self._workers[worker]
         index = {s.stage.name: i for i, s in enumerate(w.spec.stages)}
-        for chunk in _calls(tasks, w.spec.batch_size):
+        while w.held:
+            isolated = any(t.id in self._suspects for t in w.held[0])
+            if w.calls and (isolated or w.calls[-1].isolated):
+                break
+            chunk = w.held.popleft()
             ref = w.actor.run.remote(chunk)
-            w.calls.append(_Call(ref, chunk, index[chunk[0].stage]))
+            w.calls.append(_Call(ref, chunk, index[chunk[0].stage], isolated))
             self._calls[ref] = worker
         w.begin_head()
 
@@ -247,7 +261,31 @@ class RayExecutor(Executor):
         return events
 
     def _answer(self, worker_id: int, ref: Any) -> None:
-        """Turn one finished call into events."""
+        """Turn one finished call into events, after the calls sent to its actor before it.
+
+        An actor runs its calls one after another, but ``ray.wait`` may see a later
+        one finish first (a death shows on every pending call at once): the earlier
+        ones are settled first, so finished work counts and a death is blamed on
+        the call that was running.
+        """
+        w = self._workers[worker_id]
+        while ref != w.setup:  # nothing is sent before setup
+            if w.setup is not None:
+                earlier = w.setup
+            elif w.calls and w.calls[0].ref != ref:
+                earlier = w.calls[0].ref
+            else:
+                break
+            ready, _ = ray.wait([earlier], timeout=SETTLE_SECONDS)
+            if not ready:
+                break  # not finished after all: ``ref`` did not fail by the actor's death
+            self._calls.pop(earlier, None)
+            self._answer_one(worker_id, earlier)
+            if worker_id not in self._workers:
+                return  # it died at that call; ``ref`` went with it
+        self._answer_one(worker_id, ref)
+
+    def _answer_one(self, worker_id: int, ref: Any) -> None:
         w = self._workers[worker_id]
         try:
             value = ray.get(ref)
@@ -256,7 +294,7 @@ class RayExecutor(Executor):
                 self._events.append(SetupFailed(worker_id, _setup_error(exc), ""))
                 self._gone(worker_id, "setup failed", kill=True)
             elif isinstance(exc, RayActorError):
-                self._gone(worker_id, f"died: {_first_line(exc)}")
+                self._gone(worker_id, f"died: {_first_line(exc)}", sure=False)
             else:  # the actor code itself broke: treat the worker as lost
                 self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
             return
@@ -272,13 +310,25 @@ class RayExecutor(Executor):
             return
         call = w.calls.popleft()
         assert call.ref == ref, "actor calls finish in the order they were sent"
-        w.begin_head()
+        self._suspects.difference_update(t.id for t in call.tasks)
         records, wrote = value
         self._events.append(Results(worker_id, records, wrote))
+        self._submit(worker_id)
 
-    def _gone(self, worker_id: int, reason: str, kill: bool = False) -> None:
+    def _gone(self, worker_id: int, reason: str, kill: bool = False, sure: bool = True
+              ) -> None:
+        """``worker_id`` is gone; ``sure``: whether its head call is known to be what ran.
+
+        An actor that dies unexpectedly takes the answers of calls it finished but
+        had not yet sent back with it: with several calls in flight, which one
+        killed it is unknown. Then none is blamed; their tasks become suspects and
+        run alone next time, where a death says exactly which one it was.
+        """
         w = self._workers.pop(worker_id)
         running = w.head() if w.setup is None else None  # dead in setup: no task was running
+        if not sure and len(w.calls) > 1:
+            self._suspects.update(t.id for call in w.calls for t in call.tasks)
+            running = None
         for call in w.calls:
             self._calls.pop(call.ref, None)
         if w.setup is not None:
@@ -290,7 +340,7 @@ class RayExecutor(Executor):
     def _stop_idle(self) -> None:
         """Workers asked to stop exit once their queued calls are answered."""
         for worker_id, w in list(self._workers.items()):
-            if w.stopping and not w.calls and w.setup is None:
+            if w.stopping and not w.calls and not w.held and w.setup is None:
                 self._gone(worker_id, "exited", kill=True)
 
     def stop(self, worker: int, kill: bool = False) -> None:
@@ -324,22 +374,25 @@ class RayExecutor(Executor):
                 self._actor_class = None  # a later start joins or starts Ray again
 
 
-def _calls(tasks: list[Claim], batch_size: int | None) -> list[list[Claim]]:
+def _calls(tasks: list[Claim], batch_size: int | None, suspects: set[int]
+           ) -> list[list[Claim]]:
     """Split tasks into actor calls: one per task, or one per batch in a batch stage.
 
-    A task on its second attempt or later gets a call of its own (the runner runs
-    it alone anyway), so that if it is what kills the actor, it alone is blamed.
+    A task on its second attempt or later, or suspected of killing an actor, gets
+    a call of its own (the runner runs it alone anyway), so that if it is what
+    kills the actor, it alone is blamed.
     """
     if not batch_size:
         return [[task] for task in tasks]
     calls: list[list[Claim]] = []
+    growing = False  # whether the last call may take more tasks
     for task in tasks:
-        if task.attempt > 1:
-            calls.append([task])
-        elif calls and len(calls[-1]) < batch_size and calls[-1][0].attempt <= 1:
+        alone = task.attempt > 1 or task.id in suspects
+        if growing and not alone and len(calls[-1]) < batch_size:
             calls[-1].append(task)
         else:
             calls.append([task])
+            growing = not alone
     return calls
 
 
