@@ -7,7 +7,8 @@ Three measurements in one run, each against a real server process on
   ``--clients`` concurrent clients: requests/s, p50 and p99 latency, mean batch.
 * ``unbatched``: the same with ``Classify`` tuned to ``batch_size=1``.
 * overhead: one client at a time through HTTP against the three stage
-  functions called directly in this process, model loaded once (p50 each).
+  functions called directly in this process, model loaded once and torch
+  given the served stage's thread count (p50 each).
 
 Prints one JSON line: the figures, batched/unbatched throughput, and the
 per-request overhead (ms and as direct/served).
@@ -108,7 +109,11 @@ def served(spec: str, bodies: list[str], clients: int, serial: int) -> dict[str,
 
 
 def direct(bodies: list[str]) -> float:
-    """p50 ms of the three stages called in this process, the model loaded once."""
+    """p50 ms of the three stages called in this process, the model loaded once, with
+    as many torch threads as the served stage is pinned to (its ``threads``)."""
+    import torch
+
+    torch.set_num_threads(textclass.pipe["Classify"].resources.threads)
     model = textclass.Classify()
     model.setup()
     latencies = []

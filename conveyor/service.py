@@ -306,11 +306,12 @@ class Service(Engine):
             calls[(r.stage, r.started, r.ended)] = calls.get((r.stage, r.started, r.ended), 0) + 1
         for (stage, started, ended), n in calls.items():
             self.on_call(stage, ended - started, n)
-        done: list[_Request] = []
+        touched: dict[str, _Request] = {}
         for r in records:
             request = self._requests.get(request_key(r.key))
             if request is None:
                 continue
+            touched[request.key] = request
             request.rows.add((r.stage, r.key))
             if r.item_id is None:
                 request.outstanding += 1  # a fused row, created final (or to retry)
@@ -330,10 +331,11 @@ class Service(Engine):
                 if not out.targets and not out.gathers:
                     value = codec.decode(self.store.get(out.value.data, out.value.ref))
                     request.outputs.append({"stage": r.stage, "key": out.key, "value": value})
+        # Judged once the whole message is counted: a fused row follows its parent, whose
+        # output to it was not counted as outstanding, so a request is at 0 in between.
+        for request in touched.values():
             if request.outstanding == 0:
-                done.append(request)
-        for request in done:
-            self._answer(request)
+                self._answer(request)
 
     def _price(self, stage: str, seconds: float) -> float:
         res = self.pipeline[stage].resources

@@ -107,3 +107,30 @@ def test_a_pipeline_with_a_reduce_cannot_be_served():
 
     with pytest.raises(PipelineError, match="stage 'total' is a reduce"):
         Service(pipe)
+
+
+def test_a_chain_fused_into_one_worker_answers_each_request_once_at_its_end():
+    pipe = Pipeline("fused")
+
+    @pipe.stage(cpus=0.5)
+    def a(x: int) -> int:
+        return x + 1
+
+    @pipe.stage(after=a, cpus=0.5)
+    def b(x: int) -> int:  # same resources, one input: fused with a
+        return x * 10
+
+    @pipe.stage(after=b, cpus=0.5, batch_size=4, batch_wait=0.01)
+    def c(xs: list[int]) -> list[int]:
+        return [x + 5 for x in xs]
+
+    svc = Service(pipe, budget=Budget.detect(cpus=2)).start()
+    try:
+        futures = svc.submit_many(list(range(10)))
+        answers = [f.result(60) for f in futures]
+        assert [r.outputs for r in answers] == [
+            [{"stage": "c", "key": f"q{i + 1}", "value": (i + 1) * 10 + 5}] for i in range(10)]
+        assert all(set(r.timings) == {"a", "b", "c"} for r in answers)
+        assert svc.submit(7).result(60).ok and not svc.broken
+    finally:
+        svc.stop(grace=5)
