@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .events import EventLog
-from .ledger.base import Record, Status
+from .ledger.base import Record, Status, call_sizes
 from .metrics import RunMetrics
 from .pipeline import Pipeline
 from .progress import ProgressModel, ProgressView
@@ -90,9 +90,7 @@ class Observer:
     # -- what the driver reports --------------------------------------------------------------
 
     def recorded(self, records: list[Record]) -> None:
-        calls: dict[tuple[str, float, float], int] = {}
-        for r in records:
-            calls[(r.stage, r.started, r.ended)] = calls.get((r.stage, r.started, r.ended), 0) + 1
+        calls = call_sizes(records)
         for (stage, started, ended), n in calls.items():
             if self.pipeline[stage].batch_size:
                 self.metrics.batch(stage, n)

@@ -195,21 +195,12 @@ def _endpoint(service: Service, stage: Stage, alone: str | None, limit: float, d
     plain = TypeAdapter(takes)
 
     async def endpoint(body: Any, timeout: float | None = None) -> JSONResponse:
-        wait = min(timeout or limit, limit)
-        try:
-            future = service.submit_many([plain.dump_python(body, mode="json")], alone)[0]
-        except (Overloaded, Closed) as exc:
-            return _refused(exc)
-        except InputError as exc:
-            return _invalid(exc)
-        try:
-            response = await asyncio.wait_for(asyncio.wrap_future(future), wait)
-        except asyncio.TimeoutError:
-            return _error(504, f"timed out after {wait:g} s")
-        except Exception as exc:  # the service broke while this request was in it
-            return _error(500, f"service broken: {exc}")
-        status, body_out = _outcome(response, debug)
-        return JSONResponse(body_out, status_code=status, headers=_headers(response))
+        answered = await _answers(service, [plain.dump_python(body, mode="json")], alone,
+                                  min(timeout or limit, limit))
+        if isinstance(answered, JSONResponse):
+            return answered
+        status, body_out = _outcome(answered[0], debug)
+        return JSONResponse(body_out, status_code=status, headers=_headers(answered[0]))
 
     _sign(endpoint, takes)
     return endpoint
@@ -221,28 +212,37 @@ def _batch_endpoint(service: Service, stage: Stage, limit: float, debug: bool) -
     plain = TypeAdapter(list[takes])  # type: ignore[valid-type]
 
     async def endpoint(body: Any, timeout: float | None = None) -> JSONResponse:
-        wait = min(timeout or limit, limit)
-        try:
-            futures = service.submit_many(plain.dump_python(body, mode="json"))
-        except (Overloaded, Closed) as exc:
-            return _refused(exc)
-        except InputError as exc:
-            return _invalid(exc)
-        try:
-            responses = await asyncio.wait_for(
-                asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), wait)
-        except asyncio.TimeoutError:
-            return _error(504, f"timed out after {wait:g} s")
-        except Exception as exc:
-            return _error(500, f"service broken: {exc}")
+        answered = await _answers(service, plain.dump_python(body, mode="json"), None,
+                                  min(timeout or limit, limit))
+        if isinstance(answered, JSONResponse):
+            return answered
         entries = []
-        for response in responses:
+        for response in answered:
             status, out = _outcome(response, debug)
             entries.append({"status": status, "result" if status == 200 else "error": out})
         return JSONResponse({"results": entries})
 
     _sign(endpoint, list[takes])  # type: ignore[valid-type]
     return endpoint
+
+
+async def _answers(service: Service, values: list[Any], alone: str | None, wait: float
+                   ) -> list[Response] | JSONResponse:
+    """The responses to ``values``, or the error answer: refused (503), not JSON (422),
+    past ``wait`` seconds (504), or the service broke meanwhile (500)."""
+    try:
+        futures = service.submit_many(values, alone)
+    except (Overloaded, Closed) as exc:
+        return _refused(exc)
+    except InputError as exc:
+        return _invalid(exc)
+    try:
+        return list(await asyncio.wait_for(
+            asyncio.gather(*(asyncio.wrap_future(f) for f in futures)), wait))
+    except asyncio.TimeoutError:
+        return _error(504, f"timed out after {wait:g} s")
+    except Exception as exc:  # the service broke while these were in it
+        return _error(500, f"service broken: {exc}")
 
 
 def _sign(endpoint: Any, takes: Any) -> None:
@@ -263,7 +263,7 @@ def _outcome(response: Response, debug: bool) -> tuple[int, dict[str, Any]]:
                               traceback=failure["traceback"] if debug else None
                               ).model_dump(exclude_none=True)
     return 200, {"key": response.key, "outputs": response.outputs, "timings": response.timings,
-                 "cost": response.cost, "cost_total": sum(response.cost.values()),
+                 "cost": response.cost, "cost_total": response.cost_total,
                  "seconds": response.seconds}
 
 
@@ -272,7 +272,7 @@ def _headers(response: Response) -> dict[str, str]:
               for stage, seconds in response.timings.items()]
     timing.append(f"total;dur={response.seconds * 1000:.3f}")
     return {"Server-Timing": ", ".join(timing),
-            "X-Conveyor-Cost": f"{sum(response.cost.values()):.10f}"}
+            "X-Conveyor-Cost": f"{response.cost_total:.10f}"}
 
 
 def _token(name: str) -> str:

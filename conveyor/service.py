@@ -38,7 +38,7 @@ from .errors import ConveyorError, InputError, PipelineError
 from .events import EventLog
 from .executors import make_executor
 from .executors.base import Executor
-from .ledger.base import FINISHED, Output, Record, Status
+from .ledger.base import FINISHED, Output, Record, Status, call_sizes
 from .ledger.memory import MemoryLedger
 from .pipeline import Pipeline
 from .resources import DEFAULT_PRICES, Budget, hourly_price
@@ -72,6 +72,10 @@ class Response:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def cost_total(self) -> float:
+        return sum(self.cost.values())
 
 
 @dataclass
@@ -301,9 +305,7 @@ class Service(Engine):
         return shaped
 
     def _applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
-        calls: dict[tuple[str, float, float], int] = {}
-        for r in records:
-            calls[(r.stage, r.started, r.ended)] = calls.get((r.stage, r.started, r.ended), 0) + 1
+        calls = call_sizes(records)
         for (stage, started, ended), n in calls.items():
             self.on_call(stage, ended - started, n)
         touched: dict[str, _Request] = {}

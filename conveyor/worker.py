@@ -111,7 +111,8 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def _pin_torch(threads: int) -> None:
+def pin_torch(threads: int) -> None:
+    """Pin torch's thread count to the stage's ``threads``, where its setup imported torch."""
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
@@ -288,7 +289,7 @@ def main(fd: int, slot_fd: int) -> None:
         _send(conn, ("setup_failed", f"setup of {spec.group!r} failed: "
                      f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    _pin_torch(spec.resources.threads)
+    pin_torch(spec.resources.threads)
     _send(conn, ("ready", os.getpid()))
     serve(conn, runner)
 

@@ -369,16 +369,22 @@ def test_ray_executor_without_ray_says_what_to_install(tmp_path):
     assert "pip install 'conveyor[ray]'" in out.stdout, out.stderr
 
 
-@pytest.mark.slow
-def test_a_stage_with_its_own_requirements_runs_in_a_ray_pip_environment(run_dir):
-    sys.path.insert(0, str(Path(__file__).parent / "pipelines"))
+def run_with_requirement(run_dir: Path, requirement: str):
+    """first (driver's env) → which_six (its own env, built by Ray), on two inputs."""
+    sys.path.insert(0, str(PIPELINES))
     import envstages
-    import six
 
     pipe = Pipeline("ray-env")
     pipe.stage(envstages.same, name="first")
-    pipe.stage(envstages.which_six, after="first", requirements=["six==1.16.0"])
-    result = pipe.run(["a", "b"], run_dir=run_dir, executor="ray")
+    pipe.stage(envstages.which_six, after="first", requirements=[requirement])
+    return pipe.run(["a", "b"], run_dir=run_dir, executor="ray")
+
+
+@pytest.mark.slow
+def test_a_stage_with_its_own_requirements_runs_in_a_ray_pip_environment(run_dir):
+    import six
+
+    result = run_with_requirement(run_dir, "six==1.16.0")
     assert result.ok, result.failures()
     outputs = dict(result.outputs("which_six"))
     assert {o["six"] for o in outputs.values()} == {"1.16.0"}
@@ -387,13 +393,7 @@ def test_a_stage_with_its_own_requirements_runs_in_a_ray_pip_environment(run_dir
 
 @pytest.mark.slow
 def test_a_requirement_ray_cannot_install_fails_that_stage_items_with_pips_words(run_dir):
-    sys.path.insert(0, str(Path(__file__).parent / "pipelines"))
-    import envstages
-
-    pipe = Pipeline("ray-bad-env")
-    pipe.stage(envstages.same, name="first")
-    pipe.stage(envstages.which_six, after="first", requirements=["conveyor-no-such-package-zq"])
-    result = pipe.run(["a", "b"], run_dir=run_dir, executor="ray")
+    result = run_with_requirement(run_dir, "conveyor-no-such-package-zq")
     assert result.counts["first"]["done"] == 2
     assert result.counts["which_six"]["failed"] == 2
     error = result.failures()[0]["error"]

@@ -13,8 +13,11 @@
 
 The engine, scheduler and ledger are the local executor's; only where the
 code runs differs. Each task (or batch) is its own actor call, so the call
-at the head of a worker's queue is the one running: if the actor dies, the
-driver blames exactly that call and hands the rest back. An actor reserves
+at the head of a worker's queue is the one running. An actor that dies with
+one call in flight is blamed on that call. One that dies with several takes
+the answers of calls it had finished with it, so none is blamed: their tasks
+become suspects, which go alone to an actor with nothing else in flight,
+where a death names the task that caused it. An actor reserves
 its CPUs for its whole life (``lends_cpu = False``) and may live on another
 machine, so it fsyncs the files it writes itself (``same_machine = False``).
 Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
@@ -51,7 +54,7 @@ from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
 from ..resources import Budget, parse_size
 from ..runner import GroupRunner, WorkerSpec
-from ..worker import Running
+from ..worker import Running, pin_torch
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
 try:
@@ -84,9 +87,7 @@ class _Actor:
             self.broken = True
             return ("failed", f"setup of {self.runner.spec.group!r} failed: "
                     f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(self.runner.spec.resources.threads)
+        pin_torch(self.runner.spec.resources.threads)
         return ("ready", os.getpid(), socket.gethostname())
 
     def run(self, tasks: list[Claim]) -> tuple[list[Any], bool]:

@@ -133,6 +133,18 @@ class Record(NamedTuple):
     retryable: bool = True
 
 
+def call_sizes(records: list[Record]) -> dict[tuple[str, float, float], int]:
+    """How many records each stage call produced, by (stage, started, ended).
+
+    The records of one call (a batch) share its stage, start and end.
+    """
+    sizes: dict[tuple[str, float, float], int] = {}
+    for r in records:
+        call = (r.stage, r.started, r.ended)
+        sizes[call] = sizes.get(call, 0) + 1
+    return sizes
+
+
 class Refused(NamedTuple):
     """A record the ledger did not apply, and why (its key collided)."""
 
