@@ -1,8 +1,10 @@
 """One driver per run directory.
 
-The lock is an ``flock`` on ``<run_dir>/lock``, which the kernel releases the
-moment its holder dies, however it dies: a lock left by a ``kill -9`` is never
-stale. The file also records who holds it (pid, host, since) so a refused
+The lock is an ``flock`` on ``<run_dir>/lock``, which the kernel releases once
+its holder dies, however it dies: a lock left by a ``kill -9`` is never stale.
+"Once", not "the moment": a child the holder was forking when it died holds a
+copy of the descriptor until it execs, so a driver that finds the recorded
+holder dead waits a few seconds for the lock before it refuses. The file also records who holds it (pid, host, since) so a refused
 second driver can say whom it is waiting for, and a new holder can say whose
 lock it took over.
 """
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunLockedError
+
+DEAD_HOLDER_WAIT = 5.0  # seconds a dead holder's descendants may keep the lock
 
 
 class RunLock:
@@ -35,11 +39,12 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read(fd)
-            os.close(fd)
-            raise RunLockedError(
-                f"run directory {self.path.parent} is in use by another driver "
-                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
-                f"{holder.get('since', '?')}); wait for it or stop it first") from None
+            if not (_dead(holder) and _wait_for(fd, DEAD_HOLDER_WAIT)):
+                os.close(fd)
+                raise RunLockedError(
+                    f"run directory {self.path.parent} is in use by another driver "
+                    f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+                    f"{holder.get('since', '?')}); wait for it or stop it first") from None
         self.previous = _read(fd) or None
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -60,6 +65,32 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _dead(holder: dict[str, Any]) -> bool:
+    """Whether the recorded holder is a process of this host that no longer runs."""
+    import psutil
+
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_for(fd: int, seconds: float) -> bool:
+    """Take the lock on ``fd`` within ``seconds``; False if it stays held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+    return False
 
 
 def _read(fd: int) -> dict[str, Any]:

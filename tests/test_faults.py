@@ -261,3 +261,27 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path)
     faulty.pipe.run(faulty.inputs(20), run_dir=run_dir)  # the dead driver's lock is stale
     starts = [e for e in read_events(run_dir) if e["event"] == "run_start"]
     assert starts[-1]["took_over"]["pid"] == holder.pid
+
+
+def test_a_dead_drivers_lock_still_held_by_its_dying_child_is_taken_over(tmp_path):
+    # The holder dies while a child it forked still holds the lock's descriptor (as a
+    # worker between fork and exec does); the lock frees when the child goes.
+    code = textwrap.dedent(f"""
+        import os, time
+        from conveyor.lock import RunLock
+        lock = RunLock({str(tmp_path)!r}).acquire()
+        os.set_inheritable(lock._fd, True)
+        if os.fork() == 0:
+            time.sleep(1.5)  # the child outlives its parent, holding the descriptor
+            os._exit(0)
+        os._exit(0)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code])
+    assert holder.wait(timeout=60) == 0
+    from conveyor.lock import RunLock
+
+    lock = RunLock(tmp_path).acquire()  # within DEAD_HOLDER_WAIT, not refused
+    try:
+        assert lock.previous["pid"] == holder.pid
+    finally:
+        lock.release()
