@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .events import EventLog
-from .ledger.base import Record, Status, call_sizes
+from .ledger.base import Record, call_sizes
 from .metrics import RunMetrics
 from .pipeline import Pipeline
 from .progress import ProgressModel, ProgressView
@@ -48,6 +48,7 @@ class Observer:
         self.view = ProgressView(self.model, self.console) if self.model else None
         self._base: dict[str, dict[str, int]] = {}  # counts before this run started
         self._busy: dict[str, float] = {}
+        self._batch_stages = {s.name for s in pipeline.stages.values() if s.batch_size}
 
     # -- the run's life ---------------------------------------------------------------------
 
@@ -90,14 +91,11 @@ class Observer:
     # -- what the driver reports --------------------------------------------------------------
 
     def recorded(self, records: list[Record]) -> None:
-        calls = call_sizes(records)
-        for (stage, started, ended), n in calls.items():
-            if self.pipeline[stage].batch_size:
-                self.metrics.batch(stage, n)
-        for r in records:
-            status = "retry" if r.status is Status.PENDING else r.status.value
-            n = calls[(r.stage, r.started, r.ended)] if self.pipeline[r.stage].batch_size else 1
-            self.metrics.item(r.stage, status, r.started, r.ended, n)
+        batched = [r for r in records if r.stage in self._batch_stages]
+        calls = call_sizes(batched) if batched else {}
+        for (stage, _, _), n in calls.items():
+            self.metrics.batch(stage, n)
+        self.metrics.items(records, calls)
 
     def worker_started(self, worker_id: int, group: str, pid: int | None) -> None:
         self.metrics.worker(worker_id, group, pid)

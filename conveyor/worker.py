@@ -36,6 +36,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Mapping, NamedTuple
 
+from .ledger.base import Claim, to_wire
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
 
@@ -169,7 +171,7 @@ class _Reader(threading.Thread):
                 msg = self.conn.recv()
                 if msg[0] == "tasks":
                     for task in msg[1]:
-                        loaded = self.runner.load(task)
+                        loaded = self.runner.load(Claim._make(task))
                         self.inbox.put(loaded, loaded.size)
                 elif msg[0] == "stop":
                     break
@@ -197,7 +199,7 @@ def serve(conn: Connection, runner: Any) -> None:
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
         if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
-            _send(conn, ("results", outcomes, runner.store.take_wrote()))
+            _send(conn, ("results", to_wire(outcomes), runner.store.take_wrote()))
             outcomes = []
             last_flush = time.monotonic()
         if stopping and not pending and not outcomes:

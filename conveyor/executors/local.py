@@ -41,7 +41,7 @@ from typing import Mapping
 import cloudpickle
 
 from .. import envs
-from ..ledger.base import Claim
+from ..ledger.base import Claim, from_wire
 from ..runner import WorkerSpec
 from ..worker import Running, Slot
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
@@ -105,7 +105,7 @@ class LocalExecutor(Executor):
         return worker_id
 
     def send(self, worker: int, tasks: list[Claim]) -> None:
-        self._send(worker, ("tasks", tasks))
+        self._send(worker, ("tasks", [tuple(task) for task in tasks]))  # see to_wire
 
     def _send(self, worker: int, msg: object) -> None:
         try:
@@ -174,7 +174,7 @@ class LocalExecutor(Executor):
 def _event(wid: int, msg: tuple) -> Event:  # type: ignore[type-arg]
     kind = msg[0]
     if kind == "results":
-        return Results(wid, msg[1], msg[2])
+        return Results(wid, from_wire(msg[1]), msg[2])
     if kind == "ready":
         return Ready(wid)
     if kind == "setup_failed":

@@ -95,6 +95,16 @@ _INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest,
 _UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "
                 "worker=coalesce(?, worker), started=?, ended=?, n_out=?, out_key=?, "
                 "out_data=?, out_ref=?, out_digest=?, out_size=? WHERE id=?")
+# The rows most writes are, with fewer values to bind (each bound value costs about as
+# much as the rest of the row's insert): a new pending row, and a finished row with no
+# error whose one output (if any) is inline under its own key; see _plain.
+_INSERT_PENDING = ("INSERT INTO items(id, stage, key, status, attempts, input_id) "
+                   "VALUES(?, ?, ?, 'pending', 0, ?)")
+_INSERT_PLAIN = ("INSERT INTO items(id, stage, key, status, attempts, input_id, worker, started, "
+                 "ended, n_out, out_data, out_size) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_UPDATE_PLAIN = ("UPDATE items SET status=?, not_before=NULL, error=NULL, traceback=NULL, "
+                 "worker=coalesce(?, worker), started=?, ended=?, n_out=?, out_key=NULL, "
+                 "out_data=?, out_ref=NULL, out_digest=NULL, out_size=? WHERE id=?")
 # A value by id, wherever it lives: (data, ref) of an outputs row or of a row's own output.
 _VALUE_JOIN = ("LEFT JOIN outputs o ON {col} > 0 AND o.id = {col} "
                "LEFT JOIN items p ON {col} < 0 AND p.id = -{col}")
@@ -132,6 +142,20 @@ def _own_output(key: str, outputs: list[Output]) -> tuple[Any, ...]:
     return (1, None if out.key == key else out.key, v.data, v.ref, v.digest, v.size)
 
 
+def _plain(key: str, r: Record) -> tuple[int, bytes | None, int | None] | None:
+    """``n_out, out_data, out_size`` of a record the plain statements can write, else None."""
+    if r.error is not None or r.traceback is not None or r.retry_at is not None:
+        return None
+    outputs = r.outputs
+    if len(outputs) != 1:
+        return len(outputs), None, None
+    out = outputs[0]
+    v = out.value
+    if out.key != key or v.ref is not None or v.digest is not None:
+        return None
+    return 1, v.data, v.size
+
+
 def _new_row(row_id: int, stage: str, key: str, input_id: int, done: Record | None,
              worker: str | None) -> tuple[Any, ...]:
     """Values for a new items row: pending, or in the final state of a fused record."""
@@ -149,6 +173,9 @@ class _Batch:
     def __init__(self, next_item: int, next_output: int) -> None:
         self.next_item, self.next_output = next_item, next_output
         self.items: list[tuple[Any, ...]] = []
+        self.plain_items: list[tuple[Any, ...]] = []
+        self.pending_items: list[tuple[Any, ...]] = []
+        self.plain_updates: list[tuple[Any, ...]] = []
         self.outputs: list[tuple[Any, ...]] = []
         self.gathers: list[tuple[str, int]] = []
         self.updates: list[tuple[Any, ...]] = []
@@ -239,6 +266,8 @@ class SqliteLedger(Ledger):
 
     def add_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]) -> InputReport:
         db = self._write()
+        if db.execute("SELECT 1 FROM items WHERE stage=? LIMIT 1", (stage,)).fetchone() is None:
+            return self._add_first_inputs(stage, inputs)
         db.execute("CREATE TEMP TABLE IF NOT EXISTS given("
                    "key TEXT PRIMARY KEY, data BLOB, ref TEXT, digest TEXT, size INTEGER)")
         db.execute("DELETE FROM temp.given")
@@ -282,6 +311,45 @@ class SqliteLedger(Ledger):
             "(SELECT 1 FROM temp.given g WHERE g.key = i.key) ORDER BY key", (stage,))]
         db.execute("DELETE FROM temp.given")
         return InputReport(added, len(changed), total - added - len(changed), missing)
+
+    def _add_first_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]
+                          ) -> InputReport:
+        """A stage's first inputs: written straight into their rows, in chunks.
+
+        With nothing to compare against, the staging table a rerun needs is
+        skipped; that halves the cost of starting a large run.
+        """
+        added = 0
+        values: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
+        (next_id,) = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
+        for key, value in inputs:
+            values.append((next_id, None, 0, key, value.data, value.ref, value.digest,
+                           value.size))
+            rows.append((stage, key, "pending", next_id, value.digest))
+            next_id += 1
+            if len(rows) >= 5000:
+                added += self._insert_inputs(values, rows)
+                values, rows = [], []
+        added += self._insert_inputs(values, rows)
+        return InputReport(added, 0, 0, [])
+
+    def _insert_inputs(self, values: list[tuple[Any, ...]], rows: list[tuple[Any, ...]]) -> int:
+        db = self._db
+        db.executemany(_INSERT_OUTPUT, values)
+        (before,) = db.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()
+        try:
+            db.executemany("INSERT INTO items(stage, key, status, input_id, input_digest) "
+                           "VALUES(?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError:  # name the key: within the chunk, or an earlier one
+            seen: set[str] = set()
+            for stage, key, *_ in rows:
+                if key in seen or db.execute("SELECT 1 FROM items WHERE stage=? AND key=? "
+                                             "AND id <= ?", (stage, key, before)).fetchone():
+                    raise InputError(f"duplicate input key {key!r}") from None
+                seen.add(key)
+            raise
+        return len(rows)
 
     def _stage_inputs(self, chunk: list[tuple[str, bytes | None, str | None, str | None, int]]
                       ) -> None:
@@ -467,9 +535,14 @@ class SqliteLedger(Ledger):
                     raise KeyCollision("parent not recorded")  # resolved on the slow path
             else:
                 row_id = r.item_id
-                batch.updates.append((r.status, r.retry_at, r.error, r.traceback,
-                                      r.worker or worker, r.started, r.ended,
-                                      *_own_output(r.key, r.outputs), row_id))
+                plain = _plain(r.key, r)
+                if plain is None:
+                    batch.updates.append((r.status, r.retry_at, r.error, r.traceback,
+                                          r.worker or worker, r.started, r.ended,
+                                          *_own_output(r.key, r.outputs), row_id))
+                else:
+                    batch.plain_updates.append((r.status, r.worker or worker, r.started,
+                                                r.ended, *plain, row_id))
             inline = len(r.outputs) == 1
             for seq, out in enumerate(r.outputs):
                 if inline:
@@ -481,17 +554,30 @@ class SqliteLedger(Ledger):
                     batch.outputs.append((value_id, row_id, seq, out.key, v.data, v.ref,
                                           v.digest, v.size))
                 for target in out.targets:
-                    child = fused.get((target, out.key))
-                    batch.items.append(_new_row(batch.next_item, target, out.key, value_id,
-                                                child, worker))
-                    if child is not None:
-                        created[(target, out.key)] = batch.next_item
+                    row = batch.next_item
                     batch.next_item += 1
+                    child = fused.get((target, out.key))
+                    if child is None:
+                        batch.pending_items.append((row, target, out.key, value_id))
+                        continue
+                    created[(target, out.key)] = row
+                    plain = _plain(out.key, child)
+                    if plain is None:
+                        batch.items.append(_new_row(row, target, out.key, value_id, child,
+                                                    worker))
+                    else:
+                        batch.plain_items.append((row, target, out.key, child.status,
+                                                  child.attempt, value_id,
+                                                  child.worker or worker, child.started,
+                                                  child.ended, *plain))
                 batch.gathers.extend((g, value_id) for g in out.gathers)
         db = self._db
         db.executemany(_UPDATE_ITEM, batch.updates)
+        db.executemany(_UPDATE_PLAIN, batch.plain_updates)
         db.executemany(_INSERT_OUTPUT, batch.outputs)
         db.executemany(_INSERT_ITEM, batch.items)
+        db.executemany(_INSERT_PLAIN, batch.plain_items)
+        db.executemany(_INSERT_PENDING, batch.pending_items)
         db.executemany("INSERT INTO gathers VALUES(?, ?)", batch.gathers)
 
     def _apply_each(self, records: list[Record], existing: dict[int, str],
