@@ -1,7 +1,8 @@
 """The driver: runs a pipeline over its inputs on a run directory, to the end.
 
 It holds the run directory's lock, opens the SQLite ledger, gets it ready
-(:mod:`conveyor.prepare`: recovery, changed stages, inputs), then turns the
+(:mod:`conveyor.prepare`: recovery, changed stages, inputs; a first run's
+first worker starts meanwhile, so its start-up overlaps that), then turns the
 :class:`~conveyor.engine.Engine` until no stage has pending or running items
 and every reduce has run. SIGINT and SIGTERM stop it cleanly: workers are
 stopped, what they finished is recorded, and the same command resumes.
@@ -48,9 +49,12 @@ class Driver(Engine):
             clean = prepared = False
             try:
                 self._observer.start(self.executor.name, self.budget, lock.previous)
+                self._build_groups()
+                if inputs is not None:
+                    self._start_early()
                 prepare(self.pipeline, self._ledger, self.store, inputs, self.force, self.retry,
                         self._events, lambda: self._signal)
-                self._build_state()
+                self._count_pending()
                 self._commit()
                 prepared = True
                 self._observer.prepared(self._ledger.counts() if self.progress else None)

@@ -110,8 +110,17 @@ class Engine:
         self._observer = Observer(self.pipeline, events, self.run_dir, self.progress, self.bench)
 
     def _build_state(self) -> None:
-        pipe = self.pipeline
+        """The stages and groups, each stage's queue as the ledger has it now."""
+        self._build_groups()
+        self._count_pending()
+
+    def _count_pending(self) -> None:
         pending = self._ledger.pending_counts()
+        for name, state in self.stages.items():
+            state.pending = pending.get(name, 0)
+
+    def _build_groups(self) -> None:
+        pipe = self.pipeline
         order = pipe.order()
         for group in fuse(pipe):
             members = []
@@ -121,7 +130,6 @@ class Engine:
                     stage, group.name, order.index(name), ancestors=pipe.ancestors(name),
                     downstream=[s.name for s in pipe.downstream(name)],
                     reduces_below={n for n in pipe.descendants(name) if pipe[n].reduce})
-                state.pending = pending.get(name, 0)
                 self.stages[name] = state
                 members.append(state)
             spec = WorkerSpec(group.name, tuple(StageSpec(m.stage, pipe.routes(m.stage.name))
@@ -129,6 +137,23 @@ class Engine:
                               str(self.run_dir), self.store.inline_limit,
                               fsync=not self.executor.same_machine)
             self.groups[group.name] = GroupState(group, members, spec)
+
+    def _start_early(self) -> None:
+        """Start a worker for the group that takes the inputs while they are still being
+        taken in, so its start-up (an interpreter, imports, a model's ``setup()``)
+        overlaps that; the first control step keeps or stops it like any other.
+
+        Only where that group surely has work: a first run, or one that left
+        items pending. A rerun may find every input done and start no worker.
+        """
+        head = self.pipeline.root().name
+        if (head in self._ledger.stage_fingerprints()
+                and not self._ledger.pending_counts().get(head)):
+            return
+        group = next(g for g in self.groups.values() if g.members[0].stage.name == head)
+        worker = self._pool.start(group.spec, time.time())
+        if worker is not None:
+            self._observer.worker_started(worker.id, group.name, self.executor.pid(worker.id))
 
     # -- one turn ------------------------------------------------------------------------
 
@@ -358,6 +383,9 @@ class Engine:
         """Stop every worker; record what they finish, hand back what they did not start."""
         if not hasattr(self, "_pool"):
             return
+        for worker in self._pool.workers.values():
+            if not worker.ready and not worker.inflight:
+                self.executor.stop(worker.id, kill=True)  # still starting: nothing to lose
         for event in self.executor.shutdown(grace=5.0 if self._signal is None else 2.0):
             if isinstance(event, Results):
                 self._unsynced |= event.wrote_files

@@ -210,3 +210,43 @@ def test_queues_between_stages_are_bounded(run_dir, monkeypatch):
     # items in flight count against the limit, so the queue itself never passes it
     assert max(backlog) <= 20, max(backlog)
     assert max(backlog) >= 10  # the producer did run ahead up to the bound
+
+
+def _events(run_dir, name):
+    return [e for e in read_events(run_dir) if e["event"] == name]
+
+
+def test_the_first_worker_starts_while_the_inputs_are_taken_in(run_dir):
+    """Its start-up overlaps reading the inputs on a first run; a rerun that finds every
+    input done starts no worker at all."""
+    pipe = Pipeline("early")
+
+    @pipe.stage
+    def double(x):
+        return 2 * x
+
+    assert pipe.run(range(50), run_dir=run_dir).ok
+    events = [e["event"] for e in read_events(run_dir)]
+    assert events.index("worker_start") < events.index("inputs")
+    assert pipe.run(range(50), run_dir=run_dir).ok
+    last_run = "".join(e["event"] + "\n" for e in read_events(run_dir)).split("run_start")[-1]
+    assert "worker_start" not in last_run
+
+
+def test_a_worker_started_early_goes_when_the_inputs_are_refused(run_dir):
+    import psutil
+    import pytest
+
+    from conveyor.errors import InputError
+
+    pipe = Pipeline("refused")
+
+    @pipe.stage
+    def double(x):
+        return 2 * x
+
+    with pytest.raises(InputError, match="duplicate input key 'a'"):
+        pipe.run([Item("a", 1), Item("b", 2), Item("a", 3)], run_dir=run_dir)
+    (start,) = _events(run_dir, "worker_start")
+    assert [e["worker"] for e in _events(run_dir, "worker_exit")] == [start["worker"]]
+    assert not psutil.pid_exists(start["pid"])
