@@ -161,11 +161,16 @@ def to_wire(records: list[Record]) -> list[Wire]:
 
 
 def from_wire(rows: list[Wire]) -> list[Record]:
-    """The records :func:`to_wire` sent."""
-    status = _STATUS
-    return [Record(stage, key, item_id, status[st], attempt, started, ended,
-                   [Output(k, Stored(data, ref, digest, size), targets, gathers)
-                    for k, data, ref, digest, size, targets, gathers in outputs], *rest)
+    """The records :func:`to_wire` sent.
+
+    Built with ``tuple.__new__``: a named tuple's own constructor is Python
+    code, and this runs for every row of a run.
+    """
+    status, new = _STATUS, tuple.__new__
+    return [new(Record, (stage, key, item_id, status[st], attempt, started, ended,
+                         [new(Output, (k, new(Stored, (data, ref, digest, size)), targets,
+                                       gathers))
+                          for k, data, ref, digest, size, targets, gathers in outputs], *rest))
             for stage, key, item_id, st, attempt, started, ended, outputs, *rest in rows]
 
 

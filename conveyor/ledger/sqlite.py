@@ -491,7 +491,7 @@ class SqliteLedger(Ledger):
                 f"UPDATE items SET status='running', attempts=attempts+1, worker=?, started=?, "
                 f"ended=NULL, not_before=NULL WHERE id IN ({_marks(len(chunk))})",
                 (worker, now, *chunk))
-        return [Claim(*r) for r in rows]
+        return [tuple.__new__(Claim, r) for r in rows]  # see from_wire
 
     def record(self, records: list[Record], worker: str | None = None) -> list[Refused]:
         db = self._write()
