@@ -194,7 +194,9 @@ def test_a_worker_fault_costs_its_item_an_attempt_and_the_run_goes_on(
     assert sum(reason.removeprefix("worker ") in e["reason"] for e in exits) == 2
 
 
-def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)],
+                         indirect=True)  # inline would kill the test process itself
+def test_a_poison_item_in_a_batch_is_isolated_on_retry(executor, run_dir, tmp_path):
     log = tmp_path / "batches.log"
     pipe = Pipeline("batch-poison")
 
@@ -206,7 +208,7 @@ def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
         return values
 
     keys = [f"k{i}" for i in range(7)] + ["poison"]
-    result = pipe.run([Item(k, k) for k in keys], run_dir=run_dir, cpus=2)
+    result = pipe.run([Item(k, k) for k in keys], run_dir=run_dir, executor=executor, cpus=2)
     assert result.counts["batch"]["done"] == 7
     (failure,) = result.failures()
     assert failure["key"] == "poison" and failure["attempts"] == 3

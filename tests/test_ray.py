@@ -103,25 +103,6 @@ def test_an_actor_killed_with_ray_kill_costs_its_item_one_attempt(run_dir):
     assert "worker died" in failure["error"], failure["error"]
 
 
-def test_a_poison_item_in_a_batch_is_isolated_on_retry(run_dir, tmp_path):
-    log = tmp_path / "batches.log"
-    pipe = Pipeline("ray-batch-poison")
-
-    @pipe.stage(batch_size=8, retries=2, retry_backoff=0.05)
-    def batch(values, ctx):
-        append_log(log, " ".join(ctx.keys))
-        if "poison" in ctx.keys:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return values
-
-    keys = [f"k{i}" for i in range(7)] + ["poison"]
-    result = pipe.run([Item(k, k) for k in keys], run_dir=run_dir, executor="ray", cpus=2)
-    assert result.counts["batch"]["done"] == 7
-    (failure,) = result.failures()
-    assert failure["key"] == "poison" and failure["attempts"] == 3
-    assert "poison" in read_log(log)  # on retry it ran alone
-
-
 def test_without_retries_only_the_item_that_kills_its_actor_fails(run_dir):
     # Many fast calls are in flight on each actor: when one kills it, Ray also drops
     # the answers of calls it had finished; those items must not be charged for it.
