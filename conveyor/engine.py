@@ -151,9 +151,14 @@ class Engine:
                 and not self._ledger.pending_counts().get(head)):
             return
         group = next(g for g in self.groups.values() if g.members[0].stage.name == head)
-        worker = self._pool.start(group.spec, time.time())
+        self._start_worker(group, time.time())
+
+    def _start_worker(self, group: GroupState, now: float) -> Worker | None:
+        """A new worker for ``group``, or None if its resources are not free now."""
+        worker = self._pool.start(group.spec, now)
         if worker is not None:
             self._observer.worker_started(worker.id, group.name, self.executor.pid(worker.id))
+        return worker
 
     # -- one turn ------------------------------------------------------------------------
 
@@ -453,11 +458,9 @@ class Engine:
         starved = False
         for name, group in self.groups.items():
             for _ in range(targets[name] - len(self._pool.of(name))):
-                worker = self._pool.start(group.spec, now)
-                if worker is None:
+                if self._start_worker(group, now) is None:
                     starved = True
                     break
-                self._observer.worker_started(worker.id, name, self.executor.pid(worker.id))
 
         def wanted(worker: Worker) -> bool:
             group = self.groups[worker.group]

@@ -142,8 +142,19 @@ def _own_output(key: str, outputs: list[Output]) -> tuple[Any, ...]:
     return (1, None if out.key == key else out.key, v.data, v.ref, v.digest, v.size)
 
 
-def _plain(key: str, r: Record) -> tuple[int, bytes | None, int | None] | None:
+def _duplicate_key(keys: Iterable[str], earlier: Callable[[str], bool]) -> InputError | None:
+    """The error naming the first key repeated within ``keys`` or held ``earlier``, if any."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen or earlier(key):
+            return InputError(f"duplicate input key {key!r}")
+        seen.add(key)
+    return None
+
+
+def _plain(r: Record) -> tuple[int, bytes | None, int | None] | None:
     """``n_out, out_data, out_size`` of a record the plain statements can write, else None."""
+    key = r.key
     if r.error is not None or r.traceback is not None or r.retry_at is not None:
         return None
     outputs = r.outputs
@@ -341,13 +352,13 @@ class SqliteLedger(Ledger):
         try:
             db.executemany("INSERT INTO items(stage, key, status, input_id, input_digest) "
                            "VALUES(?, ?, ?, ?, ?)", rows)
-        except sqlite3.IntegrityError:  # name the key: within the chunk, or an earlier one
-            seen: set[str] = set()
-            for stage, key, *_ in rows:
-                if key in seen or db.execute("SELECT 1 FROM items WHERE stage=? AND key=? "
-                                             "AND id <= ?", (stage, key, before)).fetchone():
-                    raise InputError(f"duplicate input key {key!r}") from None
-                seen.add(key)
+        except sqlite3.IntegrityError:
+            stage = rows[0][0]
+            error = _duplicate_key((row[1] for row in rows), lambda key: db.execute(
+                "SELECT 1 FROM items WHERE stage=? AND key=? AND id <= ?",
+                (stage, key, before)).fetchone() is not None)
+            if error is not None:
+                raise error from None
             raise
         return len(rows)
 
@@ -359,13 +370,11 @@ class SqliteLedger(Ledger):
         try:
             self._db.executemany("INSERT INTO temp.given VALUES(?, ?, ?, ?, ?)", chunk)
         except sqlite3.IntegrityError:
-            seen: set[str] = set()
-            for key, *_ in chunk:
-                row = self._db.execute("SELECT rowid FROM temp.given WHERE key=?",
-                                       (key,)).fetchone()
-                if key in seen or (row is not None and row[0] <= before):
-                    raise InputError(f"duplicate input key {key!r}") from None
-                seen.add(key)
+            error = _duplicate_key((row[0] for row in chunk), lambda key: self._db.execute(
+                "SELECT 1 FROM temp.given WHERE key=? AND rowid <= ?",
+                (key, before)).fetchone() is not None)
+            if error is not None:
+                raise error from None
             raise
 
     def reset_stage(self, stage: str) -> int:
@@ -535,7 +544,7 @@ class SqliteLedger(Ledger):
                     raise KeyCollision("parent not recorded")  # resolved on the slow path
             else:
                 row_id = r.item_id
-                plain = _plain(r.key, r)
+                plain = _plain(r)
                 if plain is None:
                     batch.updates.append((r.status, r.retry_at, r.error, r.traceback,
                                           r.worker or worker, r.started, r.ended,
@@ -561,7 +570,7 @@ class SqliteLedger(Ledger):
                         batch.pending_items.append((row, target, out.key, value_id))
                         continue
                     created[(target, out.key)] = row
-                    plain = _plain(out.key, child)
+                    plain = _plain(child)
                     if plain is None:
                         batch.items.append(_new_row(row, target, out.key, value_id, child,
                                                     worker))
