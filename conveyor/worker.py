@@ -274,12 +274,11 @@ def main(fd: int, slot_fd: int) -> None:
     kind, payload, path, targets = conn.recv()
     assert kind == "init", kind
     sys.path[:0] = [p for p in path if p not in sys.path]
-    import cloudpickle
-
+    from . import shipping
     from .runner import GroupRunner
 
     try:
-        spec = cloudpickle.loads(payload)
+        spec = shipping.loads(payload)
     except Exception as exc:  # the stage's code does not import in this environment
         _send(conn, ("setup_failed", unloadable(targets, exc), traceback.format_exc()))
         return

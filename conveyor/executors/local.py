@@ -14,8 +14,9 @@ Each worker is a fresh interpreter started with ``subprocess`` (never fork:
 the driver holds SQLite handles and threads), with the environment the driver
 computed (pinned thread counts, ``CUDA_VISIBLE_DEVICES``, the stage's ``env``)
 so native libraries see it before they load. The stage is sent over the
-socket with cloudpickle, along with the driver's ``sys.path`` so the user's
-modules import the same way. A stage with its own Python environment starts
+socket with cloudpickle and the source lines of its code (see
+:mod:`conveyor.shipping`, so tracebacks show the line that raised), along with the
+driver's ``sys.path`` so the user's modules import the same way. A stage with its own Python environment starts
 through :mod:`conveyor.envworker` (which builds or finds the environment, then
 execs its interpreter) and gets the driver's ``sys.path`` without the
 driver's installed packages, which would shadow the environment's. A
@@ -38,9 +39,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Mapping
 
-import cloudpickle
-
-from .. import envs
+from .. import envs, shipping
 from ..ledger.base import Claim, from_wire
 from ..runner import WorkerSpec
 from ..worker import Running, Slot
@@ -101,7 +100,7 @@ class LocalExecutor(Executor):
         worker_id = self._next_id
         self._next_id += 1
         self._workers[worker_id] = _Worker(proc, conn, slot)
-        self._send(worker_id, ("init", cloudpickle.dumps(spec), path, spec.targets()))
+        self._send(worker_id, ("init", shipping.dumps(spec), path, spec.targets()))
         return worker_id
 
     def send(self, worker: int, tasks: list[Claim]) -> None:

@@ -47,9 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import cloudpickle
-
-from .. import envs
+from .. import envs, shipping
 from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
 from ..resources import Budget, parse_size
@@ -75,7 +73,7 @@ class _Actor:
 
     def __init__(self, spec: bytes, path: list[str]) -> None:
         sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
-        self.runner = GroupRunner(cloudpickle.loads(spec))
+        self.runner = GroupRunner(shipping.loads(spec))
         self.broken = False
         _log_to(Path(self.runner.spec.run_dir) / "logs" / f"{self.runner.spec.group}.log")
 
@@ -211,7 +209,7 @@ class RayExecutor(Executor):
             num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
             # A stage's requirements=/python= become Ray's pip/py_executable fields
             runtime_env={"env_vars": env_vars, **envs.runtime_env(spec.stages[0].stage)},
-            max_restarts=0).remote(cloudpickle.dumps(spec), path)
+            max_restarts=0).remote(shipping.dumps(spec), path)
         worker_id = self._next_id
         self._next_id += 1
         setup = actor.setup.remote()
