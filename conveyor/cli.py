@@ -7,8 +7,6 @@ the same command to resume).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ from rich.table import Table
 
 from .errors import ConveyorError, ExecutorUnavailable, InputError, LedgerError, \
     PipelineError, RunInterrupted, RunLockedError, StoreError
+from . import origin
 from .pipeline import Pipeline
 from .result import RunResult, open_run
 
@@ -33,27 +32,14 @@ PRICE_HELP = ("A price per hour: cpu=0.04 (per CPU), ram=0.005 (per GB), gpu=2.5
               "repeatable.")
 
 
-def load_pipeline(spec: str) -> Pipeline:
-    """The pipeline named by ``module:attr`` or ``path/to/file.py:attr``."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise typer.BadParameter(f"expected MODULE:PIPELINE, got {spec!r}")
-    if module_name.endswith(".py") or "/" in module_name:
-        path = Path(module_name).resolve()
-        if not path.exists():
-            raise typer.BadParameter(f"no such file: {module_name}")
-        sys.path.insert(0, str(path.parent))
-        module_name = path.stem
-    elif "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+def load_pipeline(spec: str, arguments: dict[str, Any] | None = None,
+                  root: str | None = None) -> Pipeline:
+    """The pipeline named by ``module:attr`` or ``path/to/file.py:attr`` (see
+    :func:`conveyor.origin.load`); a usage error when it cannot be loaded."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from None
-    pipeline = getattr(module, attr, None)
-    if not isinstance(pipeline, Pipeline):
-        raise typer.BadParameter(f"{spec!r} is not a conveyor Pipeline (got {type(pipeline).__name__})")
-    return pipeline
+        return origin.load(spec, arguments, root)
+    except PipelineError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _read_inputs(path: Path) -> Iterator[Any]:
@@ -166,8 +152,10 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
                "Show what running the pipeline again would reuse and recompute.")),
            pipeline: Optional[str] = typer.Option(None, "--pipeline", help=(
                "MODULE:PIPELINE to plan with (default: the one this run recorded)."))) -> None:
-    """Show per-stage counts of a run (works while it runs), or with --plan what a rerun
-    would do."""
+    """Show per-stage counts of a run (works while it runs).
+
+    With --plan: what running the pipeline again would reuse and recompute.
+    """
     with _open(run_dir) as result:
         if plan:
             from .prepare import plan_rerun
@@ -193,16 +181,19 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
 
 
 def _recorded_pipeline(result: RunResult, override: str | None) -> Pipeline:
-    """The pipeline a run recorded (module:attr and the directory it ran from)."""
-    ref = override or result.ledger.get_meta("pipeline_ref")
-    if ref is None:
+    """The pipeline a run recorded (its :class:`~conveyor.origin.Origin`), or ``override``."""
+    if override:
+        return load_pipeline(override)
+    meta = result.ledger.get_meta
+    if meta("pipeline_origin") is not None:
+        found = origin.Origin.from_json(meta("pipeline_origin"))
+    elif meta("pipeline_ref") is not None:  # a run dir from before origins were recorded
+        found = origin.Origin(meta("pipeline_ref"), meta("cwd"))
+    else:
         errors.print(f"[red]error:[/] {result.run_dir} does not record how to load its "
                      f"pipeline; give --pipeline MODULE:PIPELINE")
         raise typer.Exit(EXIT_USAGE)
-    cwd = result.ledger.get_meta("cwd")
-    if cwd and cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    return load_pipeline(ref)
+    return load_pipeline(found.ref, found.arguments, found.root)
 
 
 @app.command()
@@ -264,8 +255,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory."),
            price: List[str] = typer.Option([], "--price", help=PRICE_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON too.")
            ) -> None:
-    """Write a self-contained HTML report: timeline, throughput, utilisation, queues,
-    the bottleneck in words, failures, and cost per stage."""
+    """Write a self-contained HTML report of a run.
+
+    Timeline, throughput, utilisation, queues, the bottleneck in words, failures and cost.
+    """
     from .report import analyse, render, summary_json
 
     try:
@@ -313,8 +306,10 @@ def serve(
     price: List[str] = typer.Option([], "--price", help=PRICE_HELP),
     debug: bool = typer.Option(False, "--debug", help="Put tracebacks in 500 answers."),
 ) -> None:
-    """Serve a pipeline over HTTP: POST /run, /run/batch, /stages/NAME; GET /health,
-    /metrics, /docs. Stops cleanly on SIGTERM or Ctrl-C, answering requests in flight."""
+    """Serve a pipeline over HTTP until SIGTERM or Ctrl-C, answering requests in flight.
+
+    POST /run, /run/batch and /stages/NAME; GET /health, /metrics and /docs.
+    """
     try:
         import uvicorn
 

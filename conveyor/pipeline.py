@@ -99,21 +99,21 @@ class Pipeline:
         self._stages: dict[str, Stage] = {}
         self._names: dict[int, str] = {}  # id(user callable) -> stage name
         caller = sys._getframe(1).f_globals
-        self._module = caller.get("__name__")  # where it is defined, for ref()
-        self._file = caller.get("__file__")
+        # Where it was declared, and the function that built it: see conveyor.origin.
+        self.defined_in: tuple[str | None, str | None] = (caller.get("__name__"),
+                                                          caller.get("__file__"))
+        self.recipe: tuple[Callable[..., Pipeline], dict[str, Any]] | None = None
 
-    def ref(self) -> str | None:
-        """``module:attr`` (or ``path.py:attr`` for a script) that loads this pipeline
-        again in another process, if it is a module-level object; else None."""
-        module = sys.modules.get(self._module or "")
-        if module is None:
-            return None
-        attr = next((k for k, v in vars(module).items() if v is self), None)
-        if attr is None:
-            return None
-        if self._module == "__main__":
-            return f"{os.path.abspath(self._file)}:{attr}" if self._file else None
-        return f"{self._module}:{attr}"
+    def built_by(self, factory: Callable[..., "Pipeline"], **arguments: Any) -> "Pipeline":
+        """Record that ``factory(**arguments)`` builds this pipeline; returns it.
+
+        For a pipeline made by a module-level function rather than held in a
+        module's attribute: ``conveyor retry`` and ``status --plan`` load it
+        again by calling ``factory`` (see :mod:`conveyor.origin`). ``arguments``
+        must be plain JSON data.
+        """
+        self.recipe = (factory, dict(arguments))
+        return self
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={list(self._stages)})"

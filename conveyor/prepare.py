@@ -12,7 +12,6 @@ crash or a Ctrl-C while preparing leaves the ledger as it was.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Iterable, Iterator
 
 from . import codec
@@ -21,6 +20,7 @@ from .events import EventLog
 from .fingerprint import fingerprints
 from .items import input_items
 from .ledger.base import KeyCollision, Ledger
+from .origin import origin_of
 from .pipeline import Pipeline
 from .store import Store
 from .validation import boundary
@@ -40,10 +40,9 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
     order = pipeline.order()
     ledger.set_meta("pipeline", pipeline.name)
     ledger.set_meta("stages", ",".join(pipeline.stages))
-    ref = pipeline.ref()
-    if ref is not None:  # so that `conveyor retry` and `status --plan` can load it again
-        ledger.set_meta("pipeline_ref", ref)
-        ledger.set_meta("cwd", os.getcwd())
+    origin = origin_of(pipeline)
+    if origin is not None:  # so that `conveyor retry` and `status --plan` can load it again
+        ledger.set_meta("pipeline_origin", origin.to_json())
     fps = fingerprints(pipeline)
     old = ledger.stage_fingerprints()
     root = pipeline.root().name

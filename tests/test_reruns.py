@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import open_run
+from conveyor.result import LEDGER_FILE
 
 MODULE = textwrap.dedent("""
     import os
@@ -51,8 +53,8 @@ def project(tmp_path: Path):
     log = tmp_path / "calls.log"
     env = {**os.environ, "RERUN_LOG": str(log), "FAIL_ON": str(tmp_path / "fail")}
 
-    def conveyor(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=tmp_path, env=env,
+    def conveyor(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=120)
 
     def calls() -> list[str]:
@@ -115,3 +117,42 @@ def test_inputs_no_longer_given_are_reported_and_kept(project):
     assert "1 input(s) recorded in this run directory were not given" in proc.stderr
     assert "w2" in proc.stderr
     assert sorted(k for k, _ in open_run(root / "run").outputs("c")) == ["w1", "w2"]
+
+
+def plan_of(conveyor, run_dir: Path, cwd: Path) -> list[tuple[str, str, int]]:
+    proc = conveyor("status", str(run_dir), "--plan", "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return [(p["stage"], p["action"], p["failed"]) for p in json.loads(proc.stdout)]
+
+
+@pytest.mark.parametrize("given", ["module", "path"])
+def test_plan_and_retry_load_the_recorded_pipeline_from_anywhere(given, project, tmp_path_factory):
+    root, conveyor, calls = project
+    (root / "fail").write_text("")
+    launch, elsewhere = tmp_path_factory.mktemp("launch"), tmp_path_factory.mktemp("elsewhere")
+    if given == "module":  # imported from the working directory
+        launch, ref = root, "rerunpipe:pipe"
+    else:  # dir/file.py:pipe, from a working directory that is not dir
+        ref = os.path.relpath(root / "rerunpipe.py", launch) + ":pipe"
+    run_dir = root / "run"
+    proc = conveyor("run", ref, "w1", "w2", "--run-dir", str(run_dir), "-q", cwd=launch)
+    assert proc.returncode == 1, proc.stderr
+    calls()
+    assert plan_of(conveyor, run_dir, elsewhere) == [("a", "reuse", 0), ("b", "reuse", 1),
+                                                     ("c", "reuse", 0)]
+    (root / "fail").unlink()
+    proc = conveyor("retry", str(run_dir), "-q", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert calls() == ["b w2", "c w2-B1"]
+
+
+def test_a_run_dir_that_recorded_the_older_ref_and_cwd_still_plans(project, tmp_path_factory):
+    root, conveyor, calls = project
+    assert conveyor(*run_args("w1")).returncode == 0
+    with sqlite3.connect(root / "run" / LEDGER_FILE) as db:  # as runs recorded it before
+        db.execute("DELETE FROM meta WHERE name = 'pipeline_origin'")
+        db.executemany("INSERT INTO meta VALUES (?, ?)",
+                       [("pipeline_ref", "rerunpipe:pipe"), ("cwd", str(root))])
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    assert plan_of(conveyor, root / "run", elsewhere) == [("a", "reuse", 0), ("b", "reuse", 0),
+                                                          ("c", "reuse", 0)]

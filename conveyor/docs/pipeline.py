@@ -55,7 +55,7 @@ def build_pipeline(embed_gpus: float | None = None, name: str = "docs") -> Pipel
         embed_gpus = 1 if gpu_available() else 0
     if embed_gpus < 0:
         raise ValueError(f"embed_gpus must be >= 0, got {embed_gpus}")
-    pipe = Pipeline(name)
+    pipe = Pipeline(name).built_by(build_pipeline, embed_gpus=embed_gpus, name=name)
     pipe.stage(expand, cpus=0.25, ram="256MiB", version=VERSION)
     pipe.stage(inspect, after=expand, cpus=0.5, ram="512MiB", timeout=300, version=VERSION)
     pipe.stage(extract, after=inspect, when=has_text_pages, cpus=1, ram="1GiB", timeout=600,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from conveyor.docs.cli import register
+from conveyor.events import read_events
 from conveyor.docs.corpus import text_pdf
 
 
@@ -72,3 +75,31 @@ def test_usage_errors_exit_2(app, tmp_path):
     assert out.exit_code == 2 and "not a conveyor run directory" in _flat(out.output)
     out = runner.invoke(app, ["search", str(tmp_path), "query", "-k", "0"])
     assert out.exit_code == 2
+
+
+def test_plan_and_retry_of_a_docs_run_from_another_directory(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "owls.pdf").write_bytes(text_pdf([["Owls hunt at night using sharp hearing."]]))
+    (folder / "locked.pdf").write_bytes(text_pdf([["secret"]], encrypt="pw"))
+    run_dir = tmp_path / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def conveyor(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=elsewhere,
+                              capture_output=True, text=True, timeout=300)
+
+    assert conveyor("docs", str(folder), "--run-dir", str(run_dir), "--gpus", "0",
+                    "-q").returncode == 1
+    plan = conveyor("status", str(run_dir), "--plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    rows = {row["stage"]: (row["action"], row["failed"]) for row in json.loads(plan.stdout)}
+    assert rows == {"expand": ("reuse", 0), "inspect": ("reuse", 1), "extract": ("reuse", 0),
+                    "ocr_pages": ("reuse", 0), "ocr": ("reuse", 0), "chunk": ("reuse", 0),
+                    "embed": ("reuse", 0), "index": ("reuse", 0)}
+    retried = conveyor("retry", str(run_dir), "--stage", "inspect", "-q")
+    assert retried.returncode == 1, retried.stderr  # the password is still missing
+    failed = [(e["stage"], e["key"]) for e in read_events(run_dir) if e["event"] == "failed"]
+    locked = str(folder / "locked.pdf")
+    assert failed == [("inspect", locked), ("inspect", locked)]  # the first run's, the retry's
