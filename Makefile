@@ -5,18 +5,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The version set verified together (scripts/lock.sh writes it); pyproject.toml has lower bounds.
+CONSTRAINTS := constraints.txt
 
-.PHONY: demo test venv bench system-deps clean
+.PHONY: demo test venv bench system-deps lock clean
 
 venv: $(STAMP)
 
 # torch first, pinned: 2.13.0 is the CPU build on disk; any other spec would pull
 # gigabytes of CUDA packages. Everything else then finds its torch satisfied.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[docs,serve,ray,dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[docs,serve,ray,dev]'
+	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: venv
@@ -28,8 +31,12 @@ system-deps:
 test: venv system-deps
 	$(PY) -m pytest -q
 
+# The suite against the newest releases; constraints.txt rewritten only if it passes.
+lock:
+	./scripts/lock.sh
+
 bench: venv
 	for b in hetero cpu3 overhead first rerun memory; do $(PY) benchmarks/$$b.py; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-latest runs .pytest_cache
