@@ -132,3 +132,21 @@ def test_a_signal_stops_cleanly_and_the_same_command_resumes(signum, module, run
     assert not done_before & set(second), "finished items ran again"
     assert set(second) | done_before == set(words)
     assert open_run(run_dir).ok
+
+
+def test_help_prints_each_paragraph_of_a_command_whole():
+    import inspect as pyinspect
+
+    from conveyor.cli import app
+
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        paragraphs = pyinspect.getdoc(command.callback).split("\n\n")
+        # One source line per paragraph: typer versions differ in whether they keep a
+        # paragraph's hard line breaks, and kept ones land mid-sentence.
+        assert all("\n" not in p for p in paragraphs), (name, paragraphs)
+        proc = conveyor(name, "--help", env={"COLUMNS": "250"})
+        assert proc.returncode == 0, proc.stderr
+        lines = [" ".join(line.split()) for line in proc.stdout.splitlines()]
+        for paragraph in paragraphs:
+            assert paragraph in lines, (name, paragraph, proc.stdout)
