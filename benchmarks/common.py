@@ -42,6 +42,46 @@ def machine() -> dict[str, Any]:
             "platform": platform.machine()}
 
 
+class RayData:
+    """Ray Data as a peer, measured in the same process run as conveyor.
+
+    ``ray.init`` happens once and is not timed (a cluster would be up). Each
+    :meth:`rate` builds a dataset, materialises every row and returns rows/s;
+    the first call of a workload is Ray Data *cold* (its first dataset in this
+    Ray session: operators and workers start), a second call of the same
+    workload is *warm*. Where Ray is not installed, :meth:`start` returns None
+    and benchmarks print the peer's figures as null with a note.
+    """
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.version = ray.__version__
+
+    @classmethod
+    def start(cls, cpus: int, gpus: int = 0) -> "RayData | None":
+        try:
+            import ray
+            import ray.data
+        except ImportError:
+            return None
+        ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        return cls(ray)
+
+    def rate(self, build: Any) -> float:
+        """Rows/s of the dataset ``build()`` returns, from building it to every row done."""
+        start = time.perf_counter()
+        count = build().materialize().count()
+        return count / (time.perf_counter() - start)
+
+    def stop(self) -> None:
+        self.ray.shutdown()
+
+
+NO_RAY = "Ray Data not installed (pip install 'conveyor[ray]'): peer not measured"
+
+
 def emit(bench: str, **fields: Any) -> dict[str, Any]:
     """Print the benchmark's one JSON line and return it."""
     record = {"bench": bench, **fields, "date": time.strftime("%Y-%m-%d"), "machine": machine()}

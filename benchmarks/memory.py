@@ -17,30 +17,30 @@ from pathlib import Path
 from common import emit, machine, parser
 
 
-def child(n: int, run_dir: str) -> None:
+def child(n: int, run_dir: str, executor: str) -> None:
     from noop import pipe
 
-    result = pipe.run(range(n), run_dir=run_dir, cpus=machine()["cpus"])
+    result = pipe.run(range(n), run_dir=run_dir, cpus=machine()["cpus"], executor=executor)
     assert result.ok
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"n": n, "peak_mb": peak_kb / 1024}))
 
 
-def measure(n: int, root: Path) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", str(n), str(root / f"n{n}")],
-                         capture_output=True, text=True, check=True)
+def measure(n: int, root: Path, executor: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", str(n), str(root / f"n{n}"),
+                          executor], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        child(int(sys.argv[2]), sys.argv[3])
+        child(int(sys.argv[2]), sys.argv[3], sys.argv[4])
         return
     args = parser(__doc__).parse_args()
     small, large = (1_000, 10_000) if args.quick else (10_000, 100_000)
     root = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-memory-"))
-    a, b = measure(small, root), measure(large, root)
-    emit("memory", small_n=small, large_n=large, small_peak_mb=round(a, 1),
+    a, b = measure(small, root, args.executor), measure(large, root, args.executor)
+    emit("memory", executor=args.executor, small_n=small, large_n=large, small_peak_mb=round(a, 1),
          large_peak_mb=round(b, 1), growth_mb=round(b - a, 1), bound_mb=50,
          ok=b - a <= 50)
 

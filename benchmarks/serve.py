@@ -76,7 +76,8 @@ async def load(url: str, bodies: list[str], clients: int) -> tuple[float, list[f
         return time.perf_counter() - started, latencies
 
 
-def mean_batch(url: str) -> float:
+def batches(url: str) -> tuple[float, float]:
+    """Classify's batch-size histogram so far: (sum of sizes, number of batches)."""
     import httpx
 
     metrics = httpx.get(f"{url}/metrics").text
@@ -85,7 +86,7 @@ def mean_batch(url: str) -> float:
         for kind in ("sum", "count"):
             if line.startswith(f'conveyor_stage_batch_size_{kind}{{stage="Classify"}}'):
                 figures[kind] = float(line.split()[-1])
-    return figures["sum"] / figures["count"]
+    return figures["sum"], figures["count"]
 
 
 def served(spec: str, bodies: list[str], clients: int, serial: int) -> dict[str, float]:
@@ -95,11 +96,13 @@ def served(spec: str, bodies: list[str], clients: int, serial: int) -> dict[str,
     try:
         server.wait_ready()
         asyncio.run(load(server.url, bodies[:clients], clients))  # first calls: lazy imports
+        before = batches(server.url)  # the warm-up's batches are not the load's
         seconds, latencies = asyncio.run(load(server.url, bodies, clients))
+        after = batches(server.url)
         figures = {"requests_per_s": len(bodies) / seconds,
                    "p50_ms": percentile(latencies, 0.5) * 1000,
                    "p99_ms": percentile(latencies, 0.99) * 1000,
-                   "mean_batch": mean_batch(server.url)}
+                   "mean_batch": (after[0] - before[0]) / (after[1] - before[1])}
         if serial:
             _, one_by_one = asyncio.run(load(server.url, bodies[:serial], 1))
             figures["serial_p50_ms"] = percentile(one_by_one, 0.5) * 1000

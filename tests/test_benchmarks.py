@@ -17,12 +17,14 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 EXPECTED = {
-    "hetero": {"items_per_s", "bound_items_per_s", "ratio", "target"},
+    "hetero": {"items_per_s", "bound_items_per_s", "ratio", "target", "ray_data_items_per_s",
+               "ray_data_of_bound"},
     "cpu3": {"items_per_s", "bound_items_per_s", "ratio", "target"},
-    "overhead": {"items_per_s", "target_items_per_s", "ratio", "durable_ledger"},
+    "overhead": {"items_per_s", "ray_data_cold_items_per_s", "ray_data_warm_items_per_s",
+                 "ratio", "ratio_warm", "target_ratio", "durable_ledger", "of_floor"},
     "first": {"first_done_s", "bound_s", "ratio"},
     "rerun": {"rerun_s", "bound_s", "ratio"},
-    "memory": {"growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},
+    "memory": {"executor", "growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},
     "serve": {"batched", "unbatched", "batching_speedup", "direct_p50_ms", "overhead_ms",
               "ratio"},
 }
