@@ -38,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import sys
+import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator
 
@@ -93,6 +95,34 @@ class BatchEntry(BaseModel):
 
 class BatchResponse(BaseModel):
     results: list[BatchEntry]
+
+
+def run(app: FastAPI, *, host: str, port: int, grace: float) -> None:
+    """Serve ``app`` (from :func:`create_app`) with uvicorn until SIGTERM or Ctrl-C.
+
+    On the signal the server keeps listening while requests are in flight (up to
+    ``grace`` seconds): it answers them, and answers what comes in meanwhile with
+    503 (``/health`` too, so a load balancer sends no more); then it stops
+    listening, and the app's shutdown stops the service and its workers.
+    """
+    import uvicorn
+
+    service: Service = app.state.service
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            service.close()
+            deadline = time.monotonic() + grace
+            while (service.inflight and not service.broken and not self.force_exit
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.05)
+            await super().shutdown(sockets)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                   timeout_graceful_shutdown=int(grace) + 1))
+    server.run()
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the app did not start
 
 
 def create_app(pipeline: Pipeline, *, executor: str = "local", budget: Budget | None = None,

@@ -152,9 +152,13 @@ class Service(Engine):
         self._thread.start()
         return self
 
+    def close(self) -> None:
+        """Take no more requests (:class:`Closed`); those in flight go on. :meth:`stop` ends it."""
+        self._closing = True
+
     def stop(self, grace: float = 30.0) -> None:
         """Take no more requests, answer those in flight (for up to ``grace`` s), then stop."""
-        self._closing = True
+        self.close()
         deadline = time.time() + grace
         while self.inflight and time.time() < deadline and not self.broken:
             time.sleep(0.01)

@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import psutil
 import pytest
+from helpers import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVED = ROOT / "tests" / "pipelines" / "served.py"
@@ -27,16 +29,22 @@ pytestmark = pytest.mark.slow
 
 
 class Server:
-    """``conveyor serve`` in a process of its own, stopped with SIGTERM."""
+    """``conveyor serve`` in a process of its own, stopped with SIGTERM.
 
-    def __init__(self, spec: str, *options: str) -> None:
+    ``folder`` becomes the pipeline's ``$SERVED_DIR``: the model stage logs its
+    calls there and holds a request with ``hold: NAME`` until :meth:`release`.
+    """
+
+    def __init__(self, spec: str, *options: str, folder: Path | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = folder
+        env = {**os.environ, **({"SERVED_DIR": str(folder)} if folder else {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "serve", spec, "--port", str(self.port), *options],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -57,11 +65,40 @@ class Server:
         out, _ = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out
 
+    def calls(self, ids: set[int]) -> list[tuple[str, list[int]]]:
+        """The model stage's ``start``/``end`` of each call holding any of ``ids``, in order."""
+        assert self.folder is not None
+        logged = [(event, [int(i) for i in held.split(",")])
+                  for event, held in (line.split() for line in read_log(self.folder / "calls.log"))]
+        return [(event, held) for event, held in logged if ids & set(held)]
+
+    def release(self, gate: str) -> None:
+        """Let the model stage go on with the requests held by ``gate``."""
+        assert self.folder is not None
+        (self.folder / gate).touch()
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=30).json()
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of ``/metrics``: ``'name{labels}'`` to its value."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return {name: float(value) for name, value in
+                (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))}
+
+
+def eventually(check: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll ``check`` until it holds (the deadline only keeps a broken server from hanging)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = Server(f"{SERVED}:pipe", "--cpus", "2", "--gpus", "1", "--timeout", "10",
-               "--max-queue", "24")
+               "--max-queue", "24", folder=tmp_path_factory.mktemp("served"))
     try:
         s.wait_ready()
         yield s
@@ -127,13 +164,35 @@ def test_a_failing_stage_is_a_500_with_its_name_and_message_and_no_traceback(ser
     assert "traceback" not in body and "Traceback" not in response.text
 
 
-def test_a_request_past_its_timeout_is_a_504_and_the_server_goes_on(server):
-    started = time.monotonic()
-    response = post(server, "/run", {"text": "slow one", "sleep": 2}, timeout=0.5)
+def test_a_request_past_its_timeout_is_a_504_its_work_still_runs_once_and_is_dropped(server):
+    assert server.health()["inflight"] == 0
+    before = server.metrics()
+    response = post(server, "/run", {"text": "slow one", "id": 504, "hold": "timeout"},
+                    timeout=0.5)
     assert response.status_code == 504
     assert response.json() == {"error": "timed out after 0.5 s"}
-    assert time.monotonic() - started < 2
-    assert post(server, "/run", {"text": "after that"}).status_code == 200
+    # Answered while its work is held in the model stage, which is not interrupted:
+    # the work stays in the service, and the next request queues behind it.
+    eventually(lambda: server.calls({504}) == [("start", [504])], "the model holds the request")
+    assert server.health()["inflight"] == 1
+    with ThreadPoolExecutor(1) as pool:
+        after = pool.submit(post, server, "/run", {"text": "after that", "id": 505})
+        eventually(lambda: server.health()["inflight"] == 2, "the next request is taken")
+        server.release("timeout")
+        answer = after.result()
+    assert answer.status_code == 200, answer.text
+    assert only_output(answer)["value"] == {"id": 505, "path": "model", "batch": 1,
+                                            "device": "0", "upper": "AFTER THAT"}
+    # The timed-out request's work ran to the end of the pipeline once, and was dropped.
+    eventually(lambda: server.health()["inflight"] == 0, "the timed-out work is done")
+    assert server.calls({504, 505}) == [("start", [504]), ("end", [504]),
+                                        ("start", [505]), ("end", [505])]
+    now = server.metrics()
+    for sample, more in (('conveyor_stage_call_seconds_count{stage="prep"}', 2),
+                         ('conveyor_stage_call_seconds_count{stage="model"}', 2),
+                         ('conveyor_stage_call_seconds_count{stage="post"}', 2),
+                         ('conveyor_http_requests_total{code="504",endpoint="/run"}', 1)):
+        assert now[sample] - before.get(sample, 0.0) == more, sample
 
 
 def test_one_stage_alone(server):
@@ -189,17 +248,31 @@ def test_concurrent_clients_share_batches_and_each_gets_its_own_answer(server):
 
 
 def test_a_full_queue_answers_503_with_retry_after(server):
-    async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            return await asyncio.gather(*(
-                client.post("/run", json={"text": f"flood {i}", "sleep": 0.5}) for i in range(40)))
-
-    responses = asyncio.run(flood())
-    codes = sorted(r.status_code for r in responses)
-    assert codes.count(200) >= 24 and 503 in codes, codes
-    refused = next(r for r in responses if r.status_code == 503)
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert "overloaded" in refused.json()["error"]
+    assert server.health()["inflight"] == 0
+    ids = range(1000, 1040)
+    with ThreadPoolExecutor(len(ids)) as pool:
+        calls = {i: pool.submit(post, server, "/run", {"text": f"flood {i}", "id": i,
+                                                        "hold": "flood"}) for i in ids}
+        # Held in the model stage, none of the taken requests can be answered yet: once
+        # each request is either taken or refused, the queue (--max-queue 24) is full.
+        eventually(lambda: server.health()["inflight"] + sum(c.done() for c in calls.values())
+                   == len(ids), "every request taken or refused")
+        refused = {i: c.result() for i, c in calls.items() if c.done()}
+        assert (len(refused), server.health()["inflight"]) == (16, 24)
+        server.release("flood")
+        taken = {i: c.result() for i, c in calls.items() if i not in refused}
+    assert {r.status_code for r in refused.values()} == {503}
+    # Every refusal saw the same full queue and answer rate (nothing was answered between
+    # them), so each gives the same advice: at least a second, in the header and the body.
+    advice = {(r.headers["Retry-After"], r.json()["error"]) for r in refused.values()}
+    assert len(advice) == 1, advice
+    [(seconds, error)] = advice
+    assert int(seconds) >= 1 and error == f"overloaded; retry after {seconds} s"
+    assert len(taken) == 24
+    for i, response in taken.items():
+        assert response.status_code == 200, response.text
+        assert only_output(response)["value"]["upper"] == f"FLOOD {i}"
+    assert not server.calls(set(refused))  # a refused request never reached a stage
 
 
 def test_metrics_count_requests_stages_workers_and_cost(server):
@@ -229,31 +302,61 @@ def test_openapi_names_the_stage_models(server):
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
-def test_sigterm_answers_requests_in_flight_then_stops_every_worker():
-    s = Server(f"{SERVED}:pipe", "--cpus", "2", "--gpus", "1", "--grace", "20")
+def test_debug_puts_the_traceback_in_a_500():
+    s = Server(f"{SERVED}:pipe", "--cpus", "2", "--gpus", "1", "--debug")
     try:
         s.wait_ready()
-        workers = psutil.Process(s.proc.pid).children(recursive=True)
+        response = post(s, "/run", {"text": "bad input", "fail": True})
+        assert response.status_code == 500
+        body = response.json()
+        trace = body.pop("traceback")
+        assert body == {"error": "RuntimeError: model cannot read 'bad input'", "stage": "model",
+                        "key": "q1"}
+        raising = 'raise RuntimeError(f"model cannot read {t.text!r}")'
+        line = SERVED.read_text().splitlines().index(f"                {raising}") + 1
+        assert trace.startswith("Traceback (most recent call last):\n")
+        assert f'File "{SERVED}", line {line}, in model\n' in trace
+        assert trace.endswith(f"{raising}\nRuntimeError: model cannot read 'bad input'\n")
+    finally:
+        s.terminate()
+
+
+def test_sigterm_answers_requests_in_flight_refuses_new_ones_then_stops_every_worker(tmp_path):
+    s = Server(f"{SERVED}:pipe", "--cpus", "2", "--gpus", "1", "--grace", "20", folder=tmp_path)
+    try:
+        s.wait_ready()
+        with ThreadPoolExecutor(5) as pool:
+            calls = [pool.submit(post, s, "/run", {"text": f"late {i}", "id": i, "hold": "stop"})
+                     for i in range(5)]
+            eventually(lambda: s.health()["inflight"] == 5 and s.calls(set(range(5))),
+                       "all five taken, the model stage holding them")
+            s.proc.send_signal(signal.SIGTERM)
+            # Stopping, for as long as requests are in flight: still listening, saying so,
+            # and refusing what comes in now. (A refused connection would fail the test.)
+            eventually(lambda: httpx.get(f"{s.url}/health", timeout=30).status_code == 503,
+                       "/health says the server is stopping")
+            health = s.health()
+            assert (health["status"], health["inflight"]) == ("stopping", 5)
+            late = post(s, "/run", {"text": "too late", "id": 99})
+            assert late.status_code == 503
+            assert late.json() == {"error": "the service is shutting down"}
+            assert late.headers["Retry-After"] == "5"
+            assert not [c for c in calls if c.done()]  # still held
+            s.release("stop")
+            responses = [c.result() for c in calls]
+        workers = psutil.Process(s.proc.pid).children(recursive=True)  # each stage's, by now
         assert workers
-
-        async def in_flight() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
-                calls = [asyncio.ensure_future(client.post(
-                    "/run", json={"text": f"late {i}", "id": i, "sleep": 1.0})) for i in range(5)]
-                await asyncio.sleep(0.4)  # they are in the model stage now
-                s.proc.send_signal(signal.SIGTERM)
-                return await asyncio.gather(*calls)
-
-        responses = asyncio.run(in_flight())
         assert [r.status_code for r in responses] == [200] * 5
         assert [only_output(r)["value"]["id"] for r in responses] == list(range(5))
+        assert not s.calls({99})  # the refused request never reached a stage
         code, out = s.terminate()
         # uvicorn shuts down cleanly, then re-raises the signal it caught, as it should
         assert code == -signal.SIGTERM, out
         assert "Application shutdown complete" in out and "Finished server process" in out
-        time.sleep(0.5)
-        assert not [w for w in workers if w.is_running() and w.status() != "zombie"]
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert alive == []
     finally:
+        s.release("stop")  # where the test failed with them held
         s.terminate()
 
 

@@ -5,6 +5,11 @@
 
 ``model`` records its batch size and the GPU it was given; ``sleep`` and
 ``fail`` in a request make it slow or raise, for timeouts and errors.
+
+Where ``$SERVED_DIR`` is set, each ``model`` call appends ``start IDS`` and
+``end IDS`` lines to ``$SERVED_DIR/calls.log``, and a call holding a request
+with ``hold: NAME`` waits until the file ``$SERVED_DIR/NAME`` exists: tests
+keep requests in the stage for as long as they need, with no sleeps.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class Query(BaseModel):
     id: int = 0
     sleep: float = Field(0.0, ge=0, le=3)
     fail: bool = False
+    hold: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
 
 
 class Tagged(BaseModel):
@@ -32,6 +38,7 @@ class Tagged(BaseModel):
     words: int
     sleep: float
     fail: bool
+    hold: str = ""
     path: str = ""
     batch: int = 0
     device: str | None = None
@@ -40,19 +47,44 @@ class Tagged(BaseModel):
 @pipe.stage(cpus=0.5, min_workers=1)
 def prep(query: Query) -> Tagged:
     return Tagged(id=query.id, text=query.text.strip(), words=len(query.text.split()),
-                  sleep=query.sleep, fail=query.fail)
+                  sleep=query.sleep, fail=query.fail, hold=query.hold)
 
 
 @pipe.stage(after=prep, when=lambda t: t.words >= 2, cpus=0.5, gpus=1, batch_size=8,
             batch_wait=0.05, min_workers=1)
 def model(batch: list[Tagged]) -> list[Tagged]:
-    time.sleep(max(t.sleep for t in batch) + 0.02)  # the "device" time of one batch
-    for t in batch:
-        if t.fail:
-            raise RuntimeError(f"model cannot read {t.text!r}")
+    ids = ",".join(str(t.id) for t in batch)
+    _log(f"start {ids}")
+    try:
+        _wait_for({t.hold for t in batch if t.hold})
+        time.sleep(max(t.sleep for t in batch) + 0.02)  # the "device" time of one batch
+        for t in batch:
+            if t.fail:
+                raise RuntimeError(f"model cannot read {t.text!r}")
+    finally:
+        _log(f"end {ids}")
     device = os.environ.get("CUDA_VISIBLE_DEVICES")
     return [t.model_copy(update={"path": "model", "batch": len(batch), "device": device})
             for t in batch]
+
+
+def _log(line: str) -> None:
+    """Append ``line`` to ``$SERVED_DIR/calls.log`` at once (O_APPEND), where it is set."""
+    if "SERVED_DIR" in os.environ:
+        fd = os.open(os.path.join(os.environ["SERVED_DIR"], "calls.log"),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def _wait_for(gates: set[str]) -> None:
+    """Hold the call until a file named after each gate exists in ``$SERVED_DIR``."""
+    if gates:
+        folder = os.environ["SERVED_DIR"]  # a request asks to be held only where it is set
+        while not all(os.path.exists(os.path.join(folder, gate)) for gate in gates):
+            time.sleep(0.01)
 
 
 @pipe.stage(after=prep, when=lambda t: t.words < 2, cpus=0.25)
