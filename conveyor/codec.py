@@ -33,6 +33,9 @@ def _default(value: Any) -> Any:
     item = getattr(value, "item", None)  # NumPy scalar types orjson does not know
     if callable(item) and getattr(value, "shape", None) == ():
         return item()
+    tolist = getattr(value, "tolist", None)  # NumPy arrays orjson does not take: views
+    if callable(tolist) and type(value).__module__ == "numpy":  # (transposed, strided)
+        return tolist()
     raise TypeError(f"a {type(value).__module__}.{type(value).__qualname__} is not JSON")
 
 
