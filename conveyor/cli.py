@@ -8,6 +8,7 @@ the same command to resume).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -287,7 +288,9 @@ def _prices(options: list[str]) -> dict[str, float]:
         try:
             prices[name] = float(value)
         except ValueError:
-            raise typer.BadParameter(f"--price {name}= needs a number, got {value!r}") from None
+            prices[name] = math.nan
+        if not math.isfinite(prices[name]) or prices[name] < 0:
+            raise typer.BadParameter(f"--price {name}= needs a number >= 0, got {value!r}")
     return prices
 
 
@@ -311,9 +314,9 @@ def serve(
     POST /run, /run/batch and /stages/NAME; GET /health, /metrics and /docs.
     """
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (serve.run needs it: checked here, with the others)
 
-        from .serve import create_app
+        from .serve import create_app, run
     except ImportError as exc:
         errors.print(f"[red]error:[/] serving needs its extra: pip install 'conveyor[serve]' "
                      f"({exc})")
@@ -328,8 +331,7 @@ def serve(
     except ConveyorError as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    uvicorn.run(app_, host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=int(grace) + 1)
+    run(app_, host=host, port=port, grace=grace)
 
 
 def _register_features() -> None:

@@ -222,8 +222,11 @@ class _Nvml:
     def devices(self) -> list[dict[str, Any]]:
         out = []
         for handle in self.handles:
-            util = self.nvml.nvmlDeviceGetUtilizationRates(handle)
-            mem = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            try:  # a device may refuse a query (utilisation of a MIG device): skip it
+                util = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                mem = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            except self.nvml.NVMLError:
+                continue
             out.append({"util": util.gpu, "mem_used": mem.used, "mem_total": mem.total})
         return out
 

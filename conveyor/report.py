@@ -362,7 +362,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
 def summary_json(a: Analysis) -> dict[str, Any]:
     """The analysis as plain data (for ``--json`` and tests)."""
     return {"pipeline": a.pipeline, "wall_s": round(a.wall, 3), "verdict": a.verdict,
-            "total_cost": a.total_cost, "stages": [
+            "total_cost": a.total_cost,
+            "cost_per_1000": a.total_cost / a.items_in * 1000 if a.items_in else None,
+            "stages": [
                 {"stage": s.name, "done": s.done, "failed": s.failed, "busy": round(s.busy, 3),
-                 "utilisation": round(s.utilisation, 3), "cost": s.cost} for s in a.stages]}
+                 "utilisation": round(s.utilisation, 3), "cost": s.cost,
+                 "cost_per_1000": s.cost / s.done * 1000 if s.done else None}
+                for s in a.stages]}
 
