@@ -1,80 +1,138 @@
-"""The docs and search commands through typer, as the engine's CLI will register them."""
+"""``conveyor docs`` and ``conveyor search`` as a user runs them: real subprocesses of
+``python -m conveyor``, the default (local) executor, real exit codes and output."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from conveyor.docs.cli import register
-from conveyor.events import read_events
+from conveyor import open_run
 from conveyor.docs.corpus import text_pdf
+from conveyor.events import read_events
+
+LIGHTHOUSE = "Lighthouse keepers trimmed the lamp wick every night and wound the clockwork."
+OWLS = "Owls hunt at night using sharp hearing."
+ENCRYPTED = "BadDocument: encrypted: password required"
 
 
-def _flat(text: str) -> str:
-    """Output with rich's line wrapping undone."""
-    return " ".join(text.split())
+def conveyor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m conveyor ARGS``; wide columns so rich wraps no line."""
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=cwd,
+                          env={**os.environ, "COLUMNS": "250"}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def counts_table(stdout: str) -> dict[str, list[int]]:
+    """The printed counts table: stage -> [done, routed-out, failed, pending, running]."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells:  # the header row is drawn with ┃, not │
+            rows[cells[0]] = [int(c) for c in cells[1:]]
+    return rows
 
 
 @pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
-
-
-def test_docs_then_search(app, tmp_path):
-    folder = tmp_path / "in"
+def docs_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``conveyor docs`` run (not quiet) over two good PDFs and an encrypted one."""
+    root = tmp_path_factory.mktemp("docs-cli")
+    folder = root / "in"
     folder.mkdir()
-    (folder / "lighthouse.pdf").write_bytes(text_pdf([[
-        "Lighthouse keepers trimmed the lamp wick every night and wound the clockwork."]]))
+    (folder / "lighthouse.pdf").write_bytes(text_pdf([[LIGHTHOUSE]], first_title=False))
+    (folder / "owls.pdf").write_bytes(text_pdf([[OWLS]], first_title=False))
     (folder / "locked.pdf").write_bytes(text_pdf([["secret"]], encrypt="pw"))
+    run_dir = root / "run"
+    proc = conveyor("docs", str(folder), "--run-dir", str(run_dir), "--gpus", "0")
+    return {"proc": proc, "folder": folder, "run_dir": run_dir}
+
+
+def test_docs_with_a_broken_file_exits_1_and_lists_it_with_its_reason(docs_run):
+    proc, folder, run_dir = docs_run["proc"], docs_run["folder"], docs_run["run_dir"]
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-2:] == [
+        "1 item(s) failed:", f"  {folder / 'locked.pdf'} (inspect): {ENCRYPTED}"]
+    assert counts_table(proc.stdout) == {
+        "expand": [1, 0, 0, 0, 0], "inspect": [2, 0, 1, 0, 0], "extract": [2, 0, 0, 0, 0],
+        "ocr_pages": [0, 0, 0, 0, 0], "ocr": [0, 0, 0, 0, 0], "chunk": [2, 0, 0, 0, 0],
+        "embed": [2, 0, 0, 0, 0], "index": [1, 0, 0, 0, 0]}
+    with open_run(run_dir) as result:
+        info = result.output("index")
+    assert proc.stdout.splitlines()[-2:] == [
+        f"index: 2 chunks from 2 documents in {Path(info['index']).parent}",
+        f'search it: conveyor search {run_dir} "your question"']
+    runs = [(e["executor"], e["budget"]["gpus"]) for e in read_events(run_dir)
+            if e["event"] == "run_start"]
+    assert runs == [("local", 0)]  # the default executor; --gpus 0
+
+
+def test_search_json_gives_the_hits(docs_run):
+    folder, run_dir = docs_run["folder"], docs_run["run_dir"]
+    proc = conveyor("search", str(run_dir), "who looked after the lamp", "-k", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (hit,) = json.loads(proc.stdout)
+    path = str(folder / "lighthouse.pdf")
+    assert 0 < hit.pop("score") <= 1
+    assert hit == {"text": LIGHTHOUSE, "path": path, "member": None, "source": path,
+                   "doc": path, "page": 1, "pages": [1], "method": "text"}
+
+
+def test_search_prints_the_hits_ranked(docs_run):
+    folder, run_dir = docs_run["folder"], docs_run["run_dir"]
+    proc = conveyor("search", str(run_dir), "lamp")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4  # k=5, but the index holds two chunks
+    assert re.fullmatch(rf"1\. 0\.\d{{3}}  {re.escape(str(folder / 'lighthouse.pdf'))}  page 1",
+                        lines[0]), lines[0]
+    assert lines[1] == f"   {LIGHTHOUSE}"
+    assert re.fullmatch(rf"2\. -?0\.\d{{3}}  {re.escape(str(folder / 'owls.pdf'))}  page 1",
+                        lines[2]), lines[2]
+    assert lines[3] == f"   {OWLS}"
+    assert float(lines[0].split()[1]) > float(lines[2].split()[1])
+
+
+def test_docs_all_good_exits_0_and_quiet_prints_nothing(tmp_path):
+    path = tmp_path / "owls.pdf"
+    path.write_bytes(text_pdf([[OWLS]], first_title=False))
     run_dir = tmp_path / "run"
-    runner = CliRunner()
-    out = runner.invoke(app, ["docs", str(folder), "--run-dir", str(run_dir), "--executor",
-                              "inline", "--gpus", "0", "--quiet"])
-    assert out.exit_code == 1, out.output
-    printed = _flat(out.output)
-    assert "locked.pdf" in printed and "encrypted: password required" in printed
-
-    out = runner.invoke(app, ["search", str(run_dir), "who looked after the lamp", "-k", "1",
-                              "--json"])
-    assert out.exit_code == 0, out.output
-    hits = json.loads(out.stdout)
-    assert len(hits) == 1
-    assert hits[0]["path"] == str(folder / "lighthouse.pdf") and hits[0]["page"] == 1
-    assert hits[0]["member"] is None and "Lighthouse keepers" in hits[0]["text"]
-
-    out = runner.invoke(app, ["search", str(run_dir), "lamp"])
-    assert out.exit_code == 0 and "lighthouse.pdf" in out.stdout
+    proc = conveyor("docs", str(path), "--run-dir", str(run_dir), "--quiet")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    with open_run(run_dir) as result:
+        assert result.ok
+        assert result.output("index")["documents"] == 1
 
 
-def test_docs_all_good_exits_0(app, tmp_path):
-    path = tmp_path / "ok.pdf"
-    path.write_bytes(text_pdf([["Owls hunt at night using sharp hearing."]]))
-    out = CliRunner().invoke(app, ["docs", str(path), "--run-dir", str(tmp_path / "run"),
-                                   "--executor", "inline", "--quiet"])
-    assert out.exit_code == 0, out.output
-
-
-def test_usage_errors_exit_2(app, tmp_path):
-    runner = CliRunner()
-    out = runner.invoke(app, ["docs", str(tmp_path / "missing.pdf"), "--run-dir",
-                              str(tmp_path / "run")])
-    assert out.exit_code == 2 and "no such file or folder" in _flat(out.output)
-    out = runner.invoke(app, ["docs", "--run-dir", str(tmp_path / "run")])
-    assert out.exit_code == 2 and "give INPUT" in _flat(out.output)
-    out = runner.invoke(app, ["docs", str(tmp_path), "--run-dir", str(tmp_path / "r"),
-                              "--executor", "nonsense"])
-    assert out.exit_code == 2, out.output
-    out = runner.invoke(app, ["search", str(tmp_path / "nowhere"), "query"])
-    assert out.exit_code == 2 and "not a conveyor run directory" in _flat(out.output)
-    out = runner.invoke(app, ["search", str(tmp_path), "query", "-k", "0"])
-    assert out.exit_code == 2
+def test_usage_errors_exit_2_and_run_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "missing.pdf"
+    cases = [
+        (["docs", str(missing), "--run-dir", str(run_dir)],
+         f"error: no such file or folder: {missing}"),
+        (["docs", "--run-dir", str(run_dir)],
+         f"error: give INPUT paths (there is no run in {run_dir} to resume)"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--executor", "nonsense"],
+         "error: unknown executor 'nonsense'; choose one of local, inline, ray"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--gpus", "-1"],
+         "error: --gpus must be >= 0, got -1"),
+        (["search", str(tmp_path / "nowhere"), "query"],
+         f"error: {tmp_path / 'nowhere'} is not a conveyor run directory; run `conveyor docs "
+         f"INPUT... --run-dir {tmp_path / 'nowhere'}` first"),
+    ]
+    for args, message in cases:
+        proc = conveyor(*args)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", message + "\n"), args
+    proc = conveyor("docs", str(tmp_path))
+    assert proc.returncode == 2 and "Missing option '--run-dir'" in proc.stderr
+    proc = conveyor("search", str(tmp_path), "query", "-k", "0")
+    assert proc.returncode == 2 and "Invalid value for '-k'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was written
 
 
 def test_plan_and_retry_of_a_docs_run_from_another_directory(tmp_path):
