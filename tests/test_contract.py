@@ -339,13 +339,21 @@ def test_a_raising_predicate_fails_the_item(executor, run_dir):
 def test_batch_returning_wrong_length_stops_the_run(executor, run_dir):
     pipe = Pipeline("bad-batch")
 
-    @pipe.stage(batch_size=3)
+    # a partial batch waits (up to a minute) for the rest: one call gets all three values
+    @pipe.stage(batch_size=3, batch_wait=60)
     def drop_one(values):
         return values[:-1]
 
-    with pytest.raises(StageContractError, match="stage 'drop_one' is a batch stage"):
+    said = ("stage 'drop_one' is a batch stage: it was called with 3 values and must return "
+            "a list of 3, got 2 values")
+    with pytest.raises(StageContractError) as raised:
         pipe.run([Item(str(i), i) for i in range(3)], run_dir=run_dir, executor=executor)
-    assert open_run(run_dir).counts["drop_one"]["failed"] >= 1
+    assert str(raised.value) == said
+    run = open_run(run_dir)
+    assert run.counts["drop_one"] == {"pending": 0, "running": 0, "done": 0, "failed": 3,
+                                      "routed-out": 0}  # every item of the call
+    assert sorted((f["key"], f["error"]) for f in run.failures()) == [
+        ("0", said), ("1", said), ("2", said)]
 
 
 def test_unserialisable_output_stops_the_run(executor, run_dir):

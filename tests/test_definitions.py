@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from conveyor import (BudgetError, GraphError, Item, Pipeline, PipelineError, StageDefinitionError,
@@ -11,17 +15,18 @@ from conveyor import (BudgetError, GraphError, Item, Pipeline, PipelineError, St
 def test_decorators_return_the_callable_unchanged():
     pipe = Pipeline("p")
 
-    @pipe.stage
     def f(x):
         return x + 1
 
-    @pipe.stage(after=f)
     class C:
         def __call__(self, x):
             return x
 
-    assert f(1) == 2 and isinstance(C(), C)
-    assert list(pipe.stages) == ["f", "C"]
+    assert pipe.stage(f) is f
+    assert pipe.stage(after=f)(C) is C
+    assert pipe.reduce(f, name="r", after=C) is f
+    assert list(pipe.stages) == ["f", "C", "r"]
+    assert (pipe["f"].target, pipe["C"].target, pipe["r"].target) == (f, C, f)
     assert pipe["C"].upstream == ("f",)
 
 
@@ -181,3 +186,21 @@ def test_tuned_copies_the_pipeline_with_one_stage_changed(tmp_path):
         pipe.tuned("double", batch_size=0)
     with pytest.raises(KeyError, match="no stage 'nope'"):
         pipe.tuned("nope", retries=1)
+
+
+def test_the_ray_executor_without_ray_says_what_to_install(tmp_path):
+    """Runs where Ray is not installed too (the child hides it if it is)."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        from conveyor import ExecutorUnavailable, Pipeline
+        pipe = Pipeline("no-ray")
+        pipe.stage(lambda x: x)
+        try:
+            pipe.run(["a"], run_dir={str(tmp_path / "run")!r}, executor="ray")
+        except ExecutorUnavailable as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout == "the ray executor needs Ray: pip install 'conveyor[ray]'\n", out.stderr

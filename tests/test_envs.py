@@ -160,18 +160,36 @@ print(json.dumps({{"built": env.built, "path": str(env.path), "done": time.time(
 """
 
 
+def lock_waiters(lock_file: Path) -> set[int]:
+    """Pids of processes blocked in flock() on ``lock_file`` (the ``->`` lines of
+    /proc/locks name the waiters, by the file's inode)."""
+    inode = str(lock_file.stat().st_ino)
+    waiters = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "->" and fields[2] == "FLOCK" and fields[6].rsplit(":", 1)[1] == inode:
+            waiters.add(int(fields[5]))
+    return waiters
+
+
 @pytest.mark.slow
 def test_concurrent_builders_wait_on_the_lock_and_build_once(cache):
     spec = EnvSpec((SIX,))
     key = env_key(spec, base_of(spec))
     cache.mkdir(parents=True)
-    with open(cache / f"{key}.lock", "w") as lock:
+    lock_file = cache / f"{key}.lock"
+    with open(lock_file, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # hold it: both builders must wait
         procs = [subprocess.Popen([sys.executable, "-c", ENSURE.format(req=SIX)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
-        time.sleep(2)
-        assert [p.poll() for p in procs] == [None, None]  # both blocked on the lock
+        deadline = time.monotonic() + 120  # generous: two interpreters importing conveyor
+        while lock_waiters(lock_file) != {p.pid for p in procs}:
+            exited = [p for p in procs if p.poll() is not None]
+            assert not exited, f"a builder did not wait on the lock: {exited[0].communicate()}"
+            assert time.monotonic() < deadline, f"waiting: {lock_waiters(lock_file)}"
+            time.sleep(0.01)
+        # both are blocked in flock() on the lock we hold, so neither has built anything
         assert not list(cache.glob(f"{key}*tmp*")) and not (cache / key).exists()
     results = []
     for proc in procs:

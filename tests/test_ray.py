@@ -1,5 +1,6 @@
 """The Ray executor beyond the contract suite: real actor deaths, a killed driver, the
-store URL, the CLI joining a running cluster, and the error without Ray installed.
+store URL and the CLI joining a running cluster. (The error without Ray installed is
+tested in test_definitions.py, which runs where Ray is missing.)
 
 Everything runs on the session's local Ray instance (see conftest) except the
 driver-kill test, whose driver starts its own Ray as a user's would.
@@ -331,23 +332,6 @@ def test_cli_joins_a_running_cluster_by_address(ray_instance, tmp_path):
                            "--cpus", "1", "-q"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert dict(open_run(run_dir).outputs("shout")) == {"a": "A", "b": "B"}
-
-
-def test_ray_executor_without_ray_says_what_to_install(tmp_path):
-    code = textwrap.dedent(f"""
-        import sys
-        sys.modules["ray"] = None  # as if Ray were not installed
-        from conveyor import ExecutorUnavailable, Pipeline
-        pipe = Pipeline("no-ray")
-        pipe.stage(lambda x: x)
-        try:
-            pipe.run(["a"], run_dir={str(tmp_path / "run")!r}, executor="ray")
-        except ExecutorUnavailable as exc:
-            print(exc)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert "pip install 'conveyor[ray]'" in out.stdout, out.stderr
 
 
 def run_with_requirement(run_dir: Path, requirement: str):

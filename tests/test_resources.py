@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from conveyor.errors import BudgetError
-from conveyor.resources import Budget, Pool, Resources, detect_cpus, detect_ram, parse_size
+from conveyor.resources import Budget, Grant, Pool, Resources, parse_size
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -31,7 +35,7 @@ def test_pool_never_grants_past_the_budget():
     pool = Pool(Budget(cpus=2, ram=2**30, devices=()))
     half = Resources.declare(cpus=0.5, ram="256MiB")
     grants = [pool.acquire(half) for _ in range(4)]
-    assert all(grants)
+    assert grants == [Grant(cpus_milli=500, ram=2**28, gpu_milli=0, devices=())] * 4
     assert pool.acquire(half) is None  # cpus exhausted
     pool.release(grants[0])
     assert pool.acquire(Resources.declare(cpus=0.5, ram="512MiB")) is None  # ram exhausted
@@ -49,9 +53,10 @@ def test_fractional_gpus_share_a_device_and_whole_ones_do_not():
     pool = Pool(Budget(cpus=16, ram=0, devices=("0", "1")))
     half = Resources.declare(cpus=1, gpus=0.5)
     a, b = pool.acquire(half), pool.acquire(half)
-    assert a.devices == b.devices  # packed onto one device
+    assert a.devices == b.devices == ("0",)  # packed onto one device
+    assert a.gpu_milli == b.gpu_milli == 500
     whole = pool.acquire(Resources.declare(cpus=1, gpus=1))
-    assert whole is not None and whole.devices != a.devices
+    assert whole.devices == ("1",) and whole.gpu_milli == 1000
     assert pool.acquire(half) is None
     assert pool.acquire(Resources.declare(cpus=1, gpus=1)) is None
     pool.release(whole)
@@ -60,15 +65,28 @@ def test_fractional_gpus_share_a_device_and_whole_ones_do_not():
     pool.release(a)
     pool.release(b)
     two = pool.acquire(Resources.declare(cpus=1, gpus=2))
-    assert two is not None and sorted(two.devices) == ["0", "1"]
+    assert two.devices == ("0", "1")
 
 
-def test_budget_override_and_detection():
-    detected = Budget.detect()
-    assert detected.cpus == detect_cpus() and detected.ram == detect_ram()
+def test_budget_override_and_detection(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # NVML's devices (if any) are hidden
     budget = Budget.detect(cpus=2, ram="8GiB", gpus=2)
-    assert budget.cpus == 2 and budget.ram == 8 * 2**30 and budget.gpus == 2
-    assert len(set(budget.devices)) == 2
+    assert budget == Budget(cpus=2.0, ram=8 * 2**30, devices=("0", "1"))  # declared devices
+    assert Budget.detect(cpus=2, ram="8GiB") == Budget(cpus=2.0, ram=8 * 2**30, devices=())
+
+
+def test_detected_cpus_follow_the_affinity_mask():
+    """detect_cpus() counts the CPUs this process may run on (capped by a cgroup quota
+    where there is one), checked in a child pinned to one CPU."""
+    code = ("import os; from conveyor.resources import detect_cpus, Budget; "
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "print(detect_cpus(), Budget.detect().cpus)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    quota = Path("/sys/fs/cgroup/cpu.max").read_text().split() \
+        if Path("/sys/fs/cgroup/cpu.max").exists() else ["max"]
+    one = 1.0 if quota[0] == "max" else min(1.0, int(quota[0]) / int(quota[1]))
+    assert out.stdout.split() == [str(one), str(one)]
 
 
 def test_check_fits_names_the_stage_and_the_shortfall():
