@@ -29,7 +29,9 @@ its stage's work is full), so a slow stage needs few items queued and a fast
 one many. The first stage's input never runs out (``in_fill`` is 1), so it
 runs exactly when its downstream is hungry; a stage whose downstream queue
 is full is *throttled* and takes nothing. A GPU worker keeps its lease for
-life, so the most expensive device never waits for a CPU. When the most
+life, so the most expensive device never waits for a CPU, except when it is
+idle and a waiting group cannot get a lease otherwise (it may hold the CPUs
+the stage that feeds it needs). When the most
 urgent group waits for a lease (or has work and no worker started yet), the
 driver stops topping up a less urgent worker that has held its lease past a
 short quantum; the lease passes on when that worker's tasks are done. Work moves between stages this way

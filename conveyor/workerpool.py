@@ -183,3 +183,15 @@ class WorkerPool:
                 return
             worker.expiring = True
             free += round(worker.resources.cpus * 1000)
+        if free >= need or not self.lends_cpu:
+            return
+        # Still no room: a pinned (GPU) worker with nothing to do gives its lease up
+        # too. Otherwise it could hold the CPUs the stage feeding it needs, and wait
+        # for work that stage can never make; it leases again when work arrives.
+        for worker in self.workers.values():
+            if (worker.pinned and worker.leased and worker.ready and not worker.inflight
+                    and not loads[worker.group].ready and worker.group != waiting.name):
+                self._unlease(worker)
+                free += round(worker.resources.cpus * 1000)
+                if free >= need:
+                    return

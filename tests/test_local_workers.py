@@ -350,3 +350,24 @@ def test_a_worker_started_early_goes_when_the_inputs_are_refused(run_dir):
     (start,) = _events(run_dir, "worker_start")
     assert [e["worker"] for e in _events(run_dir, "worker_exit")] == [start["worker"]]
     assert not psutil.pid_exists(start["pid"])
+
+
+def test_an_idle_gpu_worker_gives_its_lease_to_the_stage_that_feeds_it(run_dir):
+    """1.25 CPUs: b's GPU worker (0.5) and c's (0.5) must not hold what a (1) needs."""
+    pipe = Pipeline("gpu-lease")
+
+    @pipe.stage(cpus=1)
+    def a(x):
+        return x
+
+    @pipe.stage(after=a, cpus=0.5, gpus=0.5)
+    def b(x):
+        return x
+
+    @pipe.stage(after=b, cpus=0.5)
+    def c(x):
+        return x
+
+    result = pipe.run([Item(str(i), i) for i in range(30)], run_dir=run_dir, cpus=1.25,
+                      gpus=1)
+    assert result.ok and dict(result.outputs("c")) == {str(i): i for i in range(30)}
