@@ -17,12 +17,13 @@ from docs_common import parse, report, run_pipeline, timed, workdir
 def main() -> None:
     args = parse(__doc__)
     docs, pages = (12, 5) if args.quick else (1000, 20)
+    import random
+
     from conveyor import Item, Pipeline
     from conveyor.docs.corpus import page_lines, text_pdf
     from conveyor.docs.extract import extract
     from conveyor.docs.pipeline import build_pipeline
     from conveyor.resources import detect_cpus
-    import random
 
     root = workdir(args.keep)
     rng = random.Random(7)

@@ -2,7 +2,7 @@
 
 The peer is Ray Data on the same work in the same process run (three row-wise
 no-op ``map`` calls over ``range(n)``, every row materialised), measured
-before conveyor runs: *cold* is its first dataset after ``ray.init`` (not
+after conveyor's run: *cold* is its first dataset after ``ray.init`` (not
 timed), *warm* the same dataset built and run again. conveyor is timed from
 ``pipe.run`` to its return, start-up and durable ledger included. Targets
 (issue 22): at least 1.0x Ray Data cold and 0.5x warm.
@@ -96,9 +96,9 @@ def main() -> None:
     args = p.parse_args()
     n = 500 if args.quick else args.items
     root = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-overhead-"))
-    peer = ray_data(n)
     rate = run(n, args.executor, root / "run")
     floor = ledger_floor(n, root / "floor")
+    peer = ray_data(n)  # last: Ray's processes outlive ray.shutdown() by a few seconds
     cold, warm = peer["ray_data_cold_items_per_s"], peer["ray_data_warm_items_per_s"]
     emit("overhead", executor=args.executor, n=n, items_per_s=round(rate), durable_ledger=True,
          **peer, ratio=round(rate / cold, 3) if cold else None, target_ratio=1.0,

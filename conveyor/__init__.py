@@ -16,9 +16,22 @@ budget, records every (stage, item) durably and resumes where it stopped.
 """
 
 from .context import Context, context
-from .errors import (BudgetError, ConveyorError, EnvError, ExecutorUnavailable, GraphError,
-                     InputError, LedgerError, PipelineError, RunInterrupted, RunLockedError,
-                     StageContractError, StageDefinitionError, StoreError, ToolNotFound)
+from .errors import (
+    BudgetError,
+    ConveyorError,
+    EnvError,
+    ExecutorUnavailable,
+    GraphError,
+    InputError,
+    LedgerError,
+    PipelineError,
+    RunInterrupted,
+    RunLockedError,
+    StageContractError,
+    StageDefinitionError,
+    StoreError,
+    ToolNotFound,
+)
 from .items import Item
 from .pipeline import Pipeline, Stage
 from .resources import Budget, Resources

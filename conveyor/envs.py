@@ -20,7 +20,7 @@ gets the packages a worker needs (cloudpickle, orjson, psutil, pydantic),
 pinned to the driver's versions so that pickles and encoded values match.
 ``uv`` builds it when it is on PATH, else ``python -m venv`` and pip.
 
-Workers reach these environments through :mod:`conveyor.envworker`; on Ray
+Workers reach these environments through :mod:`conveyor.worker.envshim`; on Ray
 the same declaration becomes a ``runtime_env`` (:func:`runtime_env`).
 """
 
@@ -52,7 +52,7 @@ SPEC_VAR = "CONVEYOR_ENV_SPEC"  # how the local executor hands a worker its EnvS
 ATTEMPT_VAR = "CONVEYOR_ENV_ATTEMPT"  # one per executor: a failed build is not rerun within it
 LABEL_VAR = "CONVEYOR_ENV"  # set in a worker: the environment it runs in, for messages
 MARKER = "conveyor-env.json"  # written last inside a built environment
-RUNTIME = ("cloudpickle", "orjson", "psutil", "pydantic")  # what conveyor.worker imports
+RUNTIME = ("cloudpickle", "orjson", "psutil", "pydantic")  # what conveyor.worker.process imports
 BUILD_SECONDS = 1800  # the longest one build may take
 ERROR_LINES = 40  # lines of pip's or uv's output kept in a build error
 

@@ -13,7 +13,6 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .envs import interpreter, requirements_of
@@ -386,25 +385,13 @@ class Pipeline:
             ExecutorUnavailable: the executor cannot be used here.
             StoreError: ``store`` differs from the one the run directory records.
         """
-        from .driver import Driver
-        from .executors import make_executor
-        from .resources import Budget
-        from .store import record_store
+        # The engine imports this module (stages, graphs): importing it here, when a
+        # run starts, keeps `import conveyor` light and the import graph one-way.
+        from .engine.batch import run_pipeline
 
-        self.validate()
-        if executor == "ray" and address is not None:  # the cluster's budget, not this node's
-            runner = make_executor(executor, address)
-            budget = runner.cluster_budget(cpus, ram, gpus)  # type: ignore[attr-defined]
-        else:
-            budget = Budget.detect(cpus=cpus, ram=ram, gpus=gpus)
-            runner = make_executor(executor, address, budget)
-        retry_stages = None if retry is True else () if retry is False else tuple(retry)
-        if store is not None:
-            record_store(run_dir, store)
-        driver = Driver(self, Path(run_dir), runner, budget,
-                        force=tuple(force), retry=retry_stages, progress=progress,
-                        bench=bench)
-        return driver.run(inputs)
+        return run_pipeline(self, inputs, run_dir=run_dir, executor=executor, cpus=cpus,
+                            ram=ram, gpus=gpus, force=force, retry=retry, progress=progress,
+                            bench=bench, address=address, store=store)
 
 
 def _as_list(after: Any) -> list[Any]:

@@ -11,13 +11,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import codec
+from . import codec, rundir
 from .errors import LedgerError
 from .ledger.base import STATUSES
 from .ledger.sqlite import SqliteLedger
 from .store import Store
-
-LEDGER_FILE = "ledger.db"
 
 
 class RunResult:
@@ -25,10 +23,10 @@ class RunResult:
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
-        path = self.run_dir / LEDGER_FILE
-        if not path.exists():
-            raise LedgerError(f"{self.run_dir} is not a conveyor run directory (no {LEDGER_FILE})")
-        self._ledger = SqliteLedger(path, readonly=True)
+        if not rundir.is_run(self.run_dir):
+            raise LedgerError(f"{self.run_dir} is not a conveyor run directory "
+                              f"(no {rundir.LEDGER})")
+        self._ledger = SqliteLedger(rundir.ledger(self.run_dir), readonly=True)
         self._store = Store(self.run_dir)
 
     def __repr__(self) -> str:

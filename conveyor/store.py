@@ -34,11 +34,10 @@ import socket
 from pathlib import Path
 from typing import NamedTuple
 
-from . import codec
+from . import codec, rundir
 from .errors import StoreError
 
 INLINE_LIMIT = 64 * 1024
-STORE_FILE = "store.url"
 # Names this process's half-written files: workers on several machines may share a
 # directory (and a pid), and must not write into each other's.
 _WRITER = f"{socket.gethostname()}.{os.getpid()}"
@@ -66,7 +65,7 @@ class Store:
         self.inline_limit = inline_limit
         self.fsync = fsync
         self._wrote = False
-        recorded = self.root / STORE_FILE
+        recorded = self.root / rundir.STORE_URL
         self.url = recorded.read_text().strip() if recorded.exists() else None
         self._remote = _Remote(self.url) if self.url else None
 
@@ -79,7 +78,7 @@ class Store:
         if len(data) <= self.inline_limit:
             return Stored(data, None, digest, len(data))
         dig = digest or codec.digest(data)
-        ref = f"values/{dig[:2]}/{dig}.json"
+        ref = rundir.value_ref(dig)
         if self._remote is not None:
             self._remote.put(ref, data)
             return Stored(None, ref, dig, len(data))
@@ -101,7 +100,7 @@ class Store:
 
     def item_dir(self, stage: str, key: str) -> Path:
         """A folder for one item's large artifacts (created on first use)."""
-        path = self.root / "artifacts" / stage / safe_name(key)
+        path = rundir.artifacts(self.root, stage, safe_name(key))
         path.mkdir(parents=True, exist_ok=True)
         self._wrote = True  # the stage writes there; it must be on disk before "done"
         return path
@@ -131,11 +130,9 @@ def record_store(run_dir: str | os.PathLike[str], url: str) -> None:
     if "://" not in url:
         url = str(Path(url).resolve())  # workers and later readers may run elsewhere
     _Remote(url)  # fails now, before anything runs, if the URL cannot be used
-    from .result import LEDGER_FILE
-
-    path = Path(run_dir) / STORE_FILE
+    path = Path(run_dir) / rundir.STORE_URL
     recorded = path.read_text().strip() if path.exists() else None
-    if recorded is None and (Path(run_dir) / LEDGER_FILE).exists():
+    if recorded is None and rundir.is_run(run_dir):
         recorded = "the run directory"  # its ledger refers to values kept there
     if recorded == url:
         return

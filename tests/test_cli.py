@@ -137,7 +137,7 @@ def test_a_signal_stops_cleanly_and_the_same_command_resumes(signum, module, run
 def test_help_prints_each_paragraph_of_a_command_whole():
     import inspect as pyinspect
 
-    from conveyor.cli import app
+    from conveyor.cli.app import app
 
     for command in app.registered_commands:
         name = command.name or command.callback.__name__

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import (InputError, Item, Pipeline, StageContractError, context, open_run)
+from conveyor import InputError, Item, Pipeline, StageContractError, context, open_run
 from conveyor.ledger import SqliteLedger
 from helpers import append_log, read_log
 

@@ -22,10 +22,17 @@ from pathlib import Path
 import pytest
 
 from conveyor import Pipeline, StageDefinitionError
-from conveyor.envs import (CACHE_VAR, MARKER, EnvSpec, base_of, ensure, env_key,
-                           forwarded_path, requirements_of, runtime_env)
-from conveyor.fingerprint import fingerprints
-from conveyor.fusion import fuse
+from conveyor.envs import (CACHE_VAR,
+    MARKER,
+    EnvSpec,
+    base_of,
+    ensure,
+    env_key,
+    forwarded_path,
+    requirements_of,
+    runtime_env)
+from conveyor.engine.fingerprint import fingerprints
+from conveyor.engine.fusion import fuse
 
 PIPELINES = Path(__file__).parent / "pipelines"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

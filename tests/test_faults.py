@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from conveyor import Item, Pipeline, RunLockedError, open_run
-from conveyor.events import read_events
+from conveyor.observe.events import read_events
 from conveyor.ledger import SqliteLedger
 from helpers import append_log, read_log
 
@@ -270,7 +270,7 @@ def test_a_dead_drivers_lock_still_held_by_its_dying_child_is_taken_over(tmp_pat
     # worker between fork and exec does); the lock frees when the child goes.
     code = textwrap.dedent(f"""
         import os, time
-        from conveyor.lock import RunLock
+        from conveyor.engine.lock import RunLock
         lock = RunLock({str(tmp_path)!r}).acquire()
         os.set_inheritable(lock._fd, True)
         if os.fork() == 0:
@@ -280,7 +280,7 @@ def test_a_dead_drivers_lock_still_held_by_its_dying_child_is_taken_over(tmp_pat
     """)
     holder = subprocess.Popen([sys.executable, "-c", code])
     assert holder.wait(timeout=60) == 0
-    from conveyor.lock import RunLock
+    from conveyor.engine.lock import RunLock
 
     lock = RunLock(tmp_path).acquire()  # within DEAD_HOLDER_WAIT, not refused
     try:

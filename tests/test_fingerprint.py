@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conveyor import Pipeline
-from conveyor.fingerprint import fingerprints
+from conveyor.engine.fingerprint import fingerprints
 
 
 def build(threshold: float = 0.5, code: str = "x * 2", version: str | None = None,

@@ -1,4 +1,4 @@
-"""GPU-memory sampling (conveyor.metrics): per-worker GPU memory through NVML.
+"""GPU-memory sampling (conveyor.observe.metrics): per-worker GPU memory through NVML.
 
 Each ``tick`` samples every worker's CPU and RSS and, where NVML finds a
 driver, its GPU memory (the compute processes NVML lists on each device,
@@ -8,7 +8,7 @@ peak per stage (``peak_gpu_mem``).
 Where there is no GPU (CI, this machine) the run must sample without it: no
 crash, no ``gpus`` in the machine sample, no ``gpu_mem`` per worker,
 ``peak_gpu_mem`` None. The sampling code itself is exercised without a GPU by
-feeding :class:`conveyor.metrics._Nvml` NVML's own result objects (pynvml's
+feeding :class:`conveyor.observe.metrics._Nvml` NVML's own result objects (pynvml's
 ``c_nvmlProcessInfo_v3_t`` turned into the objects pynvml returns, its
 memory and utilisation structs, its ``NVMLError`` classes) for real worker
 processes. Where a GPU and CUDA-enabled torch are present, a worker's real
@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Item, Pipeline
-from conveyor.events import read_events
-from conveyor.metrics import RunMetrics, _Nvml
+from conveyor.observe.events import read_events
+from conveyor.observe.metrics import RunMetrics, _Nvml
 from conveyor.resources import detect_gpus
 
 pynvml = pytest.importorskip("pynvml")
@@ -133,7 +133,7 @@ def nvml_process(pid: int, used: int | None):
 class RecordedDevices:
     """NVML's device calls answered from recorded readings, in pynvml's own types.
 
-    Only the calls :class:`conveyor.metrics._Nvml` makes; a device whose entry is an
+    Only the calls :class:`conveyor.observe.metrics._Nvml` makes; a device whose entry is an
     error code raises pynvml's ``NVMLError`` for that code when asked for its processes.
     """
 

@@ -16,10 +16,10 @@ import pytest
 from rich.console import Console
 
 from conveyor import Item, Pipeline
-from conveyor.events import read_events
-from conveyor.metrics import Histogram
-from conveyor.progress import ProgressModel, ProgressView, plain_lines, render_table
-from conveyor.report import analyse, write_report
+from conveyor.observe.events import read_events
+from conveyor.observe.metrics import Histogram
+from conveyor.observe.progress import ProgressModel, ProgressView, plain_lines, render_table
+from conveyor.observe.report import analyse, write_report
 
 
 class FakeClock:

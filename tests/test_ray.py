@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from conveyor import Item, Pipeline, StoreError, open_run
-from conveyor.events import read_events
+from conveyor.observe.events import read_events
 from helpers import append_log, read_log
 
 pytestmark = pytest.mark.ray

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.events import read_events
+from conveyor.observe.events import read_events
 
 PIPELINE = textwrap.dedent("""
     from conveyor import Pipeline

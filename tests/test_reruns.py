@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import open_run
-from conveyor.result import LEDGER_FILE
+from conveyor import rundir
 
 MODULE = textwrap.dedent("""
     import os
@@ -149,7 +149,7 @@ def test_plan_and_retry_load_the_recorded_pipeline_from_anywhere(given, project,
 def test_a_run_dir_that_recorded_the_older_ref_and_cwd_still_plans(project, tmp_path_factory):
     root, conveyor, calls = project
     assert conveyor(*run_args("w1")).returncode == 0
-    with sqlite3.connect(root / "run" / LEDGER_FILE) as db:  # as runs recorded it before
+    with sqlite3.connect(rundir.ledger(root / "run")) as db:  # as runs recorded it before
         db.execute("DELETE FROM meta WHERE name = 'pipeline_origin'")
         db.executemany("INSERT INTO meta VALUES (?, ?)",
                        [("pipeline_ref", "rerunpipe:pipe"), ("cwd", str(root))])

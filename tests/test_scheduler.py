@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from conveyor import Pipeline
-from conveyor.events import EventLog
+from conveyor.observe.events import EventLog
 from conveyor.executors.inline import InlineExecutor
-from conveyor.fusion import fuse
+from conveyor.engine.fusion import fuse
 from conveyor.resources import Budget, Resources
-from conveyor.runner import StageSpec, WorkerSpec
-from conveyor.scheduler import Load, lease_order, plan, should_yield
-from conveyor.workerpool import QUANTUM, WorkerPool
+from conveyor.worker.runner import StageSpec, WorkerSpec
+from conveyor.engine.scheduler import Load, lease_order, plan, should_yield
+from conveyor.engine.workerpool import QUANTUM, WorkerPool
 
 CPU1 = Resources.declare(cpus=1)
 

@@ -10,7 +10,7 @@ import pytest
 from conveyor import Pipeline
 from conveyor.errors import InputError, PipelineError
 from conveyor.resources import Budget
-from conveyor.service import Closed, Overloaded, Service
+from conveyor.serve.service import Closed, Overloaded, Service
 
 pytestmark = pytest.mark.slow
 

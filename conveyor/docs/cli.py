@@ -21,6 +21,8 @@ from typing import Any, List, Optional
 
 import typer
 
+from .. import rundir
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``docs`` and ``search`` commands to ``app``."""
@@ -40,9 +42,8 @@ def docs(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
-    from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, errors
+    from ..cli.app import EXIT_INTERRUPTED, EXIT_USAGE, errors
     from ..errors import ConveyorError, RunInterrupted
-    from ..result import LEDGER_FILE
     from .archives import input_items
     from .pipeline import build_pipeline
 
@@ -50,7 +51,7 @@ def docs(
     if missing:
         errors.print(f"[red]error:[/] no such file or folder: {', '.join(missing)}")
         raise typer.Exit(EXIT_USAGE)
-    if not inputs and not (run_dir / LEDGER_FILE).exists():
+    if not inputs and not rundir.is_run(run_dir):
         errors.print(f"[red]error:[/] give INPUT paths (there is no run in {run_dir} to resume)")
         raise typer.Exit(EXIT_USAGE)
     if gpus is not None and gpus < 0:
@@ -72,7 +73,7 @@ def docs(
 
 
 def _report(result: Any, quiet: bool) -> None:
-    from ..cli import EXIT_FAILED, EXIT_OK, _print_counts, console, errors
+    from ..cli.app import EXIT_FAILED, EXIT_OK, _print_counts, console, errors
 
     if not quiet:
         _print_counts(result)
@@ -103,7 +104,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="One JSON array of hits."),
 ) -> None:
     """Search the index of a `conveyor docs` run."""
-    from ..cli import EXIT_USAGE, console, errors
+    from ..cli.app import EXIT_USAGE, console, errors
     from .errors import IndexMissing
     from .search import search as run_search
 

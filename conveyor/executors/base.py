@@ -13,8 +13,8 @@ from abc import ABC, abstractmethod
 from typing import Mapping, NamedTuple, Union
 
 from ..ledger.base import Claim, Record
-from ..runner import WorkerSpec
-from ..worker import Running
+from ..worker.protocol import Running
+from ..worker.runner import WorkerSpec
 
 
 class Ready(NamedTuple):
@@ -62,7 +62,7 @@ class Executor(ABC):
     #: Whether a worker can be killed from outside (timeouts, RAM limits).
     can_kill = True
     #: Whether an idle worker costs no CPU, so CPUs can be lent per task (see
-    #: conveyor.workerpool); False where workers reserve CPUs for life (Ray actors).
+    #: conveyor.engine.workerpool); False where workers reserve CPUs for life (Ray actors).
     lends_cpu = True
     #: Whether workers write the run directory on the driver's machine, so that one
     #: sync there before a commit makes their files durable (else they fsync each).

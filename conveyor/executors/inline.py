@@ -1,7 +1,7 @@
 """The inline executor: every stage runs in the driver's own process, one call at a time.
 
 For debugging (a breakpoint in a stage just works) and for tests. A "worker"
-is a :class:`~conveyor.runner.GroupRunner` held in this process; its setup
+is a :class:`~conveyor.worker.runner.GroupRunner` held in this process; its setup
 runs when it is first sent work (a worker started ahead of time costs
 nothing until then), and tasks run as soon as they are sent. Nothing can be
 killed from outside, so per-item timeouts are not enforced and the stage's
@@ -16,7 +16,7 @@ import traceback
 from typing import Mapping
 
 from ..ledger.base import Claim
-from ..runner import GroupRunner, WorkerSpec
+from ..worker.runner import GroupRunner, WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
 

@@ -4,26 +4,27 @@
 
      driver process                                    worker processes
     ┌──────────────────────────────┐                 ┌─────────────────────────┐
-    │ Driver loop (one thread)     │  socketpair     │ python -m conveyor.worker│
+    │ Driver loop (one thread)     │  socketpair     │ python -m conveyor.worker… │
     │   send(tasks) ───────────────┼────────────────▶│  reader thread: decode   │
     │   poll(): wait() on sockets ◀┼─────────────────┤  main thread: setup once,│
     │     results / ready / EOF    │  per worker     │  call stage, send results│
     └──────────────────────────────┘                 └─────────────────────────┘
 
-Each worker is a fresh interpreter started with ``subprocess`` (never fork:
-the driver holds SQLite handles and threads), with the environment the driver
+Each worker is a fresh interpreter started with ``subprocess`` (never fork: the
+driver holds SQLite handles and threads), with the environment the driver
 computed (pinned thread counts, ``CUDA_VISIBLE_DEVICES``, the stage's ``env``)
-so native libraries see it before they load. The stage is sent over the
-socket with cloudpickle and the source lines of its code (see
-:mod:`conveyor.shipping`, so tracebacks show the line that raised), along with the
-driver's ``sys.path`` so the user's modules import the same way. A stage with its own Python environment starts
-through :mod:`conveyor.envworker` (which builds or finds the environment, then
-execs its interpreter) and gets the driver's ``sys.path`` without the
-driver's installed packages, which would shadow the environment's. A
-worker's stdout and stderr go to ``<run_dir>/logs/<group>.log`` (a group is
-a stage, or stages fused together). A worker dies with its driver (PDEATHSIG), so
-a ``kill -9`` of the driver leaves no process behind. End of file on a
-worker's socket means it exited; its exit status says how.
+so native libraries see it before they load. The stage is sent over the socket
+with cloudpickle and the source lines of its code (see
+:mod:`conveyor.worker.shipping`, so tracebacks show the line that raised),
+along with the driver's ``sys.path`` so the user's modules import the same way.
+A stage with its own Python environment starts through
+:mod:`conveyor.worker.envshim` (which builds or finds the environment, then
+execs its interpreter) and gets the driver's ``sys.path`` without the driver's
+installed packages, which would shadow the environment's. A worker's stdout and
+stderr go to ``<run_dir>/logs/<group>.log`` (a group is a stage, or stages
+fused together). A worker dies with its driver (PDEATHSIG), so a ``kill -9`` of
+the driver leaves no process behind. End of file on a worker's socket means it
+exited; its exit status says how.
 """
 
 from __future__ import annotations
@@ -39,10 +40,21 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Mapping
 
-from .. import envs, shipping
-from ..ledger.base import Claim, from_wire
-from ..runner import WorkerSpec
-from ..worker import Running, Slot
+from .. import envs, rundir
+from ..ledger.base import Claim
+from ..worker import shipping
+from ..worker.protocol import (
+    INIT,
+    READY,
+    RESULTS,
+    SETUP_FAILED,
+    STOP,
+    TASKS,
+    Running,
+    Slot,
+    from_wire,
+)
+from ..worker.runner import WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -71,8 +83,8 @@ class LocalExecutor(Executor):
         self._wake_w.setblocking(False)
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
-        log_dir = Path(spec.run_dir) / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log = rundir.log(spec.run_dir, spec.group)
+        log.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
         slot, slot_fd = Slot.make()
         full_env = dict(os.environ)
@@ -80,31 +92,31 @@ class LocalExecutor(Executor):
         fds = [str(theirs.fileno()), str(slot_fd)]
         own = spec.python_env
         if own is None:
-            command = [self.python, "-m", "conveyor.worker", *fds]
+            command = [self.python, "-m", "conveyor.worker.process", *fds]
             path = list(sys.path)
             full_env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-        else:  # see conveyor.envworker: build or find the env, then exec its interpreter
-            command = [sys.executable, "-m", "conveyor.envworker", *fds, spec.group]
+        else:  # see conveyor.worker.envshim: build or find the env, then exec its interpreter
+            command = [sys.executable, "-m", "conveyor.worker.envshim", *fds, spec.group]
             path = envs.forwarded_path(sys.path)
             full_env["PYTHONPATH"] = envs.package_dir()
             full_env[envs.SPEC_VAR] = own.to_json()
             full_env[envs.ATTEMPT_VAR] = self._attempt
-        with open(log_dir / f"{spec.group}.log", "ab") as log:
+        with open(log, "ab") as out:
             proc = subprocess.Popen(
                 command, pass_fds=(theirs.fileno(), slot_fd), env=full_env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         theirs.close()
         os.close(slot_fd)  # the mapping stays
         conn = Connection(ours.detach())
         worker_id = self._next_id
         self._next_id += 1
         self._workers[worker_id] = _Worker(proc, conn, slot)
-        self._send(worker_id, ("init", shipping.dumps(spec), path, spec.targets()))
+        self._send(worker_id, (INIT, shipping.dumps(spec), path, spec.targets()))
         return worker_id
 
     def send(self, worker: int, tasks: list[Claim]) -> None:
-        self._send(worker, ("tasks", [tuple(task) for task in tasks]))  # see to_wire
+        self._send(worker, (TASKS, [tuple(task) for task in tasks]))  # see to_wire
 
     def _send(self, worker: int, msg: object) -> None:
         try:
@@ -156,7 +168,7 @@ class LocalExecutor(Executor):
             except ProcessLookupError:
                 pass
         else:
-            self._send(worker, ("stop",))
+            self._send(worker, (STOP,))
 
     def pid(self, worker: int) -> int | None:
         w = self._workers.get(worker)
@@ -172,11 +184,11 @@ class LocalExecutor(Executor):
 
 def _event(wid: int, msg: tuple) -> Event:  # type: ignore[type-arg]
     kind = msg[0]
-    if kind == "results":
+    if kind == RESULTS:
         return Results(wid, from_wire(msg[1]), msg[2])
-    if kind == "ready":
+    if kind == READY:
         return Ready(wid)
-    if kind == "setup_failed":
+    if kind == SETUP_FAILED:
         return SetupFailed(wid, msg[1], msg[2])
     raise ValueError(f"unknown message from worker {wid}: {kind!r}")
 

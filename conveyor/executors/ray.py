@@ -47,12 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import envs, shipping
+from .. import envs, rundir
 from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
 from ..resources import Budget, parse_size
-from ..runner import GroupRunner, WorkerSpec
-from ..worker import Running, pin_torch
+from ..worker import shipping
+from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
+from ..worker.runner import GroupRunner, WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
 try:
@@ -75,18 +76,18 @@ class _Actor:
         sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
         self.runner = GroupRunner(shipping.loads(spec))
         self.broken = False
-        _log_to(Path(self.runner.spec.run_dir) / "logs" / f"{self.runner.spec.group}.log")
+        _log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
 
     def setup(self) -> tuple[Any, ...]:
-        """Run the stages' setup(); ("ready", pid, host) or ("failed", error, traceback)."""
+        """Run the stages' setup(); (READY, pid, host) or (SETUP_FAILED, error, traceback)."""
         try:
             self.runner.setup()
         except BaseException as exc:
             self.broken = True
-            return ("failed", f"setup of {self.runner.spec.group!r} failed: "
+            return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
                     f"{type(exc).__name__}: {exc}", traceback.format_exc())
         pin_torch(self.runner.spec.resources.threads)
-        return ("ready", os.getpid(), socket.gethostname())
+        return (READY, os.getpid(), socket.gethostname())
 
     def run(self, tasks: list[Claim]) -> tuple[list[Any], bool]:
         """Records of ``tasks`` (one call of the stage), their files already durable."""
@@ -299,7 +300,7 @@ class RayExecutor(Executor):
             return
         if ref == w.setup:
             w.setup = None
-            if value[0] == "ready":
+            if value[0] == READY:
                 w.pid = value[1] if value[2] == self._host else None
                 w.begin_head()
                 self._events.append(Ready(worker_id))

@@ -1,7 +1,19 @@
 """The run ledger: the durable record of every (stage, item). See :mod:`.base`."""
 
-from .base import (FINISHED, STATUSES, Claim, Gathered, InputReport, KeyCollision, Ledger,
-                   Output, Record, Refused, Status, transition)
+from .base import (
+    FINISHED,
+    STATUSES,
+    Claim,
+    Gathered,
+    InputReport,
+    KeyCollision,
+    Ledger,
+    Output,
+    Record,
+    Refused,
+    Status,
+    transition,
+)
 from .memory import MemoryLedger
 from .sqlite import SqliteLedger
 

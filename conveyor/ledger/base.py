@@ -145,38 +145,6 @@ def call_sizes(records: list[Record]) -> dict[tuple[str, float, float], int]:
     return sizes
 
 
-Wire = tuple[Any, ...]
-
-
-def to_wire(records: list[Record]) -> list[Wire]:
-    """Records as tuples of built-ins, to send between processes.
-
-    Pickling named tuples and enums calls back into Python for each object
-    (about 6 µs per record here); plain tuples pickle in C, about 3× cheaper
-    to send and to receive.
-    """
-    return [(r.stage, r.key, r.item_id, r.status.value, r.attempt, r.started, r.ended,
-             [(o.key, *o.value, o.targets, o.gathers) for o in r.outputs], r.error,
-             r.traceback, r.retry_at, r.worker, r.fatal, r.retryable) for r in records]
-
-
-def from_wire(rows: list[Wire]) -> list[Record]:
-    """The records :func:`to_wire` sent.
-
-    Built with ``tuple.__new__``: a named tuple's own constructor is Python
-    code, and this runs for every row of a run.
-    """
-    status, new = _STATUS, tuple.__new__
-    return [new(Record, (stage, key, item_id, status[st], attempt, started, ended,
-                         [new(Output, (k, new(Stored, (data, ref, digest, size)), targets,
-                                       gathers))
-                          for k, data, ref, digest, size, targets, gathers in outputs], *rest))
-            for stage, key, item_id, st, attempt, started, ended, outputs, *rest in rows]
-
-
-_STATUS = {s.value: s for s in Status}
-
-
 class Refused(NamedTuple):
     """A record the ledger did not apply, and why (its key collided)."""
 

@@ -12,8 +12,18 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import IllegalTransition, InputError
 from ..store import Stored
-from .base import (FINISHED, Claim, Gathered, InputReport, KeyCollision, Ledger, Record,
-                   Refused, Status, transition)
+from .base import (
+    FINISHED,
+    Claim,
+    Gathered,
+    InputReport,
+    KeyCollision,
+    Ledger,
+    Record,
+    Refused,
+    Status,
+    transition,
+)
 
 
 class MemoryLedger(Ledger):

@@ -36,8 +36,18 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import IllegalTransition, InputError, LedgerError
 from ..store import Stored
-from .base import (Claim, Gathered, InputReport, KeyCollision, Ledger, Output, Record, Refused,
-                   Status, transition)
+from .base import (
+    Claim,
+    Gathered,
+    InputReport,
+    KeyCollision,
+    Ledger,
+    Output,
+    Record,
+    Refused,
+    Status,
+    transition,
+)
 
 SCHEMA_VERSION = "3"
 

@@ -15,7 +15,7 @@ import pytest
 
 from conveyor import open_run
 from conveyor.docs.corpus import text_pdf
-from conveyor.events import read_events
+from conveyor.observe.events import read_events
 
 LIGHTHOUSE = "Lighthouse keepers trimmed the lamp wick every night and wound the clockwork."
 OWLS = "Owls hunt at night using sharp hearing."

@@ -3,7 +3,7 @@
 The driver owns one :class:`WorkerPool`. It starts workers through the
 executor when the plan asks for them and the budget has room, stops them when
 they are no longer wanted, and hands out CPU leases (see
-:mod:`conveyor.scheduler`): a worker may be sent tasks only while it holds a
+:mod:`conveyor.engine.scheduler`): a worker may be sent tasks only while it holds a
 lease, and the leases held never add up to more CPUs than the budget. RAM
 and GPUs are granted for a worker's whole life, from start to exit.
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .events import EventLog
-from .executors.base import Executor
-from .ledger.base import Claim
-from .resources import Budget, Grant, Pool, Resources
-from .runner import WorkerSpec
+from ..executors.base import Executor
+from ..ledger.base import Claim
+from ..observe.events import EventLog
+from ..resources import Budget, Grant, Pool, Resources
+from ..worker.protocol import pinned_env
+from ..worker.runner import WorkerSpec
 from .scheduler import Load, lease_order, should_yield
-from .worker import pinned_env
 
 LIVE_FACTOR = 2  # live processes may declare this many times the CPUs (idle ones use none)
 QUANTUM = 0.2  # seconds a lease is held before a more urgent group may take it

@@ -21,9 +21,9 @@ from typing import Callable
 
 import psutil
 
-from .executors.base import Executor
-from .pipeline import Stage
-from .resources import format_size
+from ..executors.base import Executor
+from ..pipeline import Stage
+from ..resources import format_size
 from .workerpool import Worker, WorkerPool
 
 RSS_SECONDS = 0.25  # how often worker memory is measured

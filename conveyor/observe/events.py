@@ -15,12 +15,14 @@ from typing import Any, Iterator
 
 import orjson
 
+from .. import rundir
+
 
 class EventLog:
     """Appends events to a run's ``events.jsonl``."""
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(run_dir) / "events.jsonl"
+        self.path = Path(run_dir) / rundir.EVENTS
         self._fh = open(self.path, "ab")
         self._buffer: list[bytes] = []
 
@@ -41,7 +43,7 @@ class EventLog:
 
 def read_events(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The events of a run, oldest first (a torn last line is skipped)."""
-    path = Path(run_dir) / "events.jsonl"
+    path = Path(run_dir) / rundir.EVENTS
     if not path.exists():
         return
     with open(path, "rb") as fh:

@@ -47,12 +47,12 @@ from fastapi import Body, FastAPI, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, TypeAdapter, create_model
 
-from .errors import InputError
-from .pipeline import Pipeline, Stage
-from .resources import Budget
+from ..errors import InputError
+from ..pipeline import Pipeline, Stage
+from ..resources import Budget
+from ..validation import boundary, value_types
+from .metrics import Metrics
 from .service import Closed, Overloaded, Response, Service
-from .serve_metrics import Metrics
-from .validation import boundary, value_types
 
 DEFAULT_TIMEOUT = 60.0  # seconds a request may take, unless the server says otherwise
 

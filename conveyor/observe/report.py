@@ -6,7 +6,7 @@ and the ledger (counts and failures), and shows: a summary per stage with
 its utilisation and cost, a verdict in words on what limited throughput and
 what would help, a timeline of workers per stage, throughput, utilisation
 and queue depths over time, and the failures. Charts are inline SVG
-(:mod:`conveyor.charts`); the page fetches nothing.
+(:mod:`conveyor.observe.charts`); the page fetches nothing.
 
 Cost is what the declared resources cost while workers held them, at prices
 per CPU-hour, GB-hour of RAM and GPU-hour (``DEFAULT_PRICES``, roughly cloud
@@ -22,10 +22,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from .. import rundir
+from ..resources import DEFAULT_PRICES, format_size, hourly_price
+from ..result import RunResult
 from . import charts
 from .events import read_events
-from .resources import DEFAULT_PRICES, format_size, hourly_price
-from .result import RunResult
 
 SATURATED = 0.6  # a stage busier than this is a candidate bottleneck
 MAX_ROWS = 60  # worker rows in the timeline
@@ -354,7 +355,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                  prices: dict[str, float] | None = None) -> Path:
     """Write the report of ``run_dir`` (to ``<run_dir>/report.html`` by default)."""
     analysis = analyse(run_dir, prices)
-    path = Path(out) if out else Path(run_dir) / "report.html"
+    path = Path(out) if out else Path(run_dir) / rundir.REPORT
     path.write_text(render(analysis), encoding="utf-8")
     return path
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import psutil
 
-from .ledger.base import Record, Status
+from ..ledger.base import Record, Status
 
 DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
 

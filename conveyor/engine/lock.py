@@ -4,9 +4,9 @@ The lock is an ``flock`` on ``<run_dir>/lock``, which the kernel releases once
 its holder dies, however it dies: a lock left by a ``kill -9`` is never stale.
 "Once", not "the moment": a child the holder was forking when it died holds a
 copy of the descriptor until it execs, so a driver that finds the recorded
-holder dead waits a few seconds for the lock before it refuses. The file also records who holds it (pid, host, since) so a refused
-second driver can say whom it is waiting for, and a new holder can say whose
-lock it took over.
+holder dead waits a few seconds for the lock before it refuses. The file also
+records who holds it (pid, host, since) so a refused second driver can say whom
+it is waiting for, and a new holder can say whose lock it took over.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import RunLockedError
+from .. import rundir
+from ..errors import RunLockedError
 
 DEAD_HOLDER_WAIT = 5.0  # seconds a dead holder's descendants may keep the lock
 
@@ -28,7 +29,7 @@ class RunLock:
     """Hold ``<run_dir>/lock`` for the life of a ``with`` block."""
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(run_dir) / "lock"
+        self.path = Path(run_dir) / rundir.LOCK
         self._fd: int | None = None
         self.previous: dict[str, Any] | None = None  # a dead holder's record, if any
 

@@ -1,105 +1,58 @@
-"""The worker process: ``python -m conveyor.worker FD``.
+"""The worker process: ``python -m conveyor.worker.process FD SLOT``.
 
 ::
 
-    driver ──("init", spec) ("tasks", [...]) ("stop",)──▶ socket ──▶ reader thread
-                                                                       │ decodes inputs
-                                                                       ▼ ahead of time
-    driver ◀──("ready",) ("results", [...]) ("setup_failed", ...)──── main thread
-                                                                   (setup once, then
-                                                                    calls the stage)
+    driver ──(INIT, spec) (TASKS, [...]) (STOP,)──▶ socket ──▶ reader thread
+                                                                 │ decodes inputs
+                                                                 ▼ ahead of time
+    driver ◀──(READY,) (RESULTS, [...]) (SETUP_FAILED, ...)──── main thread
+                                                             (setup once, then
+                                                              calls the stage)
 
+The messages are those of :mod:`conveyor.worker.protocol`.
 The main thread owns the stage: it runs ``setup()`` once, then takes loaded
 tasks from the inbox (noting in a small shared-memory *slot* which task it is
-on, which the driver reads if the worker dies, so the right task is blamed), calls the stage (assembling batches for batch stages,
-flushed after a short deadline when input runs dry) and sends outcomes back in
+on, which the driver reads if the worker dies, so the right task is blamed),
+calls the stage (assembling batches for batch stages, flushed after a short
+deadline when input runs dry) and sends outcomes back in
 chunks. The reader thread is the prefetcher: while the stage computes, it
 receives the next tasks and reads and decodes their inputs, so a GPU stage
 never waits for deserialisation. Thread counts and ``CUDA_VISIBLE_DEVICES``
 are set in the environment by the driver before this process starts (see
-:func:`pinned_env`), so native libraries see them when they load.
+:func:`~conveyor.worker.protocol.pinned_env`), so native libraries see them
+when they load.
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes
-import mmap
 import os
 import queue
 import signal
-import struct
 import sys
 import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Mapping, NamedTuple
+from typing import Any
 
-from .ledger.base import Claim, to_wire
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
+from ..ledger.base import Claim
+from .protocol import (
+    INIT,
+    READY,
+    RESULTS,
+    SETUP_FAILED,
+    STOP,
+    TASKS,
+    Slot,
+    pin_torch,
+    to_wire,
+)
 
 FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
 PREFETCH_BYTES = 256 * 2**20  # decoded inputs held ahead of the stage, at most
 PREFETCH_ITEMS = 64  # ... and at most this many (or two batches)
-
-
-SLOT = struct.Struct("qqqd")  # stage index, task id, tasks in the call, when it started
-
-
-class Running(NamedTuple):
-    """What a worker was doing: ``count`` tasks from ``item_id`` on, in chain stage ``stage``."""
-
-    stage: int
-    item_id: int
-    count: int
-    started: float
-
-
-class Slot:
-    """A worker's note of the call it is in, in memory shared with its driver.
-
-    The worker writes it before each call and clears it after a run of
-    calls; the driver reads it at any time, and after the worker died.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._mm = mmap.mmap(fd, SLOT.size)
-
-    def note(self, stage: int, item_id: int, count: int) -> None:
-        self._mm[:SLOT.size] = SLOT.pack(stage, item_id, count, time.time())
-
-    def read(self) -> Running | None:
-        """The call in progress, or None between calls."""
-        running = Running(*SLOT.unpack(self._mm[:SLOT.size]))
-        return None if running.item_id < 0 else running
-
-    @staticmethod
-    def make() -> tuple["Slot", int]:
-        """A new slot and the file descriptor to hand to the worker (cleared: idle)."""
-        import tempfile
-
-        fh = tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        fd = os.dup(fh.fileno())
-        fh.close()
-        os.ftruncate(fd, SLOT.size)
-        slot = Slot(fd)
-        slot.note(-1, -1, 0)
-        return slot, fd
-
-
-def pinned_env(threads: int, devices: tuple[str, ...], extra: Mapping[str, str]
-               ) -> dict[str, str]:
-    """Environment variables that pin a worker's threads and GPU visibility."""
-    env = {var: str(threads) for var in THREAD_VARS}
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    env["CONVEYOR_THREADS"] = str(threads)
-    if threads == 1:
-        env["TOKENIZERS_PARALLELISM"] = "false"
-    env.update(extra)
-    return env
 
 
 def die_with_parent() -> None:
@@ -111,13 +64,6 @@ def die_with_parent() -> None:
         pass
     if os.getppid() == 1:  # the driver died before we got here
         os._exit(1)
-
-
-def pin_torch(threads: int) -> None:
-    """Pin torch's thread count to the stage's ``threads``, where its setup imported torch."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
 
 
 class _Inbox:
@@ -169,11 +115,11 @@ class _Reader(threading.Thread):
         try:
             while True:
                 msg = self.conn.recv()
-                if msg[0] == "tasks":
+                if msg[0] == TASKS:
                     for task in msg[1]:
                         loaded = self.runner.load(Claim._make(task))
                         self.inbox.put(loaded, loaded.size)
-                elif msg[0] == "stop":
+                elif msg[0] == STOP:
                     break
         except (EOFError, OSError):
             pass  # the driver is gone: stop after the work in hand
@@ -199,7 +145,7 @@ def serve(conn: Connection, runner: Any) -> None:
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
         if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
-            _send(conn, ("results", to_wire(outcomes), runner.store.take_wrote()))
+            _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote()))
             outcomes = []
             last_flush = time.monotonic()
         if stopping and not pending and not outcomes:
@@ -252,7 +198,7 @@ def unloadable(targets: list[tuple[str, str, str]], exc: Exception) -> str:
     """
     import importlib
 
-    from .envs import LABEL_VAR
+    from ..envs import LABEL_VAR
 
     where = os.environ.get(LABEL_VAR) or sys.executable
     stage, module, qualname = targets[0]
@@ -272,7 +218,7 @@ def main(fd: int, slot_fd: int) -> None:
     conn = Connection(fd)
     slot = Slot(slot_fd)
     kind, payload, path, targets = conn.recv()
-    assert kind == "init", kind
+    assert kind == INIT, kind
     sys.path[:0] = [p for p in path if p not in sys.path]
     from . import shipping
     from .runner import GroupRunner
@@ -280,18 +226,18 @@ def main(fd: int, slot_fd: int) -> None:
     try:
         spec = shipping.loads(payload)
     except Exception as exc:  # the stage's code does not import in this environment
-        _send(conn, ("setup_failed", unloadable(targets, exc), traceback.format_exc()))
+        _send(conn, (SETUP_FAILED, unloadable(targets, exc), traceback.format_exc()))
         return
     runner = GroupRunner(spec)
     runner.note = slot.note
     try:
         runner.setup()
     except BaseException as exc:
-        _send(conn, ("setup_failed", f"setup of {spec.group!r} failed: "
+        _send(conn, (SETUP_FAILED, f"setup of {spec.group!r} failed: "
                      f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     pin_torch(spec.resources.threads)
-    _send(conn, ("ready", os.getpid()))
+    _send(conn, (READY, os.getpid()))
     serve(conn, runner)
 
 

@@ -17,11 +17,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConveyorError, ExecutorUnavailable, InputError, LedgerError, \
-    PipelineError, RunInterrupted, RunLockedError, StoreError
-from . import origin
-from .pipeline import Pipeline
-from .result import RunResult, open_run
+from .. import origin, rundir
+from ..errors import (
+    ConveyorError,
+    ExecutorUnavailable,
+    InputError,
+    LedgerError,
+    PipelineError,
+    RunInterrupted,
+    RunLockedError,
+    StoreError,
+)
+from ..pipeline import Pipeline
+from ..result import RunResult, open_run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run multi-stage pipelines whose stages need different hardware.")
@@ -159,7 +167,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
     """
     with _open(run_dir) as result:
         if plan:
-            from .prepare import plan_rerun
+            from ..engine.prepare import plan_rerun
 
             pipe = _recorded_pipeline(result, pipeline)
             rows = plan_rerun(pipe, result.ledger)
@@ -260,14 +268,14 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory."),
 
     Timeline, throughput, utilisation, queues, the bottleneck in words, failures and cost.
     """
-    from .report import analyse, render, summary_json
+    from ..observe.report import analyse, render, summary_json
 
     try:
         analysis = analyse(run_dir, _prices(price))
     except (ValueError, LedgerError) as exc:
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    path = out or run_dir / "report.html"
+    path = out or run_dir / rundir.REPORT
     path.write_text(render(analysis), encoding="utf-8")
     if as_json:
         print(json.dumps(summary_json(analysis)))
@@ -278,7 +286,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory."),
 
 def _prices(options: list[str]) -> dict[str, float]:
     """``--price name=value`` options as a dict."""
-    from .resources import DEFAULT_PRICES
+    from ..resources import DEFAULT_PRICES
 
     prices: dict[str, float] = {}
     for item in options:
@@ -316,12 +324,12 @@ def serve(
     try:
         import uvicorn  # noqa: F401  (serve.run needs it: checked here, with the others)
 
-        from .serve import create_app, run
+        from ..serve.app import create_app, run
     except ImportError as exc:
         errors.print(f"[red]error:[/] serving needs its extra: pip install 'conveyor[serve]' "
                      f"({exc})")
         raise typer.Exit(EXIT_USAGE) from None
-    from .resources import Budget
+    from ..resources import Budget
 
     pipe = load_pipeline(pipeline)
     try:
@@ -335,7 +343,7 @@ def serve(
 
 
 def _register_features() -> None:
-    from .docs.cli import register as register_docs
+    from ..docs.cli import register as register_docs
 
     register_docs(app)
 

@@ -1,19 +1,19 @@
-"""How a worker of a stage with its own environment starts: ``python -m conveyor.envworker``.
+"""How a worker of a stage with its own environment starts: ``python -m conveyor.worker.envshim``.
 
 ::
 
-    driver ── Popen(driver's python -m conveyor.envworker FD SLOT GROUP) ──▶ envworker
+    driver ── Popen(driver's python -m conveyor.worker.envshim FD SLOT GROUP) ──▶ envshim
                                                                               │ ensure(): find the
                                                                               │ cached env, or build
                                                                               │ it under its lock
-                                         ("setup_failed", pip's output) ◀─────┤ build failed
+                                         (SETUP_FAILED, pip's output) ◀─────┤ build failed
                                                                               ▼
-                                  exec: <env>/bin/python -m conveyor.worker FD SLOT
+                                  exec: <env>/bin/python -m conveyor.worker.process FD SLOT
 
 The local executor starts this under the driver's interpreter, with the
 stage's :class:`~conveyor.envs.EnvSpec` in the environment. It builds or finds
 the stage's environment, then replaces itself (``exec``) with that
-environment's interpreter running :mod:`conveyor.worker` on the same socket
+environment's interpreter running :mod:`conveyor.worker.process` on the same socket
 and slot, so the driver sees one worker process throughout. The build runs
 here, in the worker's own process, and not in the driver: other stages keep
 running meanwhile, and the build's CPU is accounted to the stage's worker.
@@ -31,9 +31,18 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 
-from .envs import ATTEMPT_VAR, LABEL_VAR, RUNTIME, SPEC_VAR, EnvSpec, ensure, runtime_pins
-from .errors import EnvError
-from .worker import die_with_parent
+from ..envs import (
+    ATTEMPT_VAR,
+    LABEL_VAR,
+    RUNTIME,
+    SPEC_VAR,
+    EnvSpec,
+    ensure,
+    runtime_pins,
+)
+from ..errors import EnvError
+from .process import die_with_parent
+from .protocol import SETUP_FAILED
 
 
 def check_runtime(python: str) -> None:
@@ -61,10 +70,10 @@ def main(fd: int, slot_fd: int, group: str) -> None:
             check_runtime(spec.python)
             python, label = spec.python, spec.python
     except (EnvError, OSError) as exc:  # OSError: the cache dir cannot be written
-        Connection(fd).send(("setup_failed", f"stage {group!r}: {exc}", traceback.format_exc()))
+        Connection(fd).send((SETUP_FAILED, f"stage {group!r}: {exc}", traceback.format_exc()))
         return
     os.environ[LABEL_VAR] = label
-    os.execv(python, [python, "-m", "conveyor.worker", str(fd), str(slot_fd)])
+    os.execv(python, [python, "-m", "conveyor.worker.process", str(fd), str(slot_fd)])
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
-from . import codec
-from .context import Context, activate, deactivate
-from .envs import EnvSpec
-from .errors import StageContractError
-from .items import Item, check_key
-from .ledger.base import Claim, Output, Record, Status
-from .pipeline import Route, Stage
-from .store import INLINE_LIMIT, Store
-from .validation import ValidationFailed, boundary
+from .. import codec
+from ..context import Context, activate, deactivate
+from ..envs import EnvSpec
+from ..errors import StageContractError
+from ..items import Item, check_key
+from ..ledger.base import Claim, Output, Record, Status
+from ..pipeline import Route, Stage
+from ..store import INLINE_LIMIT, Store
+from ..validation import ValidationFailed, boundary
 
 DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .resources import format_size
+from ..resources import format_size
 
 RATE_WINDOW = 10.0  # seconds of history behind items/s
 LIVE_SECONDS = 0.5

@@ -1,12 +1,12 @@
 """Serving a pipeline: requests in, the engine's warm workers, responses out.
 
-A :class:`Service` is the :class:`~conveyor.engine.Engine` turned by a thread
-of its own for as long as it serves: the same workers (set up once, kept warm
+A :class:`Service` is a front end of the :class:`~conveyor.engine.loop.Engine`,
+which a thread of its own turns for as long as it serves: the same workers (set up once, kept warm
 by ``min_workers``, given back after ``idle_timeout``), the same scheduler,
 batching and fault handling as a batch run, over an in-memory ledger (a
 request needs no record once it is answered)::
 
-    HTTP handlers ── submit(value) ──▶ queue ──▶ service thread: Engine.turn()
+    HTTP handlers ── submit(value) ──▶ queue ──▶ service thread: engine.turn()
           ▲                                             │ rows keyed q<n>, q<n>/0, ...
           └──────── Future[Response] ◀── resolved when ─┘ every row of q<n> is final
 
@@ -32,18 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec
-from .engine import Engine
-from .errors import ConveyorError, InputError, PipelineError
-from .events import EventLog
-from .executors import make_executor
-from .executors.base import Executor
-from .ledger.base import FINISHED, Output, Record, Status, call_sizes
-from .ledger.memory import MemoryLedger
-from .pipeline import Pipeline
-from .resources import DEFAULT_PRICES, Budget, hourly_price
+from .. import codec
+from ..engine.loop import Engine, FrontEnd
+from ..errors import ConveyorError, InputError, PipelineError
+from ..executors import make_executor
+from ..executors.base import Executor
+from ..ledger.base import FINISHED, Output, Record, Status, call_sizes
+from ..ledger.memory import MemoryLedger
+from ..observe.events import EventLog
+from ..pipeline import Pipeline
+from ..resources import DEFAULT_PRICES, Budget, hourly_price
 
 TURN_WAIT = 0.05  # the longest the service thread sleeps without news
+SERVE_IDLE_SECONDS = 300.0  # an idle worker beyond min_workers lives this long
 
 
 class Overloaded(ConveyorError):
@@ -105,8 +106,11 @@ def request_key(row_key: str) -> str:
     return row_key.split("/", 1)[0].split("@", 1)[0]
 
 
-class Service(Engine):
+class Service(FrontEnd):
     """Serves a pipeline from a thread of its own; see the module docstring."""
+
+    open_ended = True  # more requests may always come
+    idle_seconds = SERVE_IDLE_SECONDS
 
     def __init__(self, pipeline: Pipeline, executor: str | Executor = "local",
                  budget: Budget | None = None, run_dir: str | Path | None = None,
@@ -118,9 +122,10 @@ class Service(Engine):
                                 f"run, not per request, so this pipeline cannot be served")
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="conveyor-serve-")
         budget = budget or Budget.detect()
-        super().__init__(pipeline, Path(run_dir or self._tmp.name),
-                         make_executor(executor, budget=budget), budget)
-        self.serving = True
+        self.pipeline = pipeline
+        self.run_dir = Path(run_dir or self._tmp.name)
+        self.engine = Engine(pipeline, self.run_dir, make_executor(executor, budget=budget),
+                             budget, self)
         self.max_queue = max_queue
         self.prices = {**DEFAULT_PRICES, **(prices or {})}
         self.on_response: Callable[[Response], None] = lambda response: None
@@ -143,10 +148,8 @@ class Service(Engine):
     def start(self) -> "Service":
         """Start the service thread (workers with ``min_workers`` start warming at once)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._open(MemoryLedger(), EventLog(self.run_dir))
-        self._observer.start(self.executor.name, self.budget, None)
-        self._build_state()
-        self._observer.prepared(None)
+        self.engine.open(MemoryLedger(), EventLog(self.run_dir))
+        self.engine.prepared()
         self._thread = threading.Thread(target=self._serve, name="conveyor-service",
                                         daemon=True)
         self._thread.start()
@@ -163,7 +166,7 @@ class Service(Engine):
         while self.inflight and time.time() < deadline and not self.broken:
             time.sleep(0.01)
         self._stopped.set()
-        self.executor.wakeup()
+        self.engine.executor.wakeup()
         if self._thread is not None:
             self._thread.join()
         if self._tmp is not None:
@@ -203,10 +206,11 @@ class Service(Engine):
     def _take_snapshot(self) -> None:
         # Built by the service thread and swapped in whole: other threads (a metrics
         # scrape, a health check) read it without touching the engine's changing state.
-        workers = {name: self._pool.of(s.group) for name, s in self.stages.items()}
+        stages = self.engine.stages
+        workers = {name: self.engine.workers_of(name) for name in stages}
         self._snapshot = _Snapshot({name: len(w) for name, w in workers.items()},
                                    {name: sum(x.ready for x in w) for name, w in workers.items()},
-                                   {name: s.pending for name, s in self.stages.items()})
+                                   {name: s.pending for name, s in stages.items()})
 
     # -- requests -------------------------------------------------------------------------
 
@@ -249,7 +253,7 @@ class Service(Engine):
             future.set_running_or_notify_cancel()
             self._inbox.put(_Request(f"q{n}", stage, data, future, now))
             futures.append(future)
-        self.executor.wakeup()
+        self.engine.executor.wakeup()
         return futures
 
     def retry_after(self) -> int:
@@ -264,20 +268,19 @@ class Service(Engine):
         try:
             while not self._stopped.is_set():
                 self._take_requests()
-                self.turn(max_wait=TURN_WAIT)
+                self.engine.turn(max_wait=TURN_WAIT)
                 self._take_snapshot()
-                if self._fatal is not None:
-                    raise self._fatal
+                if self.engine.fatal is not None:
+                    raise self.engine.fatal
         except BaseException as exc:  # a bug or a broken stage contract: fail what is open
             self.broken = f"{type(exc).__name__}: {exc}"
-            self._events.emit("service_broken", error=self.broken,
+            self.engine.events.emit("service_broken", error=self.broken,
                               traceback=traceback.format_exc())
             for request in list(self._requests.values()):
                 self._answer(request, error=exc)
         finally:
-            self._stop_all()
-            self._observer.finish(None, self.broken, self._queues())
-            self._events.close()
+            self.engine.stop()
+            self.engine.close(None, self.broken)
 
     def _take_requests(self) -> None:
         by_stage: dict[str, list[tuple[str, Any]]] = {}
@@ -291,14 +294,11 @@ class Service(Engine):
             request.rows.add((stage, request.key))
             by_stage.setdefault(stage, []).append((request.key, request.data))
         for stage, items in by_stage.items():
-            self._ledger.add_inputs(stage, ((key, self.store.put(data, codec.digest(data)))
-                                            for key, data in items))
-            self.stages[stage].pending += len(items)
-            self._dirty = True
+            self.engine.add_inputs(stage, items)
 
-    # -- engine hooks ------------------------------------------------------------------------
+    # -- what the engine asks its front end (see FrontEnd) ---------------------------------------
 
-    def _shape(self, records: list[Record]) -> list[Record]:
+    def shape(self, records: list[Record]) -> list[Record]:
         """A one-stage request's outputs go nowhere further."""
         shaped = []
         for r in records:
@@ -308,7 +308,7 @@ class Service(Engine):
             shaped.append(r)
         return shaped
 
-    def _applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
+    def applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
         calls = call_sizes(records)
         for (stage, started, ended), n in calls.items():
             self.on_call(stage, ended - started, n)
@@ -335,7 +335,7 @@ class Service(Engine):
                     if (target, out.key) not in fused:
                         request.outstanding += 1
                 if not out.targets and not out.gathers:
-                    value = codec.decode(self.store.get(out.value.data, out.value.ref))
+                    value = codec.decode(self.engine.store.get(out.value.data, out.value.ref))
                     request.outputs.append({"stage": r.stage, "key": out.key, "value": value})
         # Judged once the whole message is counted: a fused row follows its parent, whose
         # output to it was not counted as outstanding, so a request is at 0 in between.
@@ -349,8 +349,9 @@ class Service(Engine):
 
     def _answer(self, request: _Request, error: BaseException | None = None) -> None:
         self._requests.pop(request.key, None)
-        assert isinstance(self._ledger, MemoryLedger)
-        self._ledger.forget(request.rows)
+        ledger = self.engine.ledger
+        assert isinstance(ledger, MemoryLedger)
+        ledger.forget(request.rows)
         with self._lock:
             self._inflight -= 1
         now = time.time()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline, Stage
+    from ..pipeline import Pipeline, Stage
 
 
 @dataclass(frozen=True)

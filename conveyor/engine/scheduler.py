@@ -1,41 +1,42 @@
 """The scheduling policy: which groups get worker processes, and which get the CPUs.
 
 The driver describes every group (a stage, or stages fused together; see
-:mod:`conveyor.fusion`) as a :class:`Load` and asks two questions. Both
+:mod:`conveyor.engine.fusion`) as a :class:`Load` and asks two questions. Both
 answers are pure functions of the loads, unit-tested without processes.
 
 **How many workers should each group keep alive?** :func:`plan`. A group can
 use at most as many workers as it has work for (ready plus in flight, in
-batches; once its speed is known, one per second of work in hand), at most its cap (``concurrency``, and how many workers the driver
-can keep fed), and at least one as soon as work is on its way from upstream
-(so the worker is set up before the work arrives). Every group first gets the
-workers it keeps warm (``min_workers``); then every group with work gets one, then every group whose work is on its way gets one
-(nearest first, with what is left); the rest are handed out one at a time to
-the group with the most work per worker (items times measured
-seconds per item; a group not yet measured counts at the mean of the
-others), ties to the group further downstream, as long as the worker's
-declared resources fit what is left. RAM and GPUs are
-held for a worker's whole life. Where the executor lends CPUs per task (the
-local executor does), the CPU figure here is a ceiling on live processes,
-a multiple of the real CPUs, because an idle worker uses no CPU.
+batches; once its speed is known, one per second of work in hand), at most its
+cap (``concurrency``, and how many workers the driver can keep fed), and at
+least one as soon as work is on its way from upstream (so the worker is set up
+before the work arrives). Every group first gets the workers it keeps warm
+(``min_workers``); then every group with work gets one, then every group whose
+work is on its way gets one (nearest first, with what is left); the rest are
+handed out one at a time to the group with the most work per worker (items
+times measured seconds per item; a group not yet measured counts at the mean of
+the others), ties to the group further downstream, as long as the worker's
+declared resources fit what is left. RAM and GPUs are held for a worker's whole
+life. Where the executor lends CPUs per task (the local executor does), the CPU
+figure here is a ceiling on live processes, a multiple of the real CPUs,
+because an idle worker uses no CPU.
 
 **Which workers may run now?** :func:`lease_order`. A worker computes only
-while it holds a CPU lease, and the leases never add up to more than the
-CPU budget. Leases go first to the group whose input queue is fullest and
-whose output queue is emptiest (``in_fill - out_fill``): a stage that is
-holding up its upstream, or whose downstream is about to run dry, runs
-first. Queues are measured in time (a queue holding a couple of seconds of
-its stage's work is full), so a slow stage needs few items queued and a fast
-one many. The first stage's input never runs out (``in_fill`` is 1), so it
-runs exactly when its downstream is hungry; a stage whose downstream queue
-is full is *throttled* and takes nothing. A GPU worker keeps its lease for
-life, so the most expensive device never waits for a CPU, except when it is
-idle and a waiting group cannot get a lease otherwise (it may hold the CPUs
-the stage that feeds it needs). When the most
-urgent group waits for a lease (or has work and no worker started yet), the
-driver stops topping up a less urgent worker that has held its lease past a
-short quantum; the lease passes on when that worker's tasks are done. Work moves between stages this way
-within a fraction of a second, without starting or stopping processes.
+while it holds a CPU lease, and the leases never add up to more than the CPU
+budget. Leases go first to the group whose input queue is fullest and whose
+output queue is emptiest (``in_fill - out_fill``): a stage that is holding up
+its upstream, or whose downstream is about to run dry, runs first. Queues are
+measured in time (a queue holding a couple of seconds of its stage's work is
+full), so a slow stage needs few items queued and a fast one many. The first
+stage's input never runs out (``in_fill`` is 1), so it runs exactly when its
+downstream is hungry; a stage whose downstream queue is full is *throttled* and
+takes nothing. A GPU worker keeps its lease for life, so the most expensive
+device never waits for a CPU, except when it is idle and a waiting group cannot
+get a lease otherwise (it may hold the CPUs the stage that feeds it needs).
+When the most urgent group waits for a lease (or has work and no worker started
+yet), the driver stops topping up a less urgent worker that has held its lease
+past a short quantum; the lease passes on when that worker's tasks are done.
+Work moves between stages this way within a fraction of a second, without
+starting or stopping processes.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .resources import Budget, Pool, Resources
+from ..resources import Budget, Pool, Resources
 
 URGENCY_MARGIN = 0.05  # how much more urgent a waiting group must be to take a lease
 HORIZON = 1.0  # seconds of work in hand that justify one more worker

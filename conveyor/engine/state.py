@@ -17,11 +17,11 @@ from typing import Any, Iterable
 
 import orjson
 
-from . import codec
+from .. import codec, rundir
+from ..ledger.base import Ledger
+from ..pipeline import Stage
+from ..worker.runner import WorkerSpec
 from .fusion import Group
-from .ledger.base import Ledger
-from .pipeline import Stage
-from .runner import WorkerSpec
 
 
 @dataclass
@@ -109,7 +109,7 @@ class DriverCost:
 
 def write_gather_file(ledger: Ledger, run_dir: Path, name: str) -> str:
     """Write reduce ``name``'s input, one value (or ``@ref``) per line; return its reference."""
-    ref = f"gather/{name}.jsonl"
+    ref = rundir.gather_ref(name)
     path = run_dir / ref
     path.parent.mkdir(exist_ok=True)
     with open(path, "wb") as fh:

@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable, Iterator
 
-from . import codec
-from .errors import RunInterrupted
-from .events import EventLog
+from .. import codec
+from ..errors import RunInterrupted
+from ..items import input_items
+from ..ledger.base import KeyCollision, Ledger
+from ..observe.events import EventLog
+from ..origin import origin_of
+from ..pipeline import Pipeline
+from ..store import Store
+from ..validation import boundary
 from .fingerprint import fingerprints
-from .items import input_items
-from .ledger.base import KeyCollision, Ledger
-from .origin import origin_of
-from .pipeline import Pipeline
-from .store import Store
-from .validation import boundary
 
 
 def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[Any] | None,

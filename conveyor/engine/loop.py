@@ -13,7 +13,7 @@
 
 Only the engine, in one thread, writes the ledger; workers compute and report.
 The unit of scheduling is a *group*: a stage, or a chain of stages fused into
-one worker (:mod:`conveyor.fusion`). Each :meth:`Engine.turn`:
+one worker (:mod:`conveyor.engine.fusion`). Each :meth:`Engine.turn`:
 
 1. opens a reduce once nothing above it can produce more;
 2. asks the scheduler how many workers each group should keep alive and
@@ -30,10 +30,24 @@ one worker (:mod:`conveyor.fusion`). Each :meth:`Engine.turn`:
 7. commits the ledger every few tens of milliseconds: durability is grouped,
    and a crash loses at most the last group, whose items simply run again.
 
-Two front ends drive it: :class:`conveyor.driver.Driver` turns it until a
-batch run is finished, :class:`conveyor.service.Service` turns it for as long
-as it serves requests. The per-stage counters live in memory and start from
-the ledger, so the engine's memory does not grow with the number of items.
+Two front ends use it through its public lifecycle::
+
+    engine = Engine(pipeline, run_dir, executor, budget, front)
+    engine.open(ledger, events)     # take the ledger; build groups; observe
+    engine.start_early()            # optional: a first worker while inputs come in
+    ...                             # the front end fills the ledger (inputs, reruns)
+    engine.prepared()               # queues read from the ledger; commit
+    while not engine.finished():    # or for as long as the front end serves
+        engine.turn()
+    engine.stop(); engine.commit(); engine.close()
+
+:func:`conveyor.engine.batch.run_pipeline` turns it until a batch run is
+finished; :class:`conveyor.serve.Service` turns it for as long as it serves
+requests. What differs between them is a :class:`FrontEnd`: whether more
+work may always come, and what happens to records on their way into the
+ledger and once they are in it. The per-stage counters live in memory and
+start from the ledger, so the engine's memory does not grow with the number
+of items.
 """
 
 from __future__ import annotations
@@ -43,20 +57,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import StageContractError
-from .events import EventLog
-from .executors.base import Executor, Exited, Ready, Results, SetupFailed
+from .. import codec
+from ..errors import StageContractError
+from ..executors.base import Executor, Exited, Ready, Results, SetupFailed
+from ..ledger.base import Claim, Ledger, Record, Status
+from ..observe.events import EventLog
+from ..observe.observer import Observer
+from ..pipeline import Pipeline
+from ..resources import Budget
+from ..store import Store
+from ..worker.protocol import Running
+from ..worker.runner import StageSpec, WorkerSpec
 from .fusion import fuse
-from .ledger.base import Claim, Ledger, Record, Status
-from .observer import Observer
-from .pipeline import Pipeline
-from .resources import Budget
-from .runner import StageSpec, WorkerSpec
-from .runstate import DriverCost, GroupState, StageState, gather_digest, write_gather_file
 from .scheduler import Load, plan
-from .store import Store
+from .state import DriverCost, GroupState, StageState, gather_digest, write_gather_file
 from .watchdog import Watchdog
-from .worker import Running
 from .workerpool import IDLE_SECONDS, Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
@@ -66,26 +81,41 @@ QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as f
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
-SERVE_IDLE_SECONDS = 300.0  # when serving, an idle worker beyond min_workers lives this long
+
+
+class FrontEnd:
+    """What a front end of the engine decides; a batch run keeps these defaults."""
+
+    #: More work may always come (serving): workers stay while the stage has none.
+    open_ended = False
+    #: How long an idle worker beyond ``min_workers`` that the plan does not want lives.
+    idle_seconds = IDLE_SECONDS
+
+    def shape(self, records: list[Record]) -> list[Record]:
+        """Records as they will be written (a front end may change where outputs go)."""
+        return records
+
+    def applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
+        """Records the ledger took; ``fused`` are the rows they created in their final state."""
 
 
 class Engine:
     """Runs a pipeline's stages on workers, one turn at a time; see the module docstring."""
 
     def __init__(self, pipeline: Pipeline, run_dir: Path, executor: Executor, budget: Budget,
-                 progress: bool = False, bench: bool = False) -> None:
+                 front: FrontEnd | None = None, progress: bool = False,
+                 bench: bool = False) -> None:
         self.pipeline = pipeline
         self.run_dir = run_dir
         self.executor = executor
         self.budget = budget
+        self.front = front or FrontEnd()
         self.progress = progress
         self.bench = bench
-        self.store = Store(run_dir, fsync=False)  # synced once per commit, see _commit
-        self.serving = False  # True: more work may always come (see conveyor.service)
+        self.store = Store(run_dir, fsync=False)  # synced once per commit, see commit()
         self.stages: dict[str, StageState] = {}
         self.groups: dict[str, GroupState] = {}
         self._fatal: StageContractError | None = None
-        self._signal: str | None = None
         self._last_commit = 0.0
         self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
         self._dirty = True  # something happened that the control step should see now
@@ -98,8 +128,13 @@ class Engine:
         self._watchdog: Watchdog
         self._observer: Observer
 
-    def _open(self, ledger: Ledger, events: EventLog) -> None:
-        """Take the ledger and event log; set up the workers' pool, the watchdog, the observer."""
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self, ledger: Ledger, events: EventLog, previous: dict[str, Any] | None = None
+             ) -> None:
+        """Take the ledger and event log; set up the workers' pool, the watchdog, the
+        observer (``previous``: the run lock's last holder, for the run's start event),
+        and the stages and groups."""
         for stage in self.pipeline.stages.values():
             self.budget.check_fits(stage.name, stage.resources)
         self._ledger = ledger
@@ -108,16 +143,52 @@ class Engine:
         self._watchdog = Watchdog(self._pool, self.executor, lambda name: self.pipeline[name],
                                   lambda group: self.groups[group].head.resources.ram)
         self._observer = Observer(self.pipeline, events, self.run_dir, self.progress, self.bench)
-
-    def _build_state(self) -> None:
-        """The stages and groups, each stage's queue as the ledger has it now."""
+        self._observer.start(self.executor.name, self.budget, previous)
         self._build_groups()
-        self._count_pending()
 
-    def _count_pending(self) -> None:
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    @property
+    def events(self) -> EventLog:
+        return self._events
+
+    @property
+    def fatal(self) -> StageContractError | None:
+        """The contract breach that stops the run, once a stage broke its contract."""
+        return self._fatal
+
+    def prepared(self) -> None:
+        """The front end has filled the ledger: read each stage's queue from it, commit."""
         pending = self._ledger.pending_counts()
         for name, state in self.stages.items():
             state.pending = pending.get(name, 0)
+        self.commit()
+        self._observer.prepared(self._ledger.counts() if self.progress else None)
+
+    def add_inputs(self, stage: str, items: list[tuple[str, bytes]]) -> None:
+        """Queue ``(key, encoded value)`` inputs of ``stage`` while the engine runs."""
+        self._ledger.add_inputs(stage, ((key, self.store.put(data, codec.digest(data)))
+                                        for key, data in items))
+        self.stages[stage].pending += len(items)
+        self._dirty = True
+
+    def workers_of(self, stage: str) -> list[Worker]:
+        """The live workers that run ``stage`` (its group's)."""
+        return self._pool.of(self.stages[stage].group)
+
+    def finished(self) -> bool:
+        """Whether nothing is pending or running and every reduce has run."""
+        if any(s.pending or s.running for s in self.stages.values()):
+            return False
+        return all(name in self._settled for name, s in self.stages.items() if s.stage.reduce)
+
+    def close(self, interrupted: str | None = None, error: str | None = None,
+              counted: bool = True) -> None:
+        """Record the run's end (``counted``: with its final queues) and close the events."""
+        self._observer.finish(interrupted, error, self.queues() if counted else None)
+        self._events.close()
 
     def _build_groups(self) -> None:
         pipe = self.pipeline
@@ -138,7 +209,7 @@ class Engine:
                               fsync=not self.executor.same_machine)
             self.groups[group.name] = GroupState(group, members, spec)
 
-    def _start_early(self) -> None:
+    def start_early(self) -> None:
         """Start a worker for the group that takes the inputs while they are still being
         taken in, so its start-up (an interpreter, imports, a model's ``setup()``)
         overlaps that; the first control step keeps or stops it like any other.
@@ -192,8 +263,8 @@ class Engine:
                  if s.pending and s.wait_until > now]
         return max(0.0, min([COMMIT_SECONDS, *waits]))
 
-    def _commit(self) -> None:
-        """Make the group durable: files the items refer to first, then their rows."""
+    def commit(self) -> None:
+        """Make what was recorded durable: files the items refer to first, then their rows."""
         if self.store.take_wrote() or self._unsynced:
             self.store.sync()
             self._unsynced = False
@@ -201,13 +272,14 @@ class Engine:
 
     def _maybe_commit(self, now: float) -> None:
         if now - self._last_commit >= COMMIT_SECONDS:
-            self._commit()
+            self.commit()
             self._events.flush()
             self._last_commit = now
             workers = {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
-            self._observer.step(self._queues(), workers)
+            self._observer.step(self.queues(), workers)
 
-    def _queues(self) -> dict[str, dict[str, int]]:
+    def queues(self) -> dict[str, dict[str, int]]:
+        """Pending and running items per stage, as the engine counts them."""
         return {name: {"pending": s.pending, "running": s.running}
                 for name, s in self.stages.items()}
 
@@ -276,7 +348,7 @@ class Engine:
         """Write records to the ledger and keep the in-memory counters in step."""
         if not records:
             return
-        records = self._shape(records)
+        records = self.front.shape(records)
         refused = {id(r.record): r.reason for r in self._ledger.record(records, worker)}
         applied = [r for r in records if id(r) not in refused]
         self._observer.recorded(applied)
@@ -308,16 +380,9 @@ class Engine:
                         stages[target].pending += 1
             if state.reduces_below:
                 self._settled.difference_update(state.reduces_below)
-        self._applied(applied, fused)
+        self.front.applied(applied, fused)
         if collided:  # the key collided: the producing item fails for good
             self._apply(collided, worker)
-
-    def _shape(self, records: list[Record]) -> list[Record]:
-        """Records as they will be written (a front end may change where outputs go)."""
-        return records
-
-    def _applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
-        """Records the ledger took; ``fused`` are the rows they created in their final state."""
 
     def _setup_failed(self, worker: Worker, error: str, tb: str) -> None:
         """Tasks sent to a worker whose setup raised fail with that error.
@@ -384,14 +449,15 @@ class Engine:
             self.stages[claim.stage].running -= 1
             self.stages[claim.stage].pending += 1
 
-    def _stop_all(self) -> None:
-        """Stop every worker; record what they finish, hand back what they did not start."""
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every worker (killing what has not exited after ``grace`` s); record what
+        they finish, hand back what they did not start."""
         if not hasattr(self, "_pool"):
             return
         for worker in self._pool.workers.values():
             if not worker.ready and not worker.inflight:
                 self.executor.stop(worker.id, kill=True)  # still starting: nothing to lose
-        for event in self.executor.shutdown(grace=5.0 if self._signal is None else 2.0):
+        for event in self.executor.shutdown(grace=grace):
             if isinstance(event, Results):
                 self._unsynced |= event.wrote_files
                 self._record(event.worker, event.records)
@@ -467,12 +533,12 @@ class Engine:
             alive = len(self._pool.of(worker.group))
             if alive <= group.head.min_workers:
                 return True  # kept warm
-            if not (self.serving or group.pending or group.running or self._fed(group)):
+            if not (self.front.open_ended or group.pending or group.running
+                    or self._fed(group)):
                 return False  # nothing left for it to do
             if alive <= targets[worker.group]:
                 return True
-            idle_limit = group.head.idle_timeout or (SERVE_IDLE_SECONDS if self.serving
-                                                     else IDLE_SECONDS)
+            idle_limit = group.head.idle_timeout or self.front.idle_seconds
             return not starved and now - worker.idle_since < idle_limit
 
         self._pool.stop_idle(wanted, now)
@@ -512,7 +578,8 @@ class Engine:
                 if not claims:
                     break
                 if group.head.reduce:
-                    claims = [c._replace(ref=write_gather_file(self._ledger, self.run_dir, c.stage)) for c in claims]
+                    claims = [c._replace(ref=write_gather_file(self._ledger, self.run_dir,
+                                                               c.stage)) for c in claims]
                 if not worker.inflight:
                     worker.head_since = now
                 for claim in claims:
@@ -541,7 +608,7 @@ class Engine:
                 member.wait_until = self._ledger.next_retry(member.stage.name) or now
         return claims
 
-    # -- reduces -------------------------------------------------------------------------------------
+    # -- reduces ------------------------------------------------------------------------------
 
     def _reduce_due(self, state: StageState) -> bool:
         return state.stage.name in self._settled and not any(

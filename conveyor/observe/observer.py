@@ -2,7 +2,7 @@
 
 The driver tells the :class:`Observer` what happens (results recorded,
 workers started and gone) and lets it take a step each loop turn. The
-observer keeps :class:`~conveyor.metrics.RunMetrics`, writes a ``tick`` event
+observer keeps :class:`~conveyor.observe.metrics.RunMetrics`, writes a ``tick`` event
 every few seconds (per-stage counts, rates, busy time, queue depths; worker
 CPU, RSS and GPU memory; the machine's CPU, RAM and GPUs), keeps the live
 progress view up to date, and in benchmark mode writes ``bench.json`` and
@@ -22,14 +22,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .. import rundir
+from ..ledger.base import Record, call_sizes
+from ..pipeline import Pipeline
+from ..resources import Budget, format_size
 from .events import EventLog
-from .ledger.base import Record, call_sizes
 from .metrics import RunMetrics
-from .pipeline import Pipeline
 from .progress import ProgressModel, ProgressView
-from .resources import Budget, format_size
-
-BENCH_FILE = "bench.json"
 
 
 class Observer:
@@ -53,7 +52,7 @@ class Observer:
     # -- the run's life ---------------------------------------------------------------------
 
     def start(self, executor: str, budget: Budget, took_over: Any) -> None:
-        from . import __version__
+        from .. import __version__
 
         stages = [{"name": s.name, "upstream": list(s.upstream), "cpus": s.resources.cpus,
                    "ram": s.resources.ram, "gpus": s.resources.gpus,
@@ -82,7 +81,7 @@ class Observer:
             self.view.stop()
         if self.bench:
             table = self.bench_table(wall)
-            (self.run_dir / BENCH_FILE).write_text(json.dumps(table, indent=2))
+            (self.run_dir / rundir.BENCH).write_text(json.dumps(table, indent=2))
             self.console.print(render_bench(table))
         self.events.emit("run_end", seconds=round(wall, 3), interrupted=interrupted,
                          fatal=fatal)

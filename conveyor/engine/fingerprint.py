@@ -19,10 +19,10 @@ import json
 import types
 from typing import TYPE_CHECKING, Any
 
-from .envs import identity
+from ..envs import identity
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline, Stage
+    from ..pipeline import Pipeline, Stage
 
 
 def _code_digest(code: types.CodeType, h: "hashlib._Hash") -> None:

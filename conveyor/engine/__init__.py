@@ -1,0 +1,26 @@
+"""The engine: everything between a declared pipeline and its workers.
+
+::
+
+    Pipeline ──▶ batch.run_pipeline ─┬─ lock.RunLock        one driver per run dir
+                                     ├─ prepare.prepare      recovery, reruns, inputs
+                                     └─ loop.Engine ◀──── serve.Service (the other front end)
+                                          │ turn(): scheduler.plan / lease_order (policy, pure)
+                                          │         workerpool: start, lease, stop workers
+                                          │         watchdog: timeouts, RAM limits
+                                          ▼
+                                     executors ──▶ workers ──▶ records ──▶ ledger
+
+It owns the run loop (:mod:`.loop`, its public lifecycle: open, build,
+start_early, turn, commit, stop, finished), the batch-run front end
+(:mod:`.batch`), input preparation and rerun planning (:mod:`.prepare`,
+:mod:`.fingerprint`), the scheduling policy (:mod:`.scheduler`), live workers
+and their CPU leases (:mod:`.workerpool`), per-stage state (:mod:`.state`),
+fusion of linear chains (:mod:`.fusion`), the watchdog and the run lock.
+
+It may import the top-level modules (pipeline, resources, store, items,
+codec, errors, rundir, origin), :mod:`conveyor.ledger`,
+:mod:`conveyor.executors`, :mod:`conveyor.worker` (the protocol and the
+specs it sends) and :mod:`conveyor.observe`. Nothing here imports a front
+end (:mod:`conveyor.serve`, :mod:`conveyor.cli`).
+"""
