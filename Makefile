@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[docs,serve,ray,dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[docs,serve,ray,store,dev]'
 	$(PY) -m pip check
 	touch $(STAMP)
 

@@ -15,6 +15,8 @@ budget, records every (stage, item) durably and resumes where it stopped.
     result = pipe.run([1, 2, 3], run_dir="runs/demo")
 """
 
+__version__ = "0.1.0"  # first: modules below may read it while this package loads
+
 from .context import Context, context
 from .errors import (
     BudgetError,
@@ -36,8 +38,6 @@ from .items import Item
 from .pipeline import Pipeline, Stage
 from .resources import Budget, Resources
 from .result import RunResult, open_run
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Budget", "BudgetError", "Context", "ConveyorError", "EnvError", "ExecutorUnavailable",

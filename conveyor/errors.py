@@ -61,6 +61,10 @@ class StoreError(ConveyorError):
     """The value store cannot be used: another one is recorded, or its backend is missing."""
 
 
+class MissingDependency(ConveyorError):
+    """A feature needs a package that is not installed; the message names the extra."""
+
+
 class ExecutorUnavailable(ConveyorError):
     """The chosen executor cannot be used here (an optional dependency is missing)."""
 

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from . import codec, rundir
 from .errors import StoreError
+from .optional import require
 
 INLINE_LIMIT = 64 * 1024
 # Names this process's half-written files: workers on several machines may share a
@@ -147,10 +148,7 @@ class _Remote:
     """Values at an fsspec URL: written aside then moved, so a reader never sees half."""
 
     def __init__(self, url: str) -> None:
-        try:
-            import fsspec
-        except ImportError:
-            raise StoreError(f"store {url!r} needs fsspec: pip install 'conveyor[ray]'") from None
+        fsspec = require("fsspec", "store", f"store {url!r}", StoreError)
         self.fs, base = fsspec.core.url_to_fs(url)
         self.base = base.rstrip("/")
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)

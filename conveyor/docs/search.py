@@ -19,6 +19,8 @@ import functools
 import os
 from typing import Any
 
+from ..errors import LedgerError
+from ..result import open_run
 from .errors import IndexMissing
 from .model import encode, load_model
 
@@ -29,9 +31,6 @@ _HIT_COLUMNS = ["row", "doc", "path", "source", "archive", "member", "method", "
 
 def index_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``index`` output of a run (index and table paths); raises :class:`IndexMissing`."""
-    from ..errors import LedgerError
-    from ..result import open_run
-
     try:
         result = open_run(run_dir)
     except LedgerError:

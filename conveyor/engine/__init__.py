@@ -2,21 +2,22 @@
 
 ::
 
-    Pipeline ──▶ batch.run_pipeline ─┬─ lock.RunLock        one driver per run dir
-                                     ├─ prepare.prepare      recovery, reruns, inputs
-                                     └─ loop.Engine ◀──── serve.Service (the other front end)
-                                          │ turn(): scheduler.plan / lease_order (policy, pure)
-                                          │         workerpool: start, lease, stop workers
-                                          │         watchdog: timeouts, RAM limits
-                                          ▼
-                                     executors ──▶ workers ──▶ records ──▶ ledger
+    Pipeline.run ─▶ batch.BatchRun ─┬─ lock.RunLock     one driver per run dir
+                                    ├─ prepare.prepare  recovery, reruns, inputs
+                                    └─ loop.Engine ◀── serve.Service (the other front end)
+                                         │ turn(): scheduler.plan / lease_order (pure policy)
+                                         │         workerpool: start, lease, stop workers
+                                         │         watchdog: timeouts, RAM limits
+                                         ▼
+                                    executors ──▶ workers ──▶ records ──▶ ledger
 
-It owns the run loop (:mod:`.loop`, its public lifecycle: open, build,
-start_early, turn, commit, stop, finished), the batch-run front end
-(:mod:`.batch`), input preparation and rerun planning (:mod:`.prepare`,
-:mod:`.fingerprint`), the scheduling policy (:mod:`.scheduler`), live workers
-and their CPU leases (:mod:`.workerpool`), per-stage state (:mod:`.state`),
-fusion of linear chains (:mod:`.fusion`), the watchdog and the run lock.
+It owns the run loop (:mod:`.loop`) and the lifecycle its front ends drive
+it through (:mod:`.front`: open, start_early, prepared, turn, commit, stop,
+close, finished), the batch-run front end (:mod:`.batch`), input
+preparation and rerun planning (:mod:`.prepare`, :mod:`.fingerprint`), the
+scheduling policy (:mod:`.scheduler`), live workers and their CPU leases
+(:mod:`.workerpool`), per-stage state (:mod:`.state`), fusion of linear
+chains (:mod:`.fusion`), the watchdog and the run lock.
 
 It may import the top-level modules (pipeline, resources, store, items,
 codec, errors, rundir, origin), :mod:`conveyor.ledger`,

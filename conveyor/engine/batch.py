@@ -27,8 +27,9 @@ from ..observe.events import EventLog
 from ..resources import Budget
 from ..result import RunResult
 from ..store import record_store
+from .front import FrontEnd
 from .lock import RunLock
-from .loop import Engine, FrontEnd
+from .loop import Engine
 from .prepare import prepare
 
 if TYPE_CHECKING:

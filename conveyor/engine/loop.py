@@ -30,24 +30,10 @@ one worker (:mod:`conveyor.engine.fusion`). Each :meth:`Engine.turn`:
 7. commits the ledger every few tens of milliseconds: durability is grouped,
    and a crash loses at most the last group, whose items simply run again.
 
-Two front ends use it through its public lifecycle::
-
-    engine = Engine(pipeline, run_dir, executor, budget, front)
-    engine.open(ledger, events)     # take the ledger; build groups; observe
-    engine.start_early()            # optional: a first worker while inputs come in
-    ...                             # the front end fills the ledger (inputs, reruns)
-    engine.prepared()               # queues read from the ledger; commit
-    while not engine.finished():    # or for as long as the front end serves
-        engine.turn()
-    engine.stop(); engine.commit(); engine.close()
-
-:func:`conveyor.engine.batch.run_pipeline` turns it until a batch run is
-finished; :class:`conveyor.serve.Service` turns it for as long as it serves
-requests. What differs between them is a :class:`FrontEnd`: whether more
-work may always come, and what happens to records on their way into the
-ledger and once they are in it. The per-stage counters live in memory and
-start from the ledger, so the engine's memory does not grow with the number
-of items.
+Two front ends use it through its public lifecycle (:mod:`.front`): the
+batch run turns it until a run is finished, the service for as long as it
+serves requests. The per-stage counters live in memory and start from the
+ledger, so the engine's memory does not grow with the number of items.
 """
 
 from __future__ import annotations
@@ -68,11 +54,12 @@ from ..resources import Budget
 from ..store import Store
 from ..worker.protocol import Running
 from ..worker.runner import StageSpec, WorkerSpec
+from .front import FrontEnd
 from .fusion import fuse
 from .scheduler import Load, plan
 from .state import DriverCost, GroupState, StageState, gather_digest, write_gather_file
 from .watchdog import Watchdog
-from .workerpool import IDLE_SECONDS, Worker, WorkerPool
+from .workerpool import Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
 CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
@@ -81,22 +68,6 @@ QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as f
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
-
-
-class FrontEnd:
-    """What a front end of the engine decides; a batch run keeps these defaults."""
-
-    #: More work may always come (serving): workers stay while the stage has none.
-    open_ended = False
-    #: How long an idle worker beyond ``min_workers`` that the plan does not want lives.
-    idle_seconds = IDLE_SECONDS
-
-    def shape(self, records: list[Record]) -> list[Record]:
-        """Records as they will be written (a front end may change where outputs go)."""
-        return records
-
-    def applied(self, records: list[Record], fused: set[tuple[str, str]]) -> None:
-        """Records the ledger took; ``fused`` are the rows they created in their final state."""
 
 
 class Engine:

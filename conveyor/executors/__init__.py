@@ -6,6 +6,8 @@ from __future__ import annotations
 from ..errors import ExecutorUnavailable
 from ..resources import Budget
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+from .inline import InlineExecutor
+from .local import LocalExecutor
 
 EXECUTORS = ("local", "inline", "ray")
 
@@ -26,16 +28,12 @@ def make_executor(name: str | Executor, address: str | None = None,
     if address is not None and name != "ray":
         raise ExecutorUnavailable(f"an address is for the ray executor, not {name!r}")
     if name == "ray":
-        from .ray import RayExecutor
+        from .ray import RayExecutor  # imports Ray: only when chosen
 
         return RayExecutor(address, budget)
     if name == "local":
-        from .local import LocalExecutor
-
         return LocalExecutor()
     if name == "inline":
-        from .inline import InlineExecutor
-
         return InlineExecutor()
     raise ExecutorUnavailable(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
 

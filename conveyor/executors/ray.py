@@ -50,18 +50,15 @@ from typing import Any, Mapping
 from .. import envs, rundir
 from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
+from ..optional import require
 from ..resources import Budget, parse_size
 from ..worker import shipping
 from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
 from ..worker.runner import GroupRunner, WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
 
-try:
-    import ray
-    from ray.exceptions import RayActorError, RayError
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ExecutorUnavailable(
-        "the ray executor needs Ray: pip install 'conveyor[ray]'") from exc
+ray = require("ray", "ray", "the ray executor", ExecutorUnavailable)
+from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there now)
 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
 SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show

@@ -152,6 +152,15 @@ class Refused(NamedTuple):
     reason: str
 
 
+def orphan(record: Record) -> Refused:
+    """A record for a row its parent would have created, in a call that refused the parent.
+
+    Both ledgers apply this rule: such a row is never created, and says why.
+    """
+    return Refused(record, f"its parent was refused, so {record.stage}/{record.key} "
+                           f"was never created")
+
+
 class Gathered(NamedTuple):
     """One value gathered for a reduce stage."""
 

@@ -22,6 +22,7 @@ from .base import (
     Record,
     Refused,
     Status,
+    orphan,
     transition,
 )
 
@@ -260,8 +261,7 @@ class MemoryLedger(Ledger):
         refused: list[Refused] = []
         for r in records:
             if r.item_id is None and (r.stage, r.key) not in created:
-                refused.append(Refused(r, f"its parent was refused, so {r.stage}/{r.key} "
-                                          f"was never created"))
+                refused.append(orphan(r))
                 continue
             row = self._rows[r.item_id if r.item_id is not None else created[(r.stage, r.key)]]
             made: dict[tuple[str, str], int] = {}

@@ -32,174 +32,23 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
-from ..errors import IllegalTransition, InputError, LedgerError
+from ..errors import IllegalTransition, LedgerError
 from ..store import Stored
+from . import sql
 from .base import (
     Claim,
     Gathered,
     InputReport,
     KeyCollision,
     Ledger,
-    Output,
     Record,
     Refused,
     Status,
+    orphan,
     transition,
 )
-
-SCHEMA_VERSION = "3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS stages(name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items(
-    id INTEGER PRIMARY KEY,
-    stage TEXT NOT NULL,
-    key TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    input_id INTEGER,
-    input_digest TEXT,
-    not_before REAL,
-    error TEXT,
-    traceback TEXT,
-    worker TEXT,
-    started REAL,
-    ended REAL,
-    n_out INTEGER,
-    out_key TEXT,
-    out_data BLOB,
-    out_ref TEXT,
-    out_digest TEXT,
-    out_size INTEGER,
-    UNIQUE(stage, key)
-);
-CREATE INDEX IF NOT EXISTS items_pending ON items(stage, id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS items_input ON items(input_id);
-CREATE TABLE IF NOT EXISTS outputs(
-    id INTEGER PRIMARY KEY,
-    item_id INTEGER,
-    seq INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    data BLOB,
-    ref TEXT,
-    digest TEXT,
-    size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outputs_item ON outputs(item_id);
-CREATE TABLE IF NOT EXISTS gathers(
-    stage TEXT NOT NULL,
-    value_id INTEGER NOT NULL,
-    PRIMARY KEY(stage, value_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS gathers_value ON gathers(value_id);
-"""
-
-_ROW_COLUMNS = ("id, stage, key, status, attempts, input_id, not_before, error, traceback, "
-                "worker, started, ended, n_out, out_key, out_data, out_ref, out_digest, out_size")
-_INSERT_ITEM = f"INSERT INTO items({_ROW_COLUMNS}) VALUES({','.join('?' * 18)})"
-_INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
-                  "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")
-_UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "
-                "worker=coalesce(?, worker), started=?, ended=?, n_out=?, out_key=?, "
-                "out_data=?, out_ref=?, out_digest=?, out_size=? WHERE id=?")
-# The rows most writes are, with fewer values to bind (each bound value costs about as
-# much as the rest of the row's insert): a new pending row, and a finished row with no
-# error whose one output (if any) is inline under its own key; see _plain.
-_INSERT_PENDING = ("INSERT INTO items(id, stage, key, status, attempts, input_id) "
-                   "VALUES(?, ?, ?, 'pending', 0, ?)")
-_INSERT_PLAIN = ("INSERT INTO items(id, stage, key, status, attempts, input_id, worker, started, "
-                 "ended, n_out, out_data, out_size) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_UPDATE_PLAIN = ("UPDATE items SET status=?, not_before=NULL, error=NULL, traceback=NULL, "
-                 "worker=coalesce(?, worker), started=?, ended=?, n_out=?, out_key=NULL, "
-                 "out_data=?, out_ref=NULL, out_digest=NULL, out_size=? WHERE id=?")
-# A value by id, wherever it lives: (data, ref) of an outputs row or of a row's own output.
-_VALUE_JOIN = ("LEFT JOIN outputs o ON {col} > 0 AND o.id = {col} "
-               "LEFT JOIN items p ON {col} < 0 AND p.id = -{col}")
-_VALUE_DATA = "CASE WHEN {col} < 0 THEN p.out_data ELSE o.data END"
-_VALUE_REF = "CASE WHEN {col} < 0 THEN p.out_ref ELSE o.ref END"
-_CLEAR_OUTPUT = "n_out=NULL, out_key=NULL, out_data=NULL, out_ref=NULL, out_digest=NULL, out_size=NULL"
-_PARAMS = 900  # host parameters per IN (...) list, under SQLite's limit
-
-
-def _chunks(seq: Sequence[Any], size: int = _PARAMS) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start:start + size]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def _within(rows: list[Any], max_bytes: int, size: Callable[[Any], int]) -> list[Any]:
-    """The longest prefix of ``rows`` within ``max_bytes`` (at least the first row)."""
-    total = 0
-    for n, row in enumerate(rows):
-        total += size(row)
-        if total > max_bytes and n > 0:
-            return rows[:n]
-    return rows
-
-
-def _own_output(key: str, outputs: list[Output]) -> tuple[Any, ...]:
-    """The ``n_out, out_*`` columns of a row: its output inline when it has exactly one."""
-    if len(outputs) != 1:
-        return (len(outputs), None, None, None, None, None)
-    out = outputs[0]
-    v = out.value
-    return (1, None if out.key == key else out.key, v.data, v.ref, v.digest, v.size)
-
-
-def _duplicate_key(keys: Iterable[str], earlier: Callable[[str], bool]) -> InputError | None:
-    """The error naming the first key repeated within ``keys`` or held ``earlier``, if any."""
-    seen: set[str] = set()
-    for key in keys:
-        if key in seen or earlier(key):
-            return InputError(f"duplicate input key {key!r}")
-        seen.add(key)
-    return None
-
-
-def _plain(r: Record) -> tuple[int, bytes | None, int | None] | None:
-    """``n_out, out_data, out_size`` of a record the plain statements can write, else None."""
-    key = r.key
-    if r.error is not None or r.traceback is not None or r.retry_at is not None:
-        return None
-    outputs = r.outputs
-    if len(outputs) != 1:
-        return len(outputs), None, None
-    out = outputs[0]
-    v = out.value
-    if out.key != key or v.ref is not None or v.digest is not None:
-        return None
-    return 1, v.data, v.size
-
-
-def _new_row(row_id: int, stage: str, key: str, input_id: int, done: Record | None,
-             worker: str | None) -> tuple[Any, ...]:
-    """Values for a new items row: pending, or in the final state of a fused record."""
-    if done is None:
-        return (row_id, stage, key, "pending", 0, input_id, None, None, None, None, None, None,
-                None, None, None, None, None, None)
-    return (row_id, stage, key, done.status, done.attempt, input_id, done.retry_at,
-            done.error, done.traceback, done.worker or worker, done.started, done.ended,
-            *_own_output(key, done.outputs))
-
-
-class _Batch:
-    """The rows and values one :meth:`SqliteLedger.record` call writes."""
-
-    def __init__(self, next_item: int, next_output: int) -> None:
-        self.next_item, self.next_output = next_item, next_output
-        self.items: list[tuple[Any, ...]] = []
-        self.plain_items: list[tuple[Any, ...]] = []
-        self.pending_items: list[tuple[Any, ...]] = []
-        self.plain_updates: list[tuple[Any, ...]] = []
-        self.outputs: list[tuple[Any, ...]] = []
-        self.gathers: list[tuple[str, int]] = []
-        self.updates: list[tuple[Any, ...]] = []
 
 
 class SqliteLedger(Ledger):
@@ -223,13 +72,13 @@ class SqliteLedger(Ledger):
             if not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(sql.SCHEMA)
                 version = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
                 if version is None:
-                    self._db.execute("INSERT INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
-                elif version[0] != SCHEMA_VERSION:
+                    self._db.execute("INSERT INTO meta VALUES('schema', ?)", (sql.SCHEMA_VERSION,))
+                elif version[0] != sql.SCHEMA_VERSION:
                     raise LedgerError(f"the ledger {self.path} has schema {version[0]}; this "
-                                      f"conveyor reads schema {SCHEMA_VERSION}")
+                                      f"conveyor reads schema {sql.SCHEMA_VERSION}")
                 self._db.executescript(
                     "CREATE TEMP TABLE frontier(id INTEGER PRIMARY KEY);"
                     "CREATE TEMP TABLE doomed_values(id INTEGER PRIMARY KEY);"
@@ -324,7 +173,7 @@ class SqliteLedger(Ledger):
                 "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (key, data, ref, dig, size)).lastrowid
             db.execute(
                 f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
-                f"error=NULL, traceback=NULL, not_before=NULL, {_CLEAR_OUTPUT} WHERE id=?",
+                f"error=NULL, traceback=NULL, not_before=NULL, {sql.CLEAR_OUTPUT} WHERE id=?",
                 (new_input, dig, item_id))
         (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
         missing = [] if rows == total else [k for (k,) in db.execute(
@@ -357,14 +206,14 @@ class SqliteLedger(Ledger):
 
     def _insert_inputs(self, values: list[tuple[Any, ...]], rows: list[tuple[Any, ...]]) -> int:
         db = self._db
-        db.executemany(_INSERT_OUTPUT, values)
+        db.executemany(sql.INSERT_OUTPUT, values)
         (before,) = db.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()
         try:
             db.executemany("INSERT INTO items(stage, key, status, input_id, input_digest) "
                            "VALUES(?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             stage = rows[0][0]
-            error = _duplicate_key((row[1] for row in rows), lambda key: db.execute(
+            error = sql.duplicate_key((row[1] for row in rows), lambda key: db.execute(
                 "SELECT 1 FROM items WHERE stage=? AND key=? AND id <= ?",
                 (stage, key, before)).fetchone() is not None)
             if error is not None:
@@ -380,7 +229,7 @@ class SqliteLedger(Ledger):
         try:
             self._db.executemany("INSERT INTO temp.given VALUES(?, ?, ?, ?, ?)", chunk)
         except sqlite3.IntegrityError:
-            error = _duplicate_key((row[0] for row in chunk), lambda key: self._db.execute(
+            error = sql.duplicate_key((row[0] for row in chunk), lambda key: self._db.execute(
                 "SELECT 1 FROM temp.given WHERE key=? AND rowid <= ?",
                 (key, before)).fetchone() is not None)
             if error is not None:
@@ -392,7 +241,7 @@ class SqliteLedger(Ledger):
         ids = [i for (i,) in db.execute("SELECT id FROM items WHERE stage=?", (stage,))]
         self._drop_derived(ids)
         db.execute(f"UPDATE items SET status='pending', attempts=0, error=NULL, traceback=NULL, "
-                   f"not_before=NULL, {_CLEAR_OUTPUT} WHERE stage=?", (stage,))
+                   f"not_before=NULL, {sql.CLEAR_OUTPUT} WHERE stage=?", (stage,))
         return len(ids)
 
     def drop_stage(self, stage: str) -> int:
@@ -432,7 +281,7 @@ class SqliteLedger(Ledger):
         db.execute("DELETE FROM items WHERE id IN (SELECT id FROM temp.doomed_items)")
         db.execute("DELETE FROM gathers WHERE value_id IN (SELECT id FROM temp.doomed_values)")
         db.execute("DELETE FROM outputs WHERE id IN (SELECT id FROM temp.doomed_values)")
-        db.executemany(f"UPDATE items SET {_CLEAR_OUTPUT} WHERE id=?", ((i,) for i in item_ids))
+        db.executemany(f"UPDATE items SET {sql.CLEAR_OUTPUT} WHERE id=?", ((i,) for i in item_ids))
 
     def finished_outputs(self, stage: str
                          ) -> Iterator[tuple[int, str, bytes | None, str | None]]:
@@ -457,7 +306,7 @@ class SqliteLedger(Ledger):
             if many:
                 for oid, item_id, key, data, ref in self._db.execute(
                         f"SELECT id, item_id, key, data, ref FROM outputs "
-                        f"WHERE item_id IN ({_marks(len(many))}) ORDER BY item_id, seq", many):
+                        f"WHERE item_id IN ({sql.marks(len(many))}) ORDER BY item_id, seq", many):
                     table.setdefault(item_id, []).append((oid, key, data, ref))
             for row_id, _, n_out, out_key, data, ref in rows:
                 if n_out == 1:
@@ -498,26 +347,26 @@ class SqliteLedger(Ledger):
         db = self._write()
         col = "i.input_id"
         rows = db.execute(
-            f"SELECT i.id, i.stage, i.key, i.attempts + 1, {_VALUE_DATA.format(col=col)}, "
-            f"{_VALUE_REF.format(col=col)} FROM items i {_VALUE_JOIN.format(col=col)} "
+            f"SELECT i.id, i.stage, i.key, i.attempts + 1, {sql.VALUE_DATA.format(col=col)}, "
+            f"{sql.VALUE_REF.format(col=col)} FROM items i {sql.VALUE_JOIN.format(col=col)} "
             f"WHERE i.stage=? AND i.status='pending' "
             f"AND (i.not_before IS NULL OR i.not_before <= ?) ORDER BY i.id LIMIT ?",
             (stage, now, limit)).fetchall()
         if max_bytes is not None:
-            rows = _within(rows, max_bytes, lambda r: len(r[4] or b""))
-        for chunk in _chunks([r[0] for r in rows]):
+            rows = sql.within(rows, max_bytes, lambda r: len(r[4] or b""))
+        for chunk in sql.chunks([r[0] for r in rows]):
             db.execute(
                 f"UPDATE items SET status='running', attempts=attempts+1, worker=?, started=?, "
-                f"ended=NULL, not_before=NULL WHERE id IN ({_marks(len(chunk))})",
+                f"ended=NULL, not_before=NULL WHERE id IN ({sql.marks(len(chunk))})",
                 (worker, now, *chunk))
         return [tuple.__new__(Claim, r) for r in rows]  # see from_wire
 
     def record(self, records: list[Record], worker: str | None = None) -> list[Refused]:
         db = self._write()
         existing: dict[int, str] = {}  # row id -> its stage
-        for chunk in _chunks([r.item_id for r in records if r.item_id is not None]):
+        for chunk in sql.chunks([r.item_id for r in records if r.item_id is not None]):
             for row_id, stage, status in db.execute(
-                    f"SELECT id, stage, status FROM items WHERE id IN ({_marks(len(chunk))})",
+                    f"SELECT id, stage, status FROM items WHERE id IN ({sql.marks(len(chunk))})",
                     chunk):
                 existing[row_id] = stage
                 if status != Status.RUNNING.value:
@@ -537,10 +386,10 @@ class SqliteLedger(Ledger):
         db.execute("RELEASE batch")
         return []
 
-    def _next_ids(self) -> _Batch:
+    def _next_ids(self) -> sql.Batch:
         (item,) = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()
         (output,) = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
-        return _Batch(item, output)
+        return sql.Batch(item, output)
 
     def _apply_all(self, records: list[Record], worker: str | None) -> None:
         """The fast path: every record at once, in a few statements."""
@@ -554,11 +403,11 @@ class SqliteLedger(Ledger):
                     raise KeyCollision("parent not recorded")  # resolved on the slow path
             else:
                 row_id = r.item_id
-                plain = _plain(r)
+                plain = sql.plain(r)
                 if plain is None:
                     batch.updates.append((r.status, r.retry_at, r.error, r.traceback,
                                           r.worker or worker, r.started, r.ended,
-                                          *_own_output(r.key, r.outputs), row_id))
+                                          *sql.own_output(r.key, r.outputs), row_id))
                 else:
                     batch.plain_updates.append((r.status, r.worker or worker, r.started,
                                                 r.ended, *plain, row_id))
@@ -580,9 +429,9 @@ class SqliteLedger(Ledger):
                         batch.pending_items.append((row, target, out.key, value_id))
                         continue
                     created[(target, out.key)] = row
-                    plain = _plain(child)
+                    plain = sql.plain(child)
                     if plain is None:
-                        batch.items.append(_new_row(row, target, out.key, value_id, child,
+                        batch.items.append(sql.new_row(row, target, out.key, value_id, child,
                                                     worker))
                     else:
                         batch.plain_items.append((row, target, out.key, child.status,
@@ -591,12 +440,12 @@ class SqliteLedger(Ledger):
                                                   child.ended, *plain))
                 batch.gathers.extend((g, value_id) for g in out.gathers)
         db = self._db
-        db.executemany(_UPDATE_ITEM, batch.updates)
-        db.executemany(_UPDATE_PLAIN, batch.plain_updates)
-        db.executemany(_INSERT_OUTPUT, batch.outputs)
-        db.executemany(_INSERT_ITEM, batch.items)
-        db.executemany(_INSERT_PLAIN, batch.plain_items)
-        db.executemany(_INSERT_PENDING, batch.pending_items)
+        db.executemany(sql.UPDATE_ITEM, batch.updates)
+        db.executemany(sql.UPDATE_PLAIN, batch.plain_updates)
+        db.executemany(sql.INSERT_OUTPUT, batch.outputs)
+        db.executemany(sql.INSERT_ITEM, batch.items)
+        db.executemany(sql.INSERT_PLAIN, batch.plain_items)
+        db.executemany(sql.INSERT_PENDING, batch.pending_items)
         db.executemany("INSERT INTO gathers VALUES(?, ?)", batch.gathers)
 
     def _apply_each(self, records: list[Record], existing: dict[int, str],
@@ -608,8 +457,7 @@ class SqliteLedger(Ledger):
         refused: list[Refused] = []
         for r in records:
             if r.item_id is None and (r.stage, r.key) not in created:
-                refused.append(Refused(r, f"its parent was refused, so {r.stage}/{r.key} "
-                                          f"was never created"))
+                refused.append(orphan(r))
                 continue
             row_id = r.item_id if r.item_id is not None else created[(r.stage, r.key)]
             source = existing[r.item_id] if r.item_id is not None else r.stage
@@ -617,9 +465,9 @@ class SqliteLedger(Ledger):
             db.execute("SAVEPOINT one")
             try:
                 if r.item_id is not None:
-                    db.execute(_UPDATE_ITEM, (r.status, r.retry_at, r.error, r.traceback,
+                    db.execute(sql.UPDATE_ITEM, (r.status, r.retry_at, r.error, r.traceback,
                                               r.worker or worker, r.started, r.ended,
-                                              *_own_output(r.key, r.outputs), r.item_id))
+                                              *sql.own_output(r.key, r.outputs), r.item_id))
                 inline = len(r.outputs) == 1
                 for seq, out in enumerate(r.outputs):
                     v = out.value
@@ -647,8 +495,8 @@ class SqliteLedger(Ledger):
         """Insert ``target``'s row for a value; a union's second arrival gets ``key@source``."""
         db = self._db
         (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()
-        insert = _INSERT_ITEM.replace("INSERT", "INSERT OR IGNORE", 1)
-        if db.execute(insert, _new_row(next_id, target, key, value_id, done, worker)).rowcount:
+        insert = sql.INSERT_ITEM.replace("INSERT", "INSERT OR IGNORE", 1)
+        if db.execute(insert, sql.new_row(next_id, target, key, value_id, done, worker)).rowcount:
             return next_id
         holder = db.execute(
             "SELECT coalesce(p.stage, q.stage, '') FROM items i "
@@ -658,7 +506,7 @@ class SqliteLedger(Ledger):
             (target, key)).fetchone()
         if holder and holder[0] != source:
             qualified = f"{key}@{source}"
-            if db.execute(insert, _new_row(next_id, target, qualified, value_id, done,
+            if db.execute(insert, sql.new_row(next_id, target, qualified, value_id, done,
                                            worker)).rowcount:
                 return next_id
         raise KeyCollision(
@@ -668,12 +516,12 @@ class SqliteLedger(Ledger):
     def release(self, item_ids: Iterable[int]) -> None:
         db = self._write()
         ids = list(item_ids)
-        for chunk in _chunks(ids):
+        for chunk in sql.chunks(ids):
             for row_id, status in db.execute(
-                    f"SELECT id, status FROM items WHERE id IN ({_marks(len(chunk))})", chunk):
+                    f"SELECT id, status FROM items WHERE id IN ({sql.marks(len(chunk))})", chunk):
                 transition(status, Status.PENDING)
             db.execute(f"UPDATE items SET status='pending', attempts=max(attempts-1, 0), "
-                       f"worker=NULL WHERE id IN ({_marks(len(chunk))})", chunk)
+                       f"worker=NULL WHERE id IN ({sql.marks(len(chunk))})", chunk)
 
     # -- reduce ---------------------------------------------------------------------
 
@@ -699,8 +547,8 @@ class SqliteLedger(Ledger):
         col = "g.value_id"
         cur = self._db.execute(
             f"SELECT coalesce(p.out_key, p.key, o.key), coalesce(p.out_digest, o.digest), "
-            f"{_VALUE_DATA.format(col=col)}, {_VALUE_REF.format(col=col)} FROM gathers g "
-            f"{_VALUE_JOIN.format(col=col)} WHERE g.stage=? ORDER BY 1, g.value_id", (stage,))
+            f"{sql.VALUE_DATA.format(col=col)}, {sql.VALUE_REF.format(col=col)} FROM gathers g "
+            f"{sql.VALUE_JOIN.format(col=col)} WHERE g.stage=? ORDER BY 1, g.value_id", (stage,))
         for row in cur:
             yield Gathered(*row)
 

@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .. import rundir
+from .. import __version__, rundir
 from ..ledger.base import Record, call_sizes
 from ..pipeline import Pipeline
 from ..resources import Budget, format_size
@@ -52,8 +52,6 @@ class Observer:
     # -- the run's life ---------------------------------------------------------------------
 
     def start(self, executor: str, budget: Budget, took_over: Any) -> None:
-        from .. import __version__
-
         stages = [{"name": s.name, "upstream": list(s.upstream), "cpus": s.resources.cpus,
                    "ram": s.resources.ram, "gpus": s.resources.gpus,
                    "threads": s.resources.threads, "batch_size": s.batch_size,

@@ -24,7 +24,7 @@ __all__ = ["Closed", "Overloaded", "Response", "Service", "create_app", "run"]
 def __getattr__(name: str) -> object:
     # The HTTP app needs the serve extra (FastAPI); a Service alone does not.
     if name in ("create_app", "run"):
-        from . import app
+        from . import app  # the serve extra: imported on first use
 
         return getattr(app, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import codec
-from ..engine.loop import Engine, FrontEnd
+from ..engine.front import FrontEnd
+from ..engine.loop import Engine
 from ..errors import ConveyorError, InputError, PipelineError
 from ..executors import make_executor
 from ..executors.base import Executor

@@ -41,8 +41,7 @@ from ..envs import (
     runtime_pins,
 )
 from ..errors import EnvError
-from .process import die_with_parent
-from .protocol import SETUP_FAILED
+from .protocol import SETUP_FAILED, die_with_parent
 
 
 def check_runtime(python: str) -> None:

@@ -26,7 +26,6 @@ when they load.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import queue
 import signal
@@ -37,7 +36,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..envs import LABEL_VAR
 from ..ledger.base import Claim
+from . import shipping
 from .protocol import (
     INIT,
     READY,
@@ -46,24 +47,15 @@ from .protocol import (
     STOP,
     TASKS,
     Slot,
+    die_with_parent,
     pin_torch,
     to_wire,
 )
+from .runner import GroupRunner
 
 FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
 PREFETCH_BYTES = 256 * 2**20  # decoded inputs held ahead of the stage, at most
 PREFETCH_ITEMS = 64  # ... and at most this many (or two batches)
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the driver dies (no orphans)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:  # the driver died before we got here
-        os._exit(1)
 
 
 class _Inbox:
@@ -198,8 +190,6 @@ def unloadable(targets: list[tuple[str, str, str]], exc: Exception) -> str:
     """
     import importlib
 
-    from ..envs import LABEL_VAR
-
     where = os.environ.get(LABEL_VAR) or sys.executable
     stage, module, qualname = targets[0]
     for candidate in targets:  # in a fused group, name the stage whose module is missing
@@ -220,9 +210,6 @@ def main(fd: int, slot_fd: int) -> None:
     kind, payload, path, targets = conn.recv()
     assert kind == INIT, kind
     sys.path[:0] = [p for p in path if p not in sys.path]
-    from . import shipping
-    from .runner import GroupRunner
-
     try:
         spec = shipping.loads(payload)
     except Exception as exc:  # the stage's code does not import in this environment

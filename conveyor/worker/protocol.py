@@ -21,8 +21,10 @@ count once its setup imported torch (:func:`pin_torch`).
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import signal
 import struct
 import sys
 import tempfile
@@ -91,6 +93,17 @@ def pinned_env(threads: int, devices: tuple[str, ...], extra: Mapping[str, str]
         env["TOKENIZERS_PARALLELISM"] = "false"
     env.update(extra)
     return env
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the driver dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the driver died before we got here
+        os._exit(1)
 
 
 def pin_torch(threads: int) -> None:
