@@ -8,13 +8,8 @@ import textwrap
 
 import pytest
 
-from conveyor import (BudgetError,
-    GraphError,
-    Item,
-    Pipeline,
-    PipelineError,
-    StageDefinitionError,
-    open_run)
+from conveyor import (BudgetError, GraphError, Item, Pipeline, PipelineError, StageDefinitionError,
+                      open_run)
 
 
 def test_decorators_return_the_callable_unchanged():

@@ -22,15 +22,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import Pipeline, StageDefinitionError
-from conveyor.envs import (CACHE_VAR,
-    MARKER,
-    EnvSpec,
-    base_of,
-    ensure,
-    env_key,
-    forwarded_path,
-    requirements_of,
-    runtime_env)
+from conveyor.envs import (CACHE_VAR, MARKER, EnvSpec, base_of, ensure, env_key, forwarded_path,
+                           requirements_of, runtime_env)
 from conveyor.engine.fingerprint import fingerprints
 from conveyor.engine.fusion import fuse
 

@@ -16,14 +16,8 @@ import pytest
 
 from conveyor import codec
 from conveyor.errors import IllegalTransition, InputError
-from conveyor.ledger import (KeyCollision,
-    Ledger,
-    MemoryLedger,
-    Output,
-    Record,
-    SqliteLedger,
-    Status,
-    transition)
+from conveyor.ledger import (KeyCollision, Ledger, MemoryLedger, Output, Record, SqliteLedger,
+                             Status, transition)
 from conveyor.store import Stored
 
 
