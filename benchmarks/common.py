@@ -69,11 +69,17 @@ class RayData:
         ray.data.DataContext.get_current().enable_progress_bars = False
         return cls(ray)
 
-    def rate(self, build: Any) -> float:
-        """Rows/s of the dataset ``build()`` returns, from building it to every row done."""
+    def time(self, build: Any) -> tuple[int, float]:
+        """Rows of the dataset ``build()`` returns, and seconds from building it to every
+        row done."""
         start = time.perf_counter()
         count = build().materialize().count()
-        return count / (time.perf_counter() - start)
+        return count, time.perf_counter() - start
+
+    def rate(self, build: Any) -> float:
+        """Rows/s of the dataset ``build()`` returns (see :meth:`time`)."""
+        count, seconds = self.time(build)
+        return count / seconds
 
     def stop(self) -> None:
         self.ray.shutdown()

@@ -10,12 +10,13 @@ import contextvars
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .resources import Resources
 
 if TYPE_CHECKING:
     from .store import Store
+    from .worker.sides import Sides
 
 _current: contextvars.ContextVar["Context"] = contextvars.ContextVar("conveyor_context")
 
@@ -38,6 +39,7 @@ class Context:
     resources: Resources
     store: "Store" = field(repr=False)
     logger: logging.Logger = field(repr=False)
+    sides: "Sides | None" = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -55,6 +57,14 @@ class Context:
     def item_dir(self, key: str) -> Path:
         """The artifact folder of one key of a batch."""
         return self.store.item_dir(self.stage, key)
+
+    def side(self, name: str) -> Any:
+        """Stage ``name``, declared in ``side=[...]``, as this stage reads it: a
+        reduce's value, or a read-only mapping key -> output of any other stage."""
+        if self.sides is None:
+            raise KeyError(f"stage {self.stage!r} reads no side inputs; declare them with "
+                           f"side=[...]")
+        return self.sides.get(self.stage, name)
 
 
 def context() -> Context:

@@ -9,6 +9,7 @@ already) and as a whole by :meth:`Pipeline.validate` before anything runs.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import sys
@@ -43,6 +44,9 @@ class Stage:
     env: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     reduce: bool = False
+    by: Callable[[Any], Any] | None = None  # a group stage's key function
+    partitions: int = 0  # a group stage's partitions
+    side: tuple[str, ...] = ()  # stages it reads while it runs (ctx.side), finished first
     min_workers: int = 0
     idle_timeout: float | None = None
     batch_wait: float = 0.05
@@ -61,13 +65,36 @@ class Stage:
         return self.target.__call__ if self.is_class else self.target  # type: ignore[operator]
 
     @property
+    def group(self) -> bool:
+        """Whether this is a group stage (:meth:`Pipeline.group`)."""
+        return self.by is not None
+
+    @property
+    def barrier(self) -> bool:
+        """Whether it runs only once everything above it is finished (a reduce, a group)."""
+        return self.reduce or self.group
+
+    @property
     def takes_ctx(self) -> bool:
-        """Whether the stage's callable takes the context as a second argument."""
-        return _positional_count(self.call, skip_self=self.is_class) >= 2
+        """Whether the stage's callable takes the context after its value (a group's:
+        after its key and values)."""
+        needed = 3 if self.group else 2
+        return _positional_count(self.call, skip_self=self.is_class) >= needed
 
     @property
     def is_generator(self) -> bool:
         return inspect.isgeneratorfunction(self.call)
+
+
+def group_of(by: Callable[[Any], Any], partitions: int, value: Any) -> tuple[str, int]:
+    """A value's group key (``by(value)``; an int becomes its string) and its partition,
+    by a hash of the key that is the same in every process and on every run."""
+    key = by(value)
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise TypeError(f"a group key must be a str or an int, got {type(key).__name__}")
+    key = str(key)
+    hashed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+    return key, hashed % partitions
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,8 @@ class Route:
     stage: str
     when: Callable[[Any], bool] | None
     reduce: bool
+    by: Callable[[Any], Any] | None = None  # a group's key function
+    partitions: int = 0
 
 
 def _positional_count(fn: Callable[..., Any], skip_self: bool) -> int:
@@ -130,7 +159,8 @@ class Pipeline:
               version: str | None = None, min_workers: int = 0,
               idle_timeout: float | None = None, batch_wait: float = 0.05,
               requirements: str | os.PathLike[str] | Sequence[str] | None = None,
-              python: str | os.PathLike[str] | None = None) -> Any:
+              python: str | os.PathLike[str] | None = None,
+              side: Upstream | Sequence[Upstream] | None = None) -> Any:
         """Register a function or class as a stage; usable as ``@pipe.stage`` or ``@pipe.stage(...)``.
 
         Args:
@@ -154,6 +184,10 @@ class Pipeline:
                 installed, built once and cached (see :mod:`conveyor.envs`).
             python: an interpreter (or virtual environment directory) for the
                 stage's workers; with ``requirements``, the base of the environment.
+            side: stages this one reads while it runs, with ``ctx.side(name)``: a
+                reduce's value, or any other stage's outputs as a mapping key ->
+                output. The stage waits until they are finished; their results are
+                part of what it computes, so a rerun that changes them reruns it.
         """
         def register(obj: Callable[..., Any]) -> Callable[..., Any]:
             self._add(obj, after=after, when=when, name=name,
@@ -162,7 +196,7 @@ class Pipeline:
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=False, min_workers=min_workers,
                       idle_timeout=idle_timeout, batch_wait=batch_wait,
-                      requirements=requirements, python=python)
+                      requirements=requirements, python=python, side=side)
             return obj
 
         return register(target) if target is not None else register
@@ -176,7 +210,8 @@ class Pipeline:
                timeout: float | None = None, env: Mapping[str, str] | None = None,
                version: str | None = None,
                requirements: str | os.PathLike[str] | Sequence[str] | None = None,
-               python: str | os.PathLike[str] | None = None) -> Any:
+               python: str | os.PathLike[str] | None = None,
+               side: Upstream | Sequence[Upstream] | None = None) -> Any:
         """Register a stage that runs once over every output of its upstreams.
 
         The function receives an iterator of the upstream values (ordered by
@@ -189,7 +224,50 @@ class Pipeline:
                       concurrency=1, batch_size=None, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=True, requirements=requirements,
-                      python=python)
+                      python=python, side=side)
+            return obj
+
+        return register(target) if target is not None else register
+
+    def group(self, target: Callable[..., Any] | None = None, *,
+              after: Upstream | Sequence[Upstream],
+              by: Callable[[Any], Any], partitions: int = 8,
+              when: Callable[[Any], bool] | None = None,
+              name: str | None = None,
+              cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
+              threads: int | None = None, concurrency: int | None = None,
+              retries: int = 0, retry_backoff: float = 1.0,
+              timeout: float | None = None, env: Mapping[str, str] | None = None,
+              version: str | None = None,
+              requirements: str | os.PathLike[str] | Sequence[str] | None = None,
+              python: str | os.PathLike[str] | None = None,
+              side: Upstream | Sequence[Upstream] | None = None) -> Any:
+        """Register a stage that runs once per distinct key over the values with that key.
+
+        ``by(value)`` gives an upstream value's key (a string, or an int taken
+        as its string). The function is called as ``fn(key, values)`` (or
+        ``fn(key, values, ctx)``) with an iterator over every value with that
+        key, in the order of their item keys, and returns one output keyed by
+        the group key, or yields several (``key/0``, ``key/1`` ...).
+
+        Like a reduce it starts once everything above it is finished. The keys
+        are spread over ``partitions`` by a stable hash; each partition is one
+        item of the stage, run by a worker with the stage's resources, retries
+        and timeout, as many at once as the budget allows. A key whose call
+        raises fails its partition, naming the key; the others go on. A rerun
+        runs again only the partitions whose values changed.
+        """
+        if not callable(by):
+            raise StageDefinitionError(f"group {name or getattr(target, '__name__', '?')!r}: "
+                                       f"by= must be a function of a value, got {by!r}")
+
+        def register(obj: Callable[..., Any]) -> Callable[..., Any]:
+            self._add(obj, after=after, when=when, name=name,
+                      resources=(cpus, ram, gpus, threads),
+                      concurrency=concurrency, batch_size=None, retries=retries,
+                      retry_backoff=retry_backoff, timeout=timeout, env=env,
+                      version=version, reduce=False, requirements=requirements,
+                      python=python, side=side, by=by, partitions=partitions)
             return obj
 
         return register(target) if target is not None else register
@@ -213,6 +291,7 @@ class Pipeline:
         upstream = tuple(self._resolve(u, stage_name) for u in _as_list(after))
         if len(set(upstream)) != len(upstream):
             raise GraphError(f"stage {stage_name!r} names the same upstream twice")
+        options["side"] = tuple(self._resolve(s, stage_name) for s in _as_list(options["side"]))
         options["env"] = dict(options["env"] or {})
         try:
             options["requirements"] = requirements_of(options["requirements"])
@@ -287,6 +366,35 @@ class Pipeline:
         self.order()  # raises on a cycle
         if not roots:
             raise GraphError(f"pipeline {self.name!r} has no first stage (one without after=)")
+        for stage in self._stages.values():
+            for side in stage.side:
+                if side not in self._stages:
+                    raise GraphError(f"stage {stage.name!r} reads side input {side!r}, "
+                                     f"which is not a stage of pipeline {self.name!r}")
+                if side in self.descendants(stage.name):
+                    raise GraphError(f"stage {stage.name!r} reads side input {side!r}, which "
+                                     f"is below it: it would wait for itself")
+        self._check_waits()
+
+    def _check_waits(self) -> None:
+        """A stage waits for its upstreams and its side inputs: no stage may end up
+        waiting for itself through them."""
+        state: dict[str, int] = {}  # 1: on the path, 2: checked
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = " -> ".join(path[path.index(name):] + [name])
+                raise GraphError(f"stages wait for each other through side inputs: {cycle}")
+            state[name] = 1
+            stage = self._stages[name]
+            for needed in (*stage.upstream, *stage.side):
+                visit(needed, path + [name])
+            state[name] = 2
+
+        for name in self._stages:
+            visit(name, [])
 
     def root(self) -> Stage:
         """The stage that takes the run's inputs."""
@@ -321,7 +429,8 @@ class Pipeline:
 
     def routes(self, name: str) -> tuple[Route, ...]:
         """Where outputs of ``name`` can go, with each edge's condition."""
-        return tuple(Route(s.name, s.when, s.reduce) for s in self.downstream(name))
+        return tuple(Route(s.name, s.when, s.reduce, s.by, s.partitions)
+                     for s in self.downstream(name))
 
     def ancestors(self, name: str) -> set[str]:
         """Every stage upstream of ``name``, transitively."""
@@ -417,6 +526,16 @@ def _check_stage(stage: Stage) -> None:
         raise bad("its callable must take the value (and optionally ctx) as arguments")
     if stage.reduce and not stage.upstream:
         raise bad("a reduce needs after= (it reduces the outputs of other stages)")
+    if stage.group:
+        if not stage.upstream:
+            raise bad("a group needs after= (it groups the outputs of other stages)")
+        if not isinstance(stage.partitions, int) or stage.partitions < 1:
+            raise bad(f"partitions must be a positive integer, got {stage.partitions!r}")
+        if count < 2:
+            raise bad("a group's callable takes the key and an iterator of its values "
+                      "(and optionally ctx)")
+    if stage.name in stage.side:
+        raise bad("a stage cannot read itself as a side input")
     if stage.when is not None and not stage.upstream:
         raise bad("when= routes an upstream's outputs; the first stage has no upstream")
     if stage.when is not None and not callable(stage.when):

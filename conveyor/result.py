@@ -17,6 +17,8 @@ from .ledger.base import STATUSES
 from .ledger.sqlite import SqliteLedger
 from .store import Store
 
+SPILLED = "spilled:"  # ledger meta: bytes a group's partition files took, last time
+
 
 class RunResult:
     """What a run produced. Obtain one from :meth:`Pipeline.run` or :func:`open_run`."""
@@ -60,6 +62,16 @@ class RunResult:
         raw = self._ledger.counts()
         return {stage: {status: raw.get(stage, {}).get(status, 0) for status in STATUSES}
                 for stage in self.stages}
+
+    @property
+    def spilled(self) -> dict[str, int]:
+        """Bytes each group stage's partition files took when it last ran."""
+        found = {}
+        for name in self.stages:
+            raw = self._ledger.get_meta(SPILLED + name)
+            if raw is not None:
+                found[name] = int(raw)
+        return found
 
     @property
     def ok(self) -> bool:

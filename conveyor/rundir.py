@@ -10,6 +10,8 @@
       values/ab/<digest>.json  values too large to keep inline in the ledger
       artifacts/STAGE/KEY/     an item's own files (ctx.output_dir)
       gather/STAGE.jsonl       a reduce's input, written when it runs
+      gather/STAGE/part-N.tsv  a group's partition: group key <tab> value, sorted by key
+      side/STAGE.db            a stage read as a side input: key -> value, for lookups
       logs/GROUP.log           a worker group's stdout and stderr
       bench.json               per-stage figures of a --bench run
       report.html              `conveyor report`'s default output
@@ -31,6 +33,7 @@ STORE_URL = "store.url"
 VALUES = "values"
 ARTIFACTS = "artifacts"
 GATHER = "gather"
+SIDE = "side"
 LOGS = "logs"
 BENCH = "bench.json"
 REPORT = "report.html"
@@ -55,6 +58,21 @@ def value_ref(digest: str) -> str:
 def gather_ref(stage: str) -> str:
     """The reference of reduce ``stage``'s input file, relative to the run dir."""
     return f"{GATHER}/{stage}.jsonl"
+
+
+def group_dir(stage: str) -> str:
+    """The folder of a group stage's partition files, relative to the run dir."""
+    return f"{GATHER}/{stage}"
+
+
+def partition_ref(stage: str, part: int) -> str:
+    """The reference of partition ``part`` of group ``stage``, relative to the run dir."""
+    return f"{group_dir(stage)}/part-{part}.tsv"
+
+
+def side_ref(stage: str) -> str:
+    """The lookup file of ``stage`` read as a side input, relative to the run dir."""
+    return f"{SIDE}/{stage}.db"
 
 
 def artifacts(run_dir: PathLike, stage: str, name: str) -> Path:

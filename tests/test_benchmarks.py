@@ -25,6 +25,8 @@ EXPECTED = {
     "first": {"first_done_s", "bound_s", "ratio"},
     "rerun": {"rerun_s", "bound_s", "ratio"},
     "memory": {"executor", "growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},
+    "groups": {"group_values_per_s", "reduce_values_per_s", "ray_data_values_per_s", "ratio",
+               "rss_growth_mb", "killed_partition", "partitions_run_twice"},
     "serve": {"batched", "unbatched", "batching_speedup", "direct_p50_ms", "overhead_ms",
               "ratio"},
 }
@@ -52,6 +54,8 @@ def check_benchmark(name: str, tmp_path: Path, *args: str) -> list[dict]:
     assert lines, out.stdout
     for record in lines:
         assert record["bench"] == name
+        if name == "groups":  # the killed partition, and only it, ran again
+            assert record["partitions_run_twice"] == [record["killed_partition"]]
         assert EXPECTED[name] <= set(record), set(record)
         assert record["machine"]["cpus"] >= 1 and record["date"]
     return lines

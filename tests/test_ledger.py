@@ -301,19 +301,44 @@ def test_reduce_row_gathers_and_reopens(ledger):
     ledger.add_inputs("a", [("y", value(2)), ("x", value(1))])
     for _ in range(2):
         (claim,) = ledger.claim("a", 1, "w", 1.0)
-        ledger.complete(claim.id, [Output(claim.key, value(claim.key), (), ("r",))],
-                        Status.DONE, 1.0)
+        ledger.complete(claim.id, [Output(claim.key, value(claim.key), (),
+                                          (("r", None, None),))], Status.DONE, 1.0)
     assert [g.key for g in ledger.gathered("r")] == ["x", "y"]
-    assert ledger.reduce_row("r") is None
-    ledger.open_reduce("r", "r", "digest-1")
-    assert ledger.reduce_row("r") == (Status.PENDING, "digest-1")
+    assert ledger.barrier_rows("r") == {}
+    ledger.open_barrier("r", "r", "digest-1")
+    assert ledger.barrier_rows("r") == {"r": (Status.PENDING, "digest-1")}
     (claim,) = ledger.claim("r", 1, "w", 2.0)
     assert claim.key == "r" and claim.data is None
     ledger.complete(claim.id, [Output("r", value({"n": 2}), ("after",))], Status.DONE, 2.0)
     assert ledger.counts()["after"] == {"pending": 1}
-    ledger.open_reduce("r", "r", "digest-2")
-    assert ledger.reduce_row("r") == (Status.PENDING, "digest-2")
+    ledger.open_barrier("r", "r", "digest-2")
+    assert ledger.barrier_rows("r") == {"r": (Status.PENDING, "digest-2")}
     assert "after" not in ledger.counts()
+
+
+def test_group_values_by_partition_key_and_item_and_partition_rows(ledger):
+    words = {"d1": ["b", "a", "b"], "d2": ["a", "c"]}
+    ledger.add_inputs("split", [(k, value(v)) for k, v in words.items()])
+    for claim in ledger.claim("split", 2, "w", 1.0):
+        outs = [Output(f"{claim.key}/{i}", value(w), (), (("count", w, 0 if w < "c" else 1),))
+                for i, w in enumerate(words[claim.key])]
+        ledger.complete(claim.id, outs, Status.DONE, 1.0)
+    assert [(g.part, g.gkey, g.key) for g in ledger.grouped("count")] == [
+        (0, "a", "d1/1"), (0, "a", "d2/0"), (0, "b", "d1/0"), (0, "b", "d1/2"),
+        (1, "c", "d2/1")]
+    assert [codec.decode(g.data) for g in ledger.grouped("count")][:2] == ["a", "a"]
+    for part in (0, 1):
+        ledger.open_barrier("count", f"p{part}", f"digest-{part}")
+    assert ledger.barrier_rows("count") == {"p0": (Status.PENDING, "digest-0"),
+                                            "p1": (Status.PENDING, "digest-1")}
+    claims = {c.key: c for c in ledger.claim("count", 2, "w", 2.0)}
+    ledger.complete(claims["p0"].id, [Output("a", value(2), ("after",)),
+                                      Output("b", value(2), ("after",))], Status.DONE, 2.0)
+    assert ledger.counts()["after"] == {"pending": 2}
+    ledger.close_barrier("count", "p0")  # its partition has no values any more
+    assert set(ledger.barrier_rows("count")) == {"p1"} and "after" not in ledger.counts()
+    ledger.drop_stage("split")
+    assert list(ledger.grouped("count")) == []
 
 
 def test_meta_and_fingerprints(ledger):

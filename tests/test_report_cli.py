@@ -140,7 +140,8 @@ def test_json_figures_and_costs_at_default_prices(made_run):
     assert set(data) == {"pipeline", "wall_s", "verdict", "total_cost", "cost_per_1000",
                          "stages"}
     assert all(set(s) == {"stage", "done", "failed", "busy", "utilisation", "cost",
-                          "cost_per_1000"} for s in data["stages"])
+                          "cost_per_1000", "spilled"} for s in data["stages"])
+    assert all(s["spilled"] is None for s in data["stages"])  # no group stage here
     expected = expected_costs(run_dir, DEFAULTS)
     for s in data["stages"]:
         assert s["cost"] == pytest.approx(expected[s["stage"]], rel=1e-12, abs=0)

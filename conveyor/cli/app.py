@@ -180,7 +180,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
             console.print(table)
         elif as_json:
             print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
-                              "stages": result.counts}))
+                              "stages": result.counts, "spilled": result.spilled}))
         else:
             print_counts(result)
 

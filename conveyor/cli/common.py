@@ -10,6 +10,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..resources import format_size
 from ..result import RunResult
 
 #: 0 the run is ok; 1 some items failed (or are left pending); 2 a usage,
@@ -26,7 +27,11 @@ def print_counts(result: RunResult) -> None:
     table.add_column("stage")
     for column in ("done", "routed-out", "failed", "pending", "running"):
         table.add_column(column, justify="right")
+    spilled = result.spilled
     for stage, c in result.counts.items():
-        table.add_row(stage, *(str(c[k]) for k in ("done", "routed-out", "failed", "pending",
-                                                   "running")))
+        # a group's items are its partitions; say so, with what they spilled to disk
+        name = f"{stage} (partitions, {format_size(spilled[stage])} spilled)" \
+            if stage in spilled else stage
+        table.add_row(name, *(str(c[k]) for k in ("done", "routed-out", "failed", "pending",
+                                                  "running")))
     console.print(table)

@@ -16,8 +16,9 @@ it through (:mod:`.front`: open, start_early, prepared, turn, commit, stop,
 close, finished), the batch-run front end (:mod:`.batch`), input
 preparation and rerun planning (:mod:`.prepare`, :mod:`.fingerprint`), the
 scheduling policy (:mod:`.scheduler`), live workers and their CPU leases
-(:mod:`.workerpool`), per-stage state (:mod:`.state`), fusion of linear
-chains (:mod:`.fusion`), the watchdog and the run lock.
+(:mod:`.workerpool`), reduces, groups and side inputs (:mod:`.barriers`),
+per-stage state (:mod:`.state`), fusion of linear chains (:mod:`.fusion`),
+the watchdog and the run lock.
 
 It may import the top-level modules (pipeline, resources, store, items,
 codec, errors, rundir, origin), :mod:`conveyor.ledger`,

@@ -4,8 +4,10 @@ A stage's fingerprint hashes its own source (the function, or the whole
 class), its parameters (default argument values, and the values it closes
 over when they are plain data: a threshold, a model name), its ``when=``
 predicate, its ``version=``, the options that change what it computes (being
-a reduce; batch size does not), its Python environment (``requirements``,
-``python``), and the fingerprints of its upstream stages.
+a reduce; a group's key function and partitions; the stages it reads as side
+inputs; batch size does not), its Python environment (``requirements``,
+``python``), and the fingerprints of its upstream stages. What the side
+stages hold when it runs is checked then (see :mod:`conveyor.engine.barriers`).
 Editing a stage therefore recomputes it and every stage below it, and
 nothing above. Code the stage calls into (helpers, other modules, model
 files) is not hashed: bump ``version=`` when it changes.
@@ -102,9 +104,15 @@ def stage_fingerprint(stage: "Stage", upstream: list[str]) -> str:
                  stage.version or "", "reduce" if stage.reduce else "map", *upstream):
         h.update(part.encode())
         h.update(b"\0")
+    # Each only when declared, so fingerprints of stages without it stay as they were.
     env = identity(stage)
-    if env:  # only when declared, so fingerprints of stages without one stay as they were
+    if env:
         h.update(b"env\0" + env.encode())
+    if stage.group:
+        h.update(f"group\0{source_digest(stage.by)}\0{parameters(stage.by)}\0"
+                 f"{stage.partitions}".encode())
+    if stage.side:  # what the side stages hold is checked when the stage opens to run
+        h.update(("side\0" + "\0".join(stage.side)).encode())
     return h.hexdigest()
 
 

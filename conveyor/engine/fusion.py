@@ -2,8 +2,8 @@
 
 When ``b`` is the only stage after ``a`` and ``a`` the only stage before
 ``b``, and both declare the same resources, environment variables, Python
-environment and concurrency, are
-not batched, not reduces and have no timeout, the two form one *group*: a
+environment and concurrency, are not batched, not reduces or groups, have no
+timeout, and ``b`` reads no side inputs, the two form one *group*: a
 worker of the group takes an item at ``a`` and carries each output straight
 into ``b`` in the same process. Nothing is lost by it (each stage and item
 still gets its own ledger row, outputs, retries and failures) while the
@@ -44,7 +44,7 @@ class Group:
 
 
 def _compatible(a: "Stage", b: "Stage") -> bool:
-    return (not a.reduce and not b.reduce
+    return (not a.barrier and not b.barrier and not b.side
             and a.batch_size is None and b.batch_size is None
             and a.timeout is None and b.timeout is None
             and a.resources == b.resources and dict(a.env) == dict(b.env)

@@ -54,10 +54,11 @@ from ..resources import Budget
 from ..store import Store
 from ..worker.protocol import Running
 from ..worker.runner import StageSpec, WorkerSpec
+from .barriers import Barriers
 from .front import FrontEnd
 from .fusion import fuse
 from .scheduler import Load, plan
-from .state import DriverCost, GroupState, StageState, gather_digest, write_gather_file
+from .state import DriverCost, GroupState, StageState
 from .watchdog import Watchdog
 from .workerpool import Worker, WorkerPool
 
@@ -88,7 +89,6 @@ class Engine:
         self.groups: dict[str, GroupState] = {}
         self._fatal: StageContractError | None = None
         self._last_commit = 0.0
-        self._settled: set[str] = set()  # reduce stages checked since their inputs last changed
         self._dirty = True  # something happened that the control step should see now
         self._unsynced = False  # workers wrote files that must be on disk before the commit
         self._last_control = 0.0
@@ -98,6 +98,7 @@ class Engine:
         self._pool: WorkerPool
         self._watchdog: Watchdog
         self._observer: Observer
+        self._barriers: Barriers
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,6 +117,9 @@ class Engine:
         self._observer = Observer(self.pipeline, events, self.run_dir, self.progress, self.bench)
         self._observer.start(self.executor.name, self.budget, previous)
         self._build_groups()
+        self._barriers = Barriers(self.pipeline, self.stages, self.run_dir, self.store)
+        self._barriers.open(ledger, events)
+        self._barriers.on_spill = self._observer.spilled
 
     @property
     def ledger(self) -> Ledger:
@@ -132,9 +136,7 @@ class Engine:
 
     def prepared(self) -> None:
         """The front end has filled the ledger: read each stage's queue from it, commit."""
-        pending = self._ledger.pending_counts()
-        for name, state in self.stages.items():
-            state.pending = pending.get(name, 0)
+        self._count_pending()
         self.commit()
         self._observer.prepared(self._ledger.counts() if self.progress else None)
 
@@ -145,15 +147,21 @@ class Engine:
         self.stages[stage].pending += len(items)
         self._dirty = True
 
+    def _count_pending(self) -> None:
+        pending = self._ledger.pending_counts()
+        for name, state in self.stages.items():
+            state.pending = pending.get(name, 0)
+        self._dirty = True
+
     def workers_of(self, stage: str) -> list[Worker]:
         """The live workers that run ``stage`` (its group's)."""
         return self._pool.of(self.stages[stage].group)
 
     def finished(self) -> bool:
-        """Whether nothing is pending or running and every reduce has run."""
+        """Whether nothing is pending or running and every reduce and group has run."""
         if any(s.pending or s.running for s in self.stages.values()):
             return False
-        return all(name in self._settled for name, s in self.stages.items() if s.stage.reduce)
+        return self._barriers.finished()
 
     def close(self, interrupted: str | None = None, error: str | None = None,
               counted: bool = True) -> None:
@@ -171,11 +179,13 @@ class Engine:
                 state = StageState(
                     stage, group.name, order.index(name), ancestors=pipe.ancestors(name),
                     downstream=[s.name for s in pipe.downstream(name)],
-                    reduces_below={n for n in pipe.descendants(name) if pipe[n].reduce})
+                    barriers_below={n for n in pipe.descendants(name) if pipe[n].barrier})
                 self.stages[name] = state
                 members.append(state)
-            spec = WorkerSpec(group.name, tuple(StageSpec(m.stage, pipe.routes(m.stage.name))
-                                                for m in members),
+            specs = tuple(StageSpec(m.stage, pipe.routes(m.stage.name),
+                                    tuple((s, pipe[s].reduce) for s in m.stage.side))
+                          for m in members)
+            spec = WorkerSpec(group.name, specs,
                               str(self.run_dir), self.store.inline_limit,
                               fsync=not self.executor.same_machine)
             self.groups[group.name] = GroupState(group, members, spec)
@@ -224,7 +234,7 @@ class Engine:
         self._dirty = False
         self._last_control = now
         self._cost.sample()
-        self._open_reduces()
+        self._barriers.control(self._count_pending)
         loads = self._loads(now)
         self._reconcile(loads, now)
         self._pool.assign_leases(loads, now)
@@ -349,8 +359,7 @@ class Engine:
                         if not stages[target].pending:
                             self._dirty = True  # new work for a stage that had none
                         stages[target].pending += 1
-            if state.reduces_below:
-                self._settled.difference_update(state.reduces_below)
+            self._barriers.changed(state)
         self.front.applied(applied, fused)
         if collided:  # the key collided: the producing item fails for good
             self._apply(collided, worker)
@@ -444,8 +453,9 @@ class Engine:
         for name, g in self.groups.items():
             ready = g.ready(now)
             head = g.members[0]
-            if g.head.reduce:
-                ready = ready if self._reduce_due(head) else 0
+            held = self._barriers.held(head)
+            if held:
+                ready = 0
             in_fill = 1.0 if not head.stage.upstream else self._fill(head)
             cap = self._cost.workers_fed(g.service, len(g.members))
             if g.head.concurrency is not None:
@@ -455,7 +465,7 @@ class Engine:
                 workers=len(self._pool.of(name)), service=g.service,
                 batch=g.head.batch_size or 1, cap=cap, depth=head.depth,
                 throttled=self._room(g) <= 0, floor=g.head.min_workers,
-                expected=not g.pending and not g.head.reduce and self._fed(g),
+                expected=not g.pending and not held and not g.head.barrier and self._fed(g),
                 in_fill=in_fill, out_fill=self._out_fill(g))
         return loads
 
@@ -469,7 +479,7 @@ class Engine:
 
     def _out_fill(self, group: GroupState) -> float:
         return max((self._fill(self.stages[d]) for d in group.members[-1].downstream
-                    if not self.stages[d].stage.reduce), default=0.0)
+                    if not self._barriers.waiting(d)), default=0.0)
 
     def _room(self, group: GroupState) -> int:
         """How many more items the group may take before its downstream queues are full.
@@ -477,7 +487,7 @@ class Engine:
         Items in flight count against the room: each will land downstream.
         """
         queued = [self.stages[d].pending for d in group.members[-1].downstream
-                  if not self.stages[d].stage.reduce]
+                  if not self._barriers.waiting(d)]
         return QUEUE_LIMIT - max(queued, default=0) - group.running
 
     def _fed(self, group: GroupState) -> bool:
@@ -534,7 +544,7 @@ class Engine:
         for group in sorted(self.groups.values(), key=lambda g: -g.members[0].depth):
             if not group.pending:
                 continue
-            if group.head.reduce and not self._reduce_due(group.members[0]):
+            if self._barriers.held(group.members[0]):
                 continue
             window = self._window(group)
             for worker in self._pool.of(group.name):
@@ -548,9 +558,9 @@ class Engine:
                 claims = self._claim(group, want, worker, now)
                 if not claims:
                     break
-                if group.head.reduce:
-                    claims = [c._replace(ref=write_gather_file(self._ledger, self.run_dir,
-                                                               c.stage)) for c in claims]
+                if group.head.barrier:
+                    claims = [c._replace(ref=self._barriers.claims_ref(group.members[0], c.key))
+                              for c in claims]
                 if not worker.inflight:
                     worker.head_since = now
                 for claim in claims:
@@ -578,23 +588,3 @@ class Engine:
             if not got and member.pending:  # all of it is backing off before a retry
                 member.wait_until = self._ledger.next_retry(member.stage.name) or now
         return claims
-
-    # -- reduces ------------------------------------------------------------------------------
-
-    def _reduce_due(self, state: StageState) -> bool:
-        return state.stage.name in self._settled and not any(
-            self.stages[a].pending or self.stages[a].running for a in state.ancestors)
-
-    def _open_reduces(self) -> None:
-        """Check each reduce once nothing above it can change; (re)open it if its input did."""
-        for name, state in self.stages.items():
-            if not state.stage.reduce or name in self._settled or state.running:
-                continue
-            if any(self.stages[a].pending or self.stages[a].running for a in state.ancestors):
-                continue
-            digest = gather_digest(self._ledger.gathered(name))
-            row = self._ledger.reduce_row(name)
-            if row is None or row[1] != digest:
-                self._ledger.open_reduce(name, name, digest)
-                state.pending = 1
-            self._settled.add(name)

@@ -20,7 +20,7 @@ from ..items import input_items
 from ..ledger.base import KeyCollision, Ledger
 from ..observe.events import EventLog
 from ..origin import origin_of
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, group_of
 from ..store import Store
 from ..validation import boundary
 from .fingerprint import fingerprints
@@ -57,7 +57,7 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
             ledger.reset_stage(name)
         else:
             ledger.drop_stage(name)
-            _reroute(pipeline, ledger, store, name, events)
+            reroute(pipeline, ledger, store, name, events)
         ledger.set_stage_fingerprint(name, fps[name])
     for name in {up for n in changed for up in pipeline[n].upstream}:
         if pipeline.routes(name):
@@ -88,25 +88,28 @@ def _watch(inputs: Iterable[Any], interrupted: Callable[[], str | None]
         yield item
 
 
-def _reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,
+def reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,
              events: EventLog) -> None:
     """Give a (re)defined stage the rows its upstreams' finished outputs route to it."""
     stage = pipeline[name]
     for up in stage.upstream:
-        # The predicate sees a value as its stage returned it (a typed stage's model),
-        # as it does in the worker that routes fresh outputs.
+        # The predicate and a group's key function see a value as its stage returned it
+        # (a typed stage's model), as they do in the worker that routes fresh outputs.
         returned = boundary(pipeline[up])
         for output_id, key, data, ref in ledger.finished_outputs(up):
-            if stage.when is not None:
+            gkey, part = None, None
+            if stage.when is not None or stage.group:
                 try:
                     value = returned.check_output(up, codec.decode(store.get(data, ref)))
-                    if not stage.when(value):
+                    if stage.when is not None and not stage.when(value):
                         continue
+                    if stage.group:
+                        gkey, part = group_of(stage.by, stage.partitions, value)
                 except Exception:
                     continue  # the producing item recorded no such route before either
             try:
-                if stage.reduce:
-                    ledger.gather(name, output_id)
+                if stage.barrier:
+                    ledger.gather(name, output_id, gkey, part)
                 else:
                     ledger.route(name, key, output_id, up)
             except KeyCollision as exc:

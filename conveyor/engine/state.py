@@ -1,24 +1,15 @@
 """The engine's in-memory view of a run: per-stage and per-group counters, the driver's cost.
 
 Counters start from the ledger and move with each claim and result, so they
-stay the size of the pipeline, never of the input. Reduces' input files and
-digests are here too: what a reduce reads, and how the engine tells that it
-changed.
+stay the size of the pipeline, never of the input.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
 
-import orjson
-
-from .. import codec, rundir
-from ..ledger.base import Ledger
 from ..pipeline import Stage
 from ..worker.runner import WorkerSpec
 from .fusion import Group
@@ -37,7 +28,7 @@ class StageState:
     wait_until: float = 0.0  # nothing claimable before (retry back-off)
     ancestors: set[str] = field(default_factory=set)
     downstream: list[str] = field(default_factory=list)
-    reduces_below: set[str] = field(default_factory=set)
+    barriers_below: set[str] = field(default_factory=set)  # reduces and groups
 
 
 @dataclass
@@ -105,23 +96,3 @@ class DriverCost:
         if service is None or self.per_row is None:
             return None
         return 1 + math.ceil(service / (self.per_row * rows_per_item))
-
-
-def write_gather_file(ledger: Ledger, run_dir: Path, name: str) -> str:
-    """Write reduce ``name``'s input, one value (or ``@ref``) per line; return its reference."""
-    ref = rundir.gather_ref(name)
-    path = run_dir / ref
-    path.parent.mkdir(exist_ok=True)
-    with open(path, "wb") as fh:
-        for row in ledger.gathered(name):
-            fh.write(b"@" + row.ref.encode() if row.ref else row.data or b"null")
-            fh.write(b"\n")
-    return ref
-
-
-def gather_digest(rows: Iterable[Any]) -> str:
-    """A digest of a reduce's input rows (keys and value digests), to tell when it changed."""
-    h = hashlib.blake2b(digest_size=16)
-    for row in rows:
-        h.update(orjson.dumps([row.key, row.digest or codec.digest(row.data or b"")]))
-    return h.hexdigest()

@@ -4,7 +4,9 @@ from .base import (
     FINISHED,
     STATUSES,
     Claim,
+    Gather,
     Gathered,
+    Grouped,
     InputReport,
     KeyCollision,
     Ledger,
@@ -17,5 +19,6 @@ from .base import (
 from .memory import MemoryLedger
 from .sqlite import SqliteLedger
 
-__all__ = ["FINISHED", "STATUSES", "Claim", "Gathered", "InputReport", "KeyCollision", "Ledger",
-           "MemoryLedger", "Output", "Record", "Refused", "SqliteLedger", "Status", "transition"]
+__all__ = ["FINISHED", "STATUSES", "Claim", "Gather", "Gathered", "Grouped", "InputReport",
+           "KeyCollision", "Ledger", "MemoryLedger", "Output", "Record", "Refused", "SqliteLedger",
+           "Status", "transition"]

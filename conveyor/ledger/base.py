@@ -79,6 +79,9 @@ class KeyCollision(LedgerError):
     """An output key that a stage already holds from the same upstream stage."""
 
 
+Gather = tuple[str, "str | None", "int | None"]  # (stage, group key, partition)
+
+
 class Claim(NamedTuple):
     """A row handed out for work: its input as the ledger recorded it."""
 
@@ -94,13 +97,14 @@ class Output(NamedTuple):
     """One value a finished row produced, and where it was routed.
 
     ``targets`` are the stages that get a new row for it; ``gathers`` the
-    reduce stages that will read it.
+    reduce and group stages that will read it, each as ``(stage, group key,
+    partition)`` (both None for a reduce).
     """
 
     key: str
     value: Stored
     targets: tuple[str, ...] = ()
-    gathers: tuple[str, ...] = ()
+    gathers: tuple[Gather, ...] = ()
 
 
 class Record(NamedTuple):
@@ -164,6 +168,17 @@ def orphan(record: Record) -> Refused:
 class Gathered(NamedTuple):
     """One value gathered for a reduce stage."""
 
+    key: str
+    digest: str | None
+    data: bytes | None
+    ref: str | None
+
+
+class Grouped(NamedTuple):
+    """One value gathered for a group stage, with its group key and partition."""
+
+    part: int
+    gkey: str
     key: str
     digest: str | None
     data: bytes | None
@@ -250,8 +265,10 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def gather(self, stage: str, output_id: int) -> None:
-        """Record that reduce ``stage`` reads an existing output."""
+    def gather(self, stage: str, output_id: int, gkey: str | None = None,
+               part: int | None = None) -> None:
+        """Record that reduce ``stage`` (or group ``stage``, under ``gkey`` in
+        partition ``part``) reads an existing output."""
 
     @abstractmethod
     def refresh_routed(self, stage: str) -> None:
@@ -312,19 +329,31 @@ class Ledger(ABC):
         """Running rows that never started go back to ``pending``; the attempt is not counted."""
 
     @abstractmethod
-    def reduce_row(self, stage: str) -> tuple[Status, str | None] | None:
-        """The status and input digest of ``stage``'s single reduce row, if it has one."""
+    def barrier_rows(self, stage: str) -> dict[str, tuple[Status, str | None]]:
+        """Status and input digest of each row of reduce or group ``stage``, by key
+        (a reduce's one row; a group's row per partition)."""
 
     @abstractmethod
-    def open_reduce(self, stage: str, key: str, input_digest: str) -> None:
-        """Create ``stage``'s reduce row as pending for ``input_digest``, or reset it.
+    def open_barrier(self, stage: str, key: str, input_digest: str) -> None:
+        """Create row ``key`` of a reduce or group ``stage`` as pending for
+        ``input_digest``, or reset it.
 
-        A reset removes the previous output and what was derived from it.
+        A reset removes the previous outputs and what was derived from them.
         """
+
+    @abstractmethod
+    def close_barrier(self, stage: str, key: str) -> None:
+        """Remove row ``key`` of a group ``stage`` (its partition has no values any
+        more), with its outputs and what was derived from them."""
 
     @abstractmethod
     def gathered(self, stage: str) -> Iterator[Gathered]:
         """The values gathered for reduce ``stage``, by key (a stable order)."""
+
+    @abstractmethod
+    def grouped(self, stage: str) -> Iterator[Grouped]:
+        """The values gathered for group ``stage``, by partition, group key and
+        item key (a stable order)."""
 
     @abstractmethod
     def commit(self) -> None:

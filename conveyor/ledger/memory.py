@@ -16,6 +16,7 @@ from .base import (
     FINISHED,
     Claim,
     Gathered,
+    Grouped,
     InputReport,
     KeyCollision,
     Ledger,
@@ -38,7 +39,8 @@ class MemoryLedger(Ledger):
         self._outputs: dict[int, dict[str, Any]] = {}
         self._outputs_of: dict[int, list[int]] = {}  # item id -> its output ids
         self._consumers: dict[int, set[int]] = {}  # output id -> rows reading it
-        self._gathers: dict[str, set[int]] = {}  # reduce stage -> output ids
+        # reduce or group stage -> output id -> (group key, partition), None for a reduce
+        self._gathers: dict[str, dict[int, tuple[str | None, int | None]]] = {}
         self._ids = itertools.count(1)
 
     # -- metadata ---------------------------------------------------------------------
@@ -96,7 +98,7 @@ class MemoryLedger(Ledger):
             self._outputs_of[out["item_id"]].remove(output_id)
         self._consumers.pop(output_id, None)
         for ids in self._gathers.values():
-            ids.discard(output_id)
+            ids.pop(output_id, None)
 
     def _drop_derived(self, item_ids: Iterable[int]) -> None:
         """Remove the outputs of ``item_ids`` and every row and value derived from them."""
@@ -199,8 +201,9 @@ class MemoryLedger(Ledger):
             f"stage {target!r} already has an item keyed {key!r} from stage {source!r}; "
             f"yield conveyor.Item(key, value) with distinct keys")
 
-    def gather(self, stage: str, output_id: int) -> None:
-        self._gathers.setdefault(stage, set()).add(output_id)
+    def gather(self, stage: str, output_id: int, gkey: str | None = None,
+               part: int | None = None) -> None:
+        self._gathers.setdefault(stage, {}).setdefault(output_id, (gkey, part))
 
     def refresh_routed(self, stage: str) -> None:
         for row in self._stage_rows(stage):
@@ -274,8 +277,8 @@ class MemoryLedger(Ledger):
                         made[(target, out.key)] = self._route(
                             target, out.key, output_id, row["stage"],
                             fused.get((target, out.key)), worker)
-                    for reduce in out.gathers:
-                        self.gather(reduce, output_id)
+                    for stage, gkey, part in out.gathers:
+                        self.gather(stage, output_id, gkey, part)
             except KeyCollision as exc:
                 for output_id in outputs:
                     for row_id in list(self._consumers.get(output_id, ())):
@@ -298,25 +301,41 @@ class MemoryLedger(Ledger):
             transition(row["status"], Status.PENDING)
             row.update(status=Status.PENDING, attempts=max(row["attempts"] - 1, 0), worker=None)
 
-    def reduce_row(self, stage: str) -> tuple[Status, str | None] | None:
-        for row in self._stage_rows(stage):
-            return row["status"], row["input_digest"]
-        return None
+    def barrier_rows(self, stage: str) -> dict[str, tuple[Status, str | None]]:
+        return {r["key"]: (r["status"], r["input_digest"]) for r in self._stage_rows(stage)}
 
-    def open_reduce(self, stage: str, key: str, input_digest: str) -> None:
-        for row in self._stage_rows(stage):
-            if row["status"] is not Status.PENDING:
-                transition(row["status"], Status.PENDING)
-            self._drop_derived([row["id"]])
-            self._reset(row)
-            row["input_digest"] = input_digest
+    def open_barrier(self, stage: str, key: str, input_digest: str) -> None:
+        row_id = self._by_key.get((stage, key))
+        if row_id is None:
+            self._new_row(stage, key, None, input_digest)
             return
-        self._new_row(stage, key, None, input_digest)
+        row = self._rows[row_id]
+        if row["status"] is not Status.PENDING:
+            transition(row["status"], Status.PENDING)
+        self._drop_derived([row_id])
+        self._reset(row)
+        row["input_digest"] = input_digest
+
+    def close_barrier(self, stage: str, key: str) -> None:
+        row_id = self._by_key.get((stage, key))
+        if row_id is not None:
+            self._drop_derived([row_id])
+            self._delete_row(row_id)
 
     def gathered(self, stage: str) -> Iterator[Gathered]:
-        outs = sorted((self._outputs[o] for o in self._gathers.get(stage, ())),
+        outs = sorted((self._outputs[o] for o in self._gathers.get(stage, {})),
                       key=lambda o: (o["key"], o["id"]))
         return iter([Gathered(o["key"], o["digest"], o["data"], o["ref"]) for o in outs])
+
+    def grouped(self, stage: str) -> Iterator[Grouped]:
+        rows = []
+        for output_id, (gkey, part) in self._gathers.get(stage, {}).items():
+            if part is None or gkey is None:
+                continue
+            o = self._outputs[output_id]
+            rows.append(Grouped(part, gkey, o["key"], o["digest"], o["data"], o["ref"]))
+        rows.sort(key=lambda g: (g.part, g.gkey, g.key))
+        return iter(rows)
 
     def commit(self) -> None:
         pass  # nothing to make durable

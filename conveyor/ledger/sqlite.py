@@ -11,7 +11,8 @@ Tables::
              (input_id), and its output when it has exactly one (out_*)
     outputs  the other values: run inputs (item_id NULL) and the outputs of
              rows that produced none or several
-    gathers  (reduce stage, value id): the values a reduce will read
+    gathers  (stage, value id[, group key, partition]): the values a reduce or a
+             group stage will read
     stages   the fingerprint each stage last ran with
     meta     run-level facts (pipeline name, stage order, schema version)
 
@@ -40,6 +41,7 @@ from . import sql
 from .base import (
     Claim,
     Gathered,
+    Grouped,
     InputReport,
     KeyCollision,
     Ledger,
@@ -72,6 +74,7 @@ class SqliteLedger(Ledger):
             if not readonly:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
+                self._migrate()
                 self._db.executescript(sql.SCHEMA)
                 version = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
                 if version is None:
@@ -86,6 +89,18 @@ class SqliteLedger(Ledger):
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
         self._in_tx = False
+
+    def _migrate(self) -> None:
+        """Bring a ledger an older conveyor wrote to this schema, in one transaction."""
+        db = self._db
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+            return  # a new ledger
+        version = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        while version is not None and version[0] in sql.MIGRATIONS:
+            db.executescript(f"BEGIN; {sql.MIGRATIONS[version[0]]} "
+                             f"UPDATE meta SET value='{int(version[0]) + 1}' "
+                             f"WHERE name='schema'; COMMIT;")
+            version = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
 
     # -- transactions ----------------------------------------------------------
 
@@ -319,8 +334,10 @@ class SqliteLedger(Ledger):
         self._write()
         self._route(target, key, output_id, source, None)
 
-    def gather(self, stage: str, output_id: int) -> None:
-        self._write().execute("INSERT OR IGNORE INTO gathers VALUES(?, ?)", (stage, output_id))
+    def gather(self, stage: str, output_id: int, gkey: str | None = None,
+               part: int | None = None) -> None:
+        self._write().execute(sql.INSERT_GATHER.replace("INSERT", "INSERT OR IGNORE", 1),
+                              (stage, output_id, gkey, part))
 
     def refresh_routed(self, stage: str) -> None:
         taken = ("EXISTS (SELECT 1 FROM items d WHERE d.input_id = {v}) OR "
@@ -438,7 +455,7 @@ class SqliteLedger(Ledger):
                                                   child.attempt, value_id,
                                                   child.worker or worker, child.started,
                                                   child.ended, *plain))
-                batch.gathers.extend((g, value_id) for g in out.gathers)
+                batch.gathers.extend((g, value_id, gkey, part) for g, gkey, part in out.gathers)
         db = self._db
         db.executemany(sql.UPDATE_ITEM, batch.updates)
         db.executemany(sql.UPDATE_PLAIN, batch.plain_updates)
@@ -446,7 +463,7 @@ class SqliteLedger(Ledger):
         db.executemany(sql.INSERT_ITEM, batch.items)
         db.executemany(sql.INSERT_PLAIN, batch.plain_items)
         db.executemany(sql.INSERT_PENDING, batch.pending_items)
-        db.executemany("INSERT INTO gathers VALUES(?, ?)", batch.gathers)
+        db.executemany(sql.INSERT_GATHER, batch.gathers)
 
     def _apply_each(self, records: list[Record], existing: dict[int, str],
                     worker: str | None) -> list[Refused]:
@@ -479,8 +496,8 @@ class SqliteLedger(Ledger):
                         made[(target, out.key)] = self._route(
                             target, out.key, value_id, source, fused.get((target, out.key)),
                             worker)
-                    db.executemany("INSERT OR IGNORE INTO gathers VALUES(?, ?)",
-                                   ((g, value_id) for g in out.gathers))
+                    db.executemany(sql.INSERT_GATHER.replace("INSERT", "INSERT OR IGNORE", 1),
+                                   ((g, value_id, gkey, part) for g, gkey, part in out.gathers))
             except KeyCollision as exc:
                 db.execute("ROLLBACK TO one")
                 db.execute("RELEASE one")
@@ -523,16 +540,16 @@ class SqliteLedger(Ledger):
             db.execute(f"UPDATE items SET status='pending', attempts=max(attempts-1, 0), "
                        f"worker=NULL WHERE id IN ({sql.marks(len(chunk))})", chunk)
 
-    # -- reduce ---------------------------------------------------------------------
+    # -- reduces and groups ----------------------------------------------------------
 
-    def reduce_row(self, stage: str) -> tuple[Status, str | None] | None:
-        row = self._db.execute("SELECT status, input_digest FROM items WHERE stage=?",
-                               (stage,)).fetchone()
-        return (Status(row[0]), row[1]) if row else None
+    def barrier_rows(self, stage: str) -> dict[str, tuple[Status, str | None]]:
+        return {key: (Status(status), digest) for key, status, digest in self._db.execute(
+            "SELECT key, status, input_digest FROM items WHERE stage=?", (stage,))}
 
-    def open_reduce(self, stage: str, key: str, input_digest: str) -> None:
+    def open_barrier(self, stage: str, key: str, input_digest: str) -> None:
         db = self._write()
-        row = db.execute("SELECT id, status FROM items WHERE stage=?", (stage,)).fetchone()
+        row = db.execute("SELECT id, status FROM items WHERE stage=? AND key=?",
+                         (stage, key)).fetchone()
         if row is None:
             db.execute("INSERT INTO items(stage, key, status, input_digest) "
                        "VALUES(?, ?, 'pending', ?)", (stage, key, input_digest))
@@ -542,6 +559,24 @@ class SqliteLedger(Ledger):
         self._drop_derived([row[0]])
         db.execute("UPDATE items SET status='pending', attempts=0, input_digest=?, error=NULL, "
                    "traceback=NULL, not_before=NULL WHERE id=?", (input_digest, row[0]))
+
+    def close_barrier(self, stage: str, key: str) -> None:
+        db = self._write()
+        row = db.execute("SELECT id FROM items WHERE stage=? AND key=?", (stage, key)).fetchone()
+        if row is not None:
+            self._drop_derived([row[0]])
+            db.execute("DELETE FROM items WHERE id=?", (row[0],))
+
+    def grouped(self, stage: str) -> Iterator[Grouped]:
+        col = "g.value_id"
+        cur = self._db.execute(
+            f"SELECT g.part, g.gkey, coalesce(p.out_key, p.key, o.key), "
+            f"coalesce(p.out_digest, o.digest), {sql.VALUE_DATA.format(col=col)}, "
+            f"{sql.VALUE_REF.format(col=col)} FROM gathers g {sql.VALUE_JOIN.format(col=col)} "
+            f"WHERE g.stage=? AND g.part IS NOT NULL ORDER BY g.part, g.gkey, 3, g.value_id",
+            (stage,))
+        for row in cur:
+            yield Grouped(*row)
 
     def gathered(self, stage: str) -> Iterator[Gathered]:
         col = "g.value_id"

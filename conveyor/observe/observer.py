@@ -43,7 +43,8 @@ class Observer:
         self.console = console or Console(stderr=True)
         names = list(pipeline.stages)
         self.metrics = RunMetrics(names)
-        self.model = ProgressModel(names) if progress else None
+        groups = {name: f"{name} (partitions)" for name, s in pipeline.stages.items() if s.group}
+        self.model = ProgressModel(names, labels=groups) if progress else None
         self.view = ProgressView(self.model, self.console) if self.model else None
         self._base: dict[str, dict[str, int]] = {}  # counts before this run started
         self._busy: dict[str, float] = {}
@@ -93,6 +94,11 @@ class Observer:
         for (stage, _, _), n in calls.items():
             self.metrics.batch(stage, n)
         self.metrics.items(records, calls)
+
+    def spilled(self, stage: str, size: int) -> None:
+        """A group stage wrote ``size`` bytes of partition files."""
+        if self.model is not None:
+            self.model.stages[stage].label = f"{stage} (partitions, {format_size(size)} spilled)"
 
     def worker_started(self, worker_id: int, group: str, pid: int | None) -> None:
         self.metrics.worker(worker_id, group, pid)

@@ -31,6 +31,7 @@ class StageProgress:
     """One stage as the views show it."""
 
     name: str
+    label: str = ""  # how the views name it (a group's items are its partitions)
     done: int = 0
     pending: int = 0
     running: int = 0
@@ -63,9 +64,11 @@ class StageProgress:
 class ProgressModel:
     """Per-stage progress and the machine's use; see the module docstring."""
 
-    def __init__(self, stages: list[str], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stages: list[str], clock: Callable[[], float] = time.monotonic,
+                 labels: dict[str, str] | None = None) -> None:
         self.clock = clock
-        self.stages = {name: StageProgress(name) for name in stages}
+        self.stages = {name: StageProgress(name, (labels or {}).get(name, name))
+                       for name in stages}
         self.machine: dict[str, float] = {}
         self.started = clock()
 
@@ -113,7 +116,7 @@ def render_table(model: ProgressModel) -> Table:
                    "busy"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in model.stages.values():
-        table.add_row(s.name, f"{s.done}/{s.total}", str(s.running),
+        table.add_row(s.label, f"{s.done}/{s.total}", str(s.running),
                       f"[red]{s.failed}[/]" if s.failed else "0", _rate(s.rate()),
                       _duration(s.eta()), str(s.workers),
                       "-" if s.busy is None else f"{s.busy:.0%}")
@@ -136,7 +139,7 @@ def plain_lines(model: ProgressModel) -> list[str]:
     """The model as plain text, one line per stage (for logs and CI)."""
     lines = []
     for s in model.stages.values():
-        lines.append(f"[{_duration(model.elapsed())}] {s.name}: {s.done}/{s.total} done, "
+        lines.append(f"[{_duration(model.elapsed())}] {s.label}: {s.done}/{s.total} done, "
                      f"{s.running} running, {s.failed} failed, {_rate(s.rate())} items/s, "
                      f"ETA {_duration(s.eta())}, {s.workers} workers")
     machine = _machine(model)

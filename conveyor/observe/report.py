@@ -60,6 +60,7 @@ class StageSummary:
     mean_batch: float | None = None
     queued_share: float = 0.0  # share of ticks with items waiting for it
     cost: float = 0.0
+    spilled: int | None = None  # a group's bytes in partition files
 
     @property
     def utilisation(self) -> float:
@@ -116,6 +117,7 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
     with RunResult(run_dir) as result:
         counts = result.counts
         failures = result.failures()
+        spilled = result.spilled
     specs = {s["name"]: s for s in start_event.get("stages", [])}
     group_of = {stage: w.group for w in workers for stage in w.group.split("+")}
     stages = []
@@ -124,7 +126,8 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
         s = StageSummary(name, group_of.get(name, name), specs.get(name, {}),
                          done=c.get("done", 0) + c.get("routed-out", 0),
                          failed=c.get("failed", 0), routed_out=c.get("routed-out", 0),
-                         pending=c.get("pending", 0) + c.get("running", 0))
+                         pending=c.get("pending", 0) + c.get("running", 0),
+                         spilled=spilled.get(name))
         s.busy = sum(t["stages"].get(name, {}).get("busy", 0.0) for t in ticks)
         s.alive = sum(w.end - w.start for w in workers if w.group == s.group)
         done_here = max((t["stages"].get(name, {}).get("done", 0) for t in ticks), default=0)
@@ -278,8 +281,10 @@ def render(a: Analysis) -> str:
     for s in a.stages:
         mean = f"{s.busy / s.done * 1000:.1f} ms" if s.done and s.busy else "-"
         per_k = _money(s.cost / s.done * 1000) if s.done else "-"
+        label = escape(s.name) if s.spilled is None else (
+            f"{escape(s.name)} <small>(partitions; {format_size(s.spilled)} spilled)</small>")
         summary.append(
-            f"<tr><td>{escape(s.name)}</td><td class=n>{s.done}</td><td class=n>{s.failed}</td>"
+            f"<tr><td>{label}</td><td class=n>{s.done}</td><td class=n>{s.failed}</td>"
             f"<td class=n>{s.routed_out}</td><td class=n>{s.rate:.2f}</td>"
             f"<td class=n>{mean}</td><td class=n>{s.utilisation:.0%}</td>"
             f"<td class=n>{_money(s.cost)}</td><td class=n>{per_k}</td></tr>")
@@ -367,7 +372,7 @@ def summary_json(a: Analysis) -> dict[str, Any]:
             "cost_per_1000": a.total_cost / a.items_in * 1000 if a.items_in else None,
             "stages": [
                 {"stage": s.name, "done": s.done, "failed": s.failed, "busy": round(s.busy, 3),
-                 "utilisation": round(s.utilisation, 3), "cost": s.cost,
+                 "utilisation": round(s.utilisation, 3), "cost": s.cost, "spilled": s.spilled,
                  "cost_per_1000": s.cost / s.done * 1000 if s.done else None}
                 for s in a.stages]}
 

@@ -117,10 +117,12 @@ class Service(FrontEnd):
                  budget: Budget | None = None, run_dir: str | Path | None = None,
                  max_queue: int = 1000, prices: dict[str, float] | None = None) -> None:
         pipeline.validate()
-        reduces = [s.name for s in pipeline.stages.values() if s.reduce]
-        if reduces:
-            raise PipelineError(f"stage {reduces[0]!r} is a reduce: it runs once over a whole "
-                                f"run, not per request, so this pipeline cannot be served")
+        whole = [s for s in pipeline.stages.values() if s.barrier or s.side]
+        if whole:
+            what = ("a reduce" if whole[0].reduce else "a group" if whole[0].group
+                    else "a reader of side inputs")
+            raise PipelineError(f"stage {whole[0].name!r} is {what}: it needs a whole run, "
+                                f"not one request, so this pipeline cannot be served")
         self._tmp = None if run_dir else tempfile.TemporaryDirectory(prefix="conveyor-serve-")
         budget = budget or Budget.detect()
         self.pipeline = pipeline

@@ -12,6 +12,7 @@ the chain is carried straight into it, and its outcome follows its parent's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import traceback
@@ -19,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
+import orjson
+
 from .. import codec
 from ..context import Context, activate, deactivate
 from ..envs import EnvSpec
 from ..errors import StageContractError
 from ..items import Item, check_key
-from ..ledger.base import Claim, Output, Record, Status
-from ..pipeline import Route, Stage
+from ..ledger.base import Claim, Gather, Output, Record, Status
+from ..pipeline import Route, Stage, group_of
 from ..store import INLINE_LIMIT, Store
 from ..validation import ValidationFailed, boundary
+from .sides import Sides
 
 DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
 
@@ -38,6 +42,7 @@ class StageSpec:
 
     stage: Stage
     routes: tuple[Route, ...]
+    sides: tuple[tuple[str, bool], ...] = ()  # (side stage, whether it is a reduce)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,17 @@ class Loaded(NamedTuple):
     size: int = 0  # bytes of the encoded input
 
 
+_NO_KEY = object()
+
+
+class KeyFailed(Exception):
+    """A group's call for one key raised; the partition fails naming the key."""
+
+    def __init__(self, message: str, tb: str) -> None:
+        super().__init__(message)
+        self.traceback = tb
+
+
 class RoutingError(Exception):
     """A downstream ``when=`` predicate raised on this item's output."""
 
@@ -96,6 +112,7 @@ class StageRunner:
         self._takes_ctx = self.stage.takes_ctx  # inspected once, not per item
         self._is_generator = self.stage.is_generator
         self.boundary = boundary(self.stage)
+        self.sides = Sides(run_dir, store, dict(spec.sides)) if spec.sides else None
 
     def setup(self) -> None:
         """Instantiate a class stage and run its ``setup()``; once per worker."""
@@ -110,7 +127,7 @@ class StageRunner:
 
     def load(self, task: Claim) -> Loaded:
         """Read and decode a task's input (a prefetch thread calls this ahead of time)."""
-        if self.stage.reduce:
+        if self.stage.barrier:  # reads its file when called
             return Loaded(task, None, None)
         try:
             data = self.store.get(task.data, task.ref)
@@ -120,10 +137,12 @@ class StageRunner:
 
     def _context(self, keys: list[str], attempt: int) -> Context:
         return Context(self.stage.name, keys, attempt, self.stage.resources, self.store,
-                       self.logger)
+                       self.logger, self.sides)
 
-    def _invoke(self, arg: Any, ctx: Context) -> Any:
+    def _invoke(self, arg: Any, ctx: Context, key: Any = _NO_KEY) -> Any:
         args = (arg, ctx) if self._takes_ctx else (arg,)
+        if key is not _NO_KEY:  # a group's call: fn(key, values[, ctx])
+            args = (key, *args)
         token = activate(ctx)
         try:
             result = self._call(*args)
@@ -149,6 +168,8 @@ class StageRunner:
             ctx = self._context([task.key], task.attempt)
             if self.stage.reduce:
                 produced = [_keyed(task.key, self._invoke(self._gathered(task), ctx))]
+            elif self.stage.group:
+                produced = self._call_groups(task)
             else:
                 value = self.boundary.check_input(self.stage.name, item.value)
                 if self._is_generator:
@@ -161,6 +182,8 @@ class StageRunner:
             return self._record(task, FAILED, [], str(exc), None, started, fatal=True)
         except ValidationFailed as exc:
             return self._record(task, FAILED, [], str(exc), None, started, retryable=False)
+        except KeyFailed as exc:
+            return self._record(task, FAILED, [], str(exc), exc.traceback, started)
         except Exception as exc:
             return self._record(task, FAILED, [], _describe(exc), traceback.format_exc(), started)
         return self._record(task, status, outputs, None, None, started)
@@ -232,14 +255,42 @@ class StageRunner:
                                             ended=ended))
         return records
 
+    def _call_groups(self, task: Claim) -> list[tuple[str, Any]]:
+        """A group's partition: the stage called once per key, over that key's values."""
+        produced: list[tuple[str, Any]] = []
+        for gkey, values in self._grouped(task):
+            ctx = self._context([gkey], task.attempt)
+            try:
+                result = self._invoke(values, ctx, key=gkey)
+            except Exception as exc:
+                raise KeyFailed(f"key {gkey!r}: {_describe(exc)}", traceback.format_exc()) from exc
+            if self._is_generator:
+                produced.extend(_keyed(f"{gkey}/{i}", v) for i, v in enumerate(result))
+            else:
+                produced.append(_keyed(gkey, result))
+        return produced
+
+    def _grouped(self, task: Claim) -> Iterator[tuple[str, Iterator[Any]]]:
+        """A partition file's keys, each with an iterator over its values (in order)."""
+        assert task.ref is not None
+        with open(Path(self.run_dir) / task.ref, "rb") as fh:
+            rows = (line.rstrip(b"\n").split(b"\t", 1) for line in fh)
+            for gkey, same in itertools.groupby(rows, key=lambda row: row[0]):
+                yield orjson.loads(gkey), (self._value(data) for _, data in same)
+
+    def _value(self, data: bytes) -> Any:
+        """A value as a gather file holds it: inline, or ``@ref``."""
+        if data.startswith(b"@"):
+            data = self.store.get(None, data[1:].decode())
+        return codec.decode(data)
+
     def _gathered(self, task: Claim) -> Iterator[Any]:
         """A reduce's input: the gather file the driver wrote, one value per line."""
         assert task.ref is not None
         with open(Path(self.run_dir) / task.ref, "rb") as fh:
             for line in fh:
-                line = line.rstrip(b"\n")
-                data = self.store.get(None, line[1:].decode()) if line.startswith(b"@") else line
-                yield self.boundary.check_input(self.stage.name, codec.decode(data))
+                yield self.boundary.check_input(self.stage.name,
+                                                self._value(line.rstrip(b"\n")))
 
     def _outputs(self, produced: Iterable[tuple[str, Any]], key: str
                  ) -> tuple[list[Output], Status]:
@@ -258,17 +309,28 @@ class StageRunner:
         routed_out = bool(self.routes) and bool(outputs) and not taken
         return outputs, ROUTED_OUT if routed_out else DONE
 
-    def _route(self, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _route(self, value: Any) -> tuple[tuple[str, ...], tuple[Gather, ...]]:
         targets: list[str] = []
-        gathers: list[str] = []
+        gathers: list[Gather] = []
         for route in self.routes:
             try:
                 accepted = route.when is None or bool(route.when(value))
             except Exception as exc:
                 raise RoutingError(f"the when= predicate of stage {route.stage!r} raised "
                                    f"{_describe(exc)}") from exc
-            if accepted:
-                (gathers if route.reduce else targets).append(route.stage)
+            if not accepted:
+                continue
+            if route.by is not None:
+                try:
+                    gkey, part = group_of(route.by, route.partitions, value)
+                except Exception as exc:
+                    raise RoutingError(f"the key function (by=) of group {route.stage!r} "
+                                       f"raised {_describe(exc)}") from exc
+                gathers.append((route.stage, gkey, part))
+            elif route.reduce:
+                gathers.append((route.stage, None, None))
+            else:
+                targets.append(route.stage)
         return tuple(targets), tuple(gathers)
 
 
