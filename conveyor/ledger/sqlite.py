@@ -27,21 +27,22 @@ itself, and the queue of pending rows is a partial index that holds pending
 rows only, so finishing a row touches no queue index. A batch whose keys
 collide (a diamond's second arrival, a real collision) is rolled back and
 replayed one record at a time, each under its own savepoint.
+
+The statements are in :mod:`.sql`; the queries that only read (views,
+reruns, barriers) in :mod:`.sqlite_reads`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from ..errors import IllegalTransition, LedgerError
 from ..store import Stored
 from . import sql
 from .base import (
     Claim,
-    Gathered,
-    Grouped,
     InputReport,
     KeyCollision,
     Ledger,
@@ -51,9 +52,10 @@ from .base import (
     orphan,
     transition,
 )
+from .sqlite_reads import SqliteReads
 
 
-class SqliteLedger(Ledger):
+class SqliteLedger(SqliteReads, Ledger):
     """A ledger in one SQLite file. ``readonly=True`` opens it for viewing only."""
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
@@ -298,38 +300,6 @@ class SqliteLedger(Ledger):
         db.execute("DELETE FROM outputs WHERE id IN (SELECT id FROM temp.doomed_values)")
         db.executemany(f"UPDATE items SET {sql.CLEAR_OUTPUT} WHERE id=?", ((i,) for i in item_ids))
 
-    def finished_outputs(self, stage: str
-                         ) -> Iterator[tuple[int, str, bytes | None, str | None]]:
-        for row in self._stage_outputs(stage):
-            yield row[0], row[1], row[2], row[3]
-
-    def _stage_outputs(self, stage: str) -> Iterator[tuple[int, str, bytes | None, str | None]]:
-        """(value id, key, data, ref) of ``stage``'s finished rows' outputs, by row key.
-
-        In pages of rows, so the caller may write between them.
-        """
-        last = ""
-        while True:
-            rows = self._db.execute(
-                "SELECT id, key, n_out, coalesce(out_key, key), out_data, out_ref FROM items "
-                "WHERE stage=? AND key > ? AND status IN ('done', 'routed-out') "
-                "ORDER BY key LIMIT 500", (stage, last)).fetchall()
-            if not rows:
-                return
-            many = [r[0] for r in rows if r[2] != 1]
-            table: dict[int, list[tuple[int, str, bytes | None, str | None]]] = {}
-            if many:
-                for oid, item_id, key, data, ref in self._db.execute(
-                        f"SELECT id, item_id, key, data, ref FROM outputs "
-                        f"WHERE item_id IN ({sql.marks(len(many))}) ORDER BY item_id, seq", many):
-                    table.setdefault(item_id, []).append((oid, key, data, ref))
-            for row_id, _, n_out, out_key, data, ref in rows:
-                if n_out == 1:
-                    yield -row_id, out_key, data, ref
-                else:
-                    yield from table.get(row_id, [])
-            last = rows[-1][1]
-
     def route(self, target: str, key: str, output_id: int, source: str) -> None:
         self._write()
         self._route(target, key, output_id, source, None)
@@ -542,10 +512,6 @@ class SqliteLedger(Ledger):
 
     # -- reduces and groups ----------------------------------------------------------
 
-    def barrier_rows(self, stage: str) -> dict[str, tuple[Status, str | None]]:
-        return {key: (Status(status), digest) for key, status, digest in self._db.execute(
-            "SELECT key, status, input_digest FROM items WHERE stage=?", (stage,))}
-
     def open_barrier(self, stage: str, key: str, input_digest: str) -> None:
         db = self._write()
         row = db.execute("SELECT id, status FROM items WHERE stage=? AND key=?",
@@ -567,66 +533,3 @@ class SqliteLedger(Ledger):
             self._drop_derived([row[0]])
             db.execute("DELETE FROM items WHERE id=?", (row[0],))
 
-    def grouped(self, stage: str) -> Iterator[Grouped]:
-        col = "g.value_id"
-        cur = self._db.execute(
-            f"SELECT g.part, g.gkey, coalesce(p.out_key, p.key, o.key), "
-            f"coalesce(p.out_digest, o.digest), {sql.VALUE_DATA.format(col=col)}, "
-            f"{sql.VALUE_REF.format(col=col)} FROM gathers g {sql.VALUE_JOIN.format(col=col)} "
-            f"WHERE g.stage=? AND g.part IS NOT NULL ORDER BY g.part, g.gkey, 3, g.value_id",
-            (stage,))
-        for row in cur:
-            yield Grouped(*row)
-
-    def gathered(self, stage: str) -> Iterator[Gathered]:
-        col = "g.value_id"
-        cur = self._db.execute(
-            f"SELECT coalesce(p.out_key, p.key, o.key), coalesce(p.out_digest, o.digest), "
-            f"{sql.VALUE_DATA.format(col=col)}, {sql.VALUE_REF.format(col=col)} FROM gathers g "
-            f"{sql.VALUE_JOIN.format(col=col)} WHERE g.stage=? ORDER BY 1, g.value_id", (stage,))
-        for row in cur:
-            yield Gathered(*row)
-
-    # -- reading ----------------------------------------------------------------------
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
-        for stage, status, n in self._db.execute(
-                "SELECT stage, status, count(*) FROM items GROUP BY stage, status"):
-            counts.setdefault(stage, {})[status] = n
-        return counts
-
-    def pending_counts(self) -> dict[str, int]:
-        return dict(self._db.execute(
-            "SELECT stage, count(*) FROM items WHERE status='pending' GROUP BY stage"))
-
-    def next_retry(self, stage: str) -> float | None:
-        return self._db.execute(
-            "SELECT min(not_before) FROM items WHERE stage=? AND status='pending'",
-            (stage,)).fetchone()[0]
-
-    def failures(self, stage: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT stage, key, error, traceback, attempts FROM items "
-               "WHERE status='failed'")
-        params: tuple[str, ...] = ()
-        if stage is not None:
-            sql += " AND stage=?"
-            params = (stage,)
-        cols = ("stage", "key", "error", "traceback", "attempts")
-        return [dict(zip(cols, row)) for row in self._db.execute(sql + " ORDER BY stage, key",
-                                                                  params)]
-
-    def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        for _, key, data, ref in self._stage_outputs(stage):
-            yield key, data, ref
-
-    def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
-        cols = ("id", "stage", "key", "status", "attempts", "input_digest", "error", "worker",
-                "started", "ended")
-        sql = f"SELECT {', '.join(cols)} FROM items"
-        params: tuple[str, ...] = ()
-        if stage is not None:
-            sql += " WHERE stage=?"
-            params = (stage,)
-        for row in self._db.execute(sql + " ORDER BY id", params):
-            yield dict(zip(cols, row))
