@@ -313,6 +313,31 @@ def test_queues_between_stages_are_bounded(run_dir, tmp_path, monkeypatch):
     assert max(backlog) == 20, max(backlog)
 
 
+def test_fast_stages_with_large_values_keep_both_pipes_moving(run_dir):
+    """A fast stage's window grows to hundreds of tasks; with values of a few KiB the
+    tasks sent and the results coming back each fill a pipe. The worker must keep
+    receiving while its main thread waits to send results (the driver, blocked
+    sending, reads nothing): before the reader and the loader were two threads, this
+    run stopped for good at about 2,000 items."""
+    pipe = Pipeline("large-fast")
+
+    @pipe.stage(cpus=0.5)
+    def first(v):
+        return v
+
+    @pipe.stage(after=first, cpus=0.5)
+    def second(v):
+        return {"n": v["n"], "sig": list(range(v["n"] % 7, 160)), "text": v["text"]}
+
+    items = [Item(f"k{i:05d}", {"n": i, "text": f"{i:05d}" * 800}) for i in range(4000)]
+    result = pipe.run(items, run_dir=run_dir, cpus=2)
+    assert result.ok, result.failures()
+    outputs = dict(result.outputs("second"))
+    assert len(outputs) == 4000
+    assert all(v["text"] == f"{v['n']:05d}" * 800 and v["sig"][0] == v["n"] % 7
+               for v in outputs.values())
+
+
 def _events(run_dir, name):
     return [e for e in read_events(run_dir) if e["event"] == name]
 

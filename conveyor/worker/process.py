@@ -3,6 +3,9 @@
 ::
 
     driver ──(INIT, spec) (TASKS, [...]) (STOP,)──▶ socket ──▶ reader thread
+                                                                 │ receives at once
+                                                                 ▼
+                                                             loader thread
                                                                  │ decodes inputs
                                                                  ▼ ahead of time
     driver ◀──(READY,) (RESULTS, [...]) (SETUP_FAILED, ...)──── main thread
@@ -15,9 +18,12 @@ tasks from the inbox (noting in a small shared-memory *slot* which task it is
 on, which the driver reads if the worker dies, so the right task is blamed),
 calls the stage (assembling batches for batch stages, flushed after a short
 deadline when input runs dry) and sends outcomes back in
-chunks. The reader thread is the prefetcher: while the stage computes, it
-receives the next tasks and reads and decodes their inputs, so a GPU stage
-never waits for deserialisation. Thread counts and ``CUDA_VISIBLE_DEVICES``
+chunks. The loader thread is the prefetcher: while the stage computes, it
+reads and decodes the next tasks' inputs, so a GPU stage never waits for
+deserialisation. The reader thread only receives, whatever the inbox holds:
+a driver blocked sending tasks to this worker cannot read its results, so a
+reader that waited for room while the main thread waited to send results
+would stop both for good (the driver bounds what it sends by its window). Thread counts and ``CUDA_VISIBLE_DEVICES``
 are set in the environment by the driver before this process starts (see
 :func:`~conveyor.worker.protocol.pinned_env`), so native libraries see them
 when they load.
@@ -97,11 +103,11 @@ class _Inbox:
 
 
 class _Reader(threading.Thread):
-    """Receives messages and decodes task inputs ahead of the main thread."""
+    """Receives messages as they arrive; tasks go to the loader as they are."""
 
-    def __init__(self, conn: Connection, inbox: _Inbox, runner: Any) -> None:
-        super().__init__(name="conveyor-prefetch", daemon=True)
-        self.conn, self.inbox, self.runner = conn, inbox, runner
+    def __init__(self, conn: Connection, received: queue.SimpleQueue) -> None:
+        super().__init__(name="conveyor-reader", daemon=True)
+        self.conn, self.received = conn, received
 
     def run(self) -> None:
         try:
@@ -109,19 +115,34 @@ class _Reader(threading.Thread):
                 msg = self.conn.recv()
                 if msg[0] == TASKS:
                     for task in msg[1]:
-                        loaded = self.runner.load(Claim._make(task))
-                        self.inbox.put(loaded, loaded.size)
+                        self.received.put(task)
                 elif msg[0] == STOP:
                     break
         except (EOFError, OSError):
             pass  # the driver is gone: stop after the work in hand
+        self.received.put(None)
+
+
+class _Loader(threading.Thread):
+    """Decodes received tasks' inputs ahead of the main thread, into the bounded inbox."""
+
+    def __init__(self, received: queue.SimpleQueue, inbox: _Inbox, runner: Any) -> None:
+        super().__init__(name="conveyor-prefetch", daemon=True)
+        self.received, self.inbox, self.runner = received, inbox, runner
+
+    def run(self) -> None:
+        while (task := self.received.get()) is not None:
+            loaded = self.runner.load(Claim._make(task))
+            self.inbox.put(loaded, loaded.size)
         self.inbox.put(None)
 
 
 def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
     inbox = _Inbox(max(PREFETCH_ITEMS, 2 * runner.batch_size), PREFETCH_BYTES)
-    _Reader(conn, inbox, runner).start()
+    received: queue.SimpleQueue = queue.SimpleQueue()
+    _Reader(conn, received).start()
+    _Loader(received, inbox, runner).start()
     batch = runner.batch_size
     pending: list[Any] = []
     outcomes: list[Any] = []
