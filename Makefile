@@ -1,5 +1,6 @@
 # The two commands a newcomer runs (see README.md):
-#   make demo   create .venv, install, run the document pipeline on a generated sample corpus
+#   make demo   create .venv, install, run the document pipeline on a generated sample corpus,
+#               then build a dataset from it
 #   make test   create .venv, install with test dependencies, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,12 +19,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[docs,serve,ray,store,dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[docs,serve,ray,store,dataset,bench,dev]'
 	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: venv
 	$(PY) -m conveyor.docs.demo runs/demo
+	$(PY) -m conveyor.dataset.demo runs/dataset
 
 system-deps:
 	./scripts/system-deps.sh
@@ -36,7 +38,7 @@ lock:
 	./scripts/lock.sh
 
 bench: venv
-	for b in hetero cpu3 overhead first rerun memory groups; do $(PY) benchmarks/$$b.py; done
+	for b in hetero cpu3 overhead first rerun memory groups dedupe dataset; do $(PY) benchmarks/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .venv-latest runs .pytest_cache

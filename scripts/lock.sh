@@ -16,7 +16,7 @@ rm -rf "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # torch first, pinned: 2.13.0 is the CPU build on disk (see the Makefile).
 "$VENV/bin/python" -m pip install --quiet torch==2.13.0
-"$VENV/bin/python" -m pip install --quiet -e '.[docs,serve,ray,store,dev]'
+"$VENV/bin/python" -m pip install --quiet -e '.[docs,serve,ray,store,dataset,bench,dev]'
 "$VENV/bin/python" -m pip check
 ./scripts/system-deps.sh
 "$VENV/bin/python" -m pytest -q

@@ -27,6 +27,9 @@ EXPECTED = {
     "memory": {"executor", "growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},
     "groups": {"group_values_per_s", "reduce_values_per_s", "ray_data_values_per_s", "ratio",
                "rss_growth_mb", "killed_partition", "partitions_run_twice"},
+    "dataset": {"corpus", "documents", "kept", "rejected", "failed", "docs_per_s", "stages"},
+    "dedupe": {"docs", "true_pairs", "docs_per_s", "conveyor", "datatrove_docs_per_s",
+               "datatrove", "ratio"},
     "serve": {"batched", "unbatched", "batching_speedup", "direct_p50_ms", "overhead_ms",
               "ratio"},
 }

@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from .. import origin, rundir
+from ..dataset.cli import register as register_dataset
 from ..docs.cli import register as register_docs
 from ..engine.prepare import plan_rerun
 from ..errors import (
@@ -333,6 +334,7 @@ def serve(
 
 
 register_docs(app)  # conveyor docs, conveyor search
+register_dataset(app)  # conveyor dataset
 
 
 def main() -> None:

@@ -7,9 +7,14 @@ registers them.
 
 from __future__ import annotations
 
+from typing import Any, Callable, NoReturn
+
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import ConveyorError, RunInterrupted
+from ..pipeline import Pipeline
 from ..resources import format_size
 from ..result import RunResult
 
@@ -35,3 +40,42 @@ def print_counts(result: RunResult) -> None:
         table.add_row(name, *(str(c[k]) for k in ("done", "routed-out", "failed", "pending",
                                                   "running")))
     console.print(table)
+
+
+def finish(result: RunResult, quiet: bool, summary: Callable[[], None] | None = None) -> NoReturn:
+    """End a command over a finished run: its counts (unless ``quiet``), every failed
+    item with its reason, ``summary`` (what the run made), then the exit code."""
+    if not quiet:
+        print_counts(result)
+    failures = result.failures()
+    if failures:
+        errors.print(f"[red]{len(failures)} item(s) failed:[/]")
+        for row in failures:
+            errors.print(f"  {row['key']} ({row['stage']}): {row['error']}", markup=False,
+                         highlight=False)
+    if summary is not None and not quiet:
+        summary()
+    if result.ok:
+        raise typer.Exit(EXIT_OK)
+    if not failures:
+        errors.print("[yellow]the run did not finish every item[/]")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def run_or_exit(pipe: Pipeline, inputs: Any, **options: Any) -> RunResult:
+    """``pipe.run(inputs, **options)``, its errors mapped onto exit codes: interrupted
+    130, anything conveyor refused before work began (definition, inputs, lock) 2."""
+    try:
+        return pipe.run(inputs, **options)
+    except RunInterrupted as exc:
+        errors.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (ConveyorError, KeyError, ValueError) as exc:  # nothing ran: a usage error
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def usage_error(message: str) -> NoReturn:
+    """Say what is wrong with the command line, and exit 2."""
+    errors.print(f"[red]error:[/] {message}")
+    raise typer.Exit(EXIT_USAGE)

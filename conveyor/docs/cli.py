@@ -23,15 +23,11 @@ import typer
 
 from .. import rundir
 from ..cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
     console,
-    errors,
-    print_counts,
+    finish,
+    run_or_exit,
+    usage_error,
 )
-from ..errors import ConveyorError, RunInterrupted
 from .archives import input_items
 from .errors import IndexMissing
 from .pipeline import build_pipeline
@@ -56,53 +52,38 @@ def docs(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
-    missing = [p for p in inputs or [] if not os.path.exists(p)]
-    if missing:
-        errors.print(f"[red]error:[/] no such file or folder: {', '.join(missing)}")
-        raise typer.Exit(EXIT_USAGE)
-    if not inputs and not rundir.is_run(run_dir):
-        errors.print(f"[red]error:[/] give INPUT paths (there is no run in {run_dir} to resume)")
-        raise typer.Exit(EXIT_USAGE)
+    given = corpus(inputs, run_dir)
     if gpus is not None and gpus < 0:
-        errors.print(f"[red]error:[/] --gpus must be >= 0, got {gpus}")
-        raise typer.Exit(EXIT_USAGE)
+        usage_error(f"--gpus must be >= 0, got {gpus}")
     pipe = build_pipeline(embed_gpus=None if gpus is None else min(gpus, 1))
-    try:
-        given = input_items(inputs) if inputs else None
-        result = pipe.run(given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
-                          gpus=gpus, progress=not quiet)
-    except RunInterrupted as exc:
-        errors.print(f"[yellow]{exc}[/]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (ConveyorError, KeyError, ValueError) as exc:  # nothing ran: a usage error
-        errors.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    result = run_or_exit(pipe, given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
+                         gpus=gpus, progress=not quiet)
     with result:
         _report(result, quiet)
 
 
-def _report(result: Any, quiet: bool) -> None:
+def corpus(inputs: list[str] | None, run_dir: Path) -> Any:
+    """The run's input items from INPUT paths, or None to resume the run in ``run_dir``;
+    a usage error where a path is missing, or nothing is given and nothing to resume."""
+    missing = [p for p in inputs or [] if not os.path.exists(p)]
+    if missing:
+        usage_error(f"no such file or folder: {', '.join(missing)}")
+    if not inputs and not rundir.is_run(run_dir):
+        usage_error(f"give INPUT paths (there is no run in {run_dir} to resume)")
+    return input_items(inputs) if inputs else None
 
-    if not quiet:
-        print_counts(result)
-    failures = result.failures()
-    if failures:
-        errors.print(f"[red]{len(failures)} item(s) failed:[/]")
-        for row in failures:
-            errors.print(f"  {row['key']} ({row['stage']}): {row['error']}", markup=False,
-                         highlight=False)
-    index = dict(result.outputs("index"))
-    if "index" in index and not quiet:
-        info = index["index"]
-        console.print(f"index: {info['chunks']} chunks from {info['documents']} documents in "
-                      f"{Path(info['index']).parent}", highlight=False)
-        console.print(f"search it: conveyor search {result.run_dir} \"your question\"",
-                      highlight=False, markup=False)
-    if result.ok:
-        raise typer.Exit(EXIT_OK)
-    if not failures:
-        errors.print("[yellow]the run did not finish every item[/]")
-    raise typer.Exit(EXIT_FAILED)
+
+def _report(result: Any, quiet: bool) -> None:
+    def index_made() -> None:
+        index = dict(result.outputs("index"))
+        if "index" in index:
+            info = index["index"]
+            console.print(f"index: {info['chunks']} chunks from {info['documents']} documents "
+                          f"in {Path(info['index']).parent}", highlight=False)
+            console.print(f"search it: conveyor search {result.run_dir} \"your question\"",
+                          highlight=False, markup=False)
+
+    finish(result, quiet, index_made)
 
 
 def search(
@@ -115,8 +96,7 @@ def search(
     try:
         hits = run_search(run_dir, query, k=k)
     except IndexMissing as exc:
-        errors.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        usage_error(str(exc))
     if as_json:
         print(json.dumps(hits, ensure_ascii=False))
         return
