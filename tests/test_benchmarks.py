@@ -30,6 +30,7 @@ EXPECTED = {
     "dataset": {"corpus", "documents", "kept", "rejected", "failed", "docs_per_s", "stages"},
     "dedupe": {"docs", "true_pairs", "docs_per_s", "conveyor", "datatrove_docs_per_s",
                "datatrove", "ratio"},
+    "docs_expand": {"archives", "per_archive_docs_per_s", "single_item_docs_per_s", "ratio"},
     "serve": {"batched", "unbatched", "batching_speedup", "direct_p50_ms", "overhead_ms",
               "ratio"},
 }

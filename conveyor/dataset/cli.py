@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 import typer
 
 from ..cli.common import console, finish, run_or_exit, usage_error
-from ..docs.cli import corpus
+from ..docs.cli import corpus, print_skipped
 from ..errors import ConveyorError
 from ..optional import require
 
@@ -85,6 +85,7 @@ def dataset(
                          gpus=gpus, address=address, progress=not quiet)
 
     def written() -> None:
+        print_skipped(result)
         made = dict(result.outputs("export"))
         if "export" in made:
             info = made["export"]

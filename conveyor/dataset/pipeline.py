@@ -2,18 +2,20 @@
 
 ::
 
-    expand ─▶ inspect ─┬─ extract ──────────────────┬─▶ assemble ─▶ clean ─▶ signals ─▶ pii ─┐
-                       ├─ ocr_pages ─▶ ocr ─────────┘   (group by                           │
-                       └─ no_text ─▶ export              document)                         │
+    expand, unpack, skipped,
+    inspect ─┬─ extract ──────────────────┬─▶ assemble ─▶ clean ─▶ signals ─▶ pii ───────────┐
+             ├─ ocr_pages ─▶ ocr ─────────┘   (group by                                     │
+             └─ no_text ─▶ export              document)                                   │
         ┌──────────────────────────────────────────────────────────────────────────────────┘
         ├─▶ decide (side: clusters) ─▶ export (reduce: shards, manifest, card at DEST)
         └─▶ fingerprint (kept only) ─┬─▶ exact (group by hash) ───────────┐
                                      └─▶ bands ─▶ buckets (group) ────────┴─▶ clusters (reduce)
 
-The front half is the document pipeline's (:mod:`conveyor.docs`): the same
-stages, the same resources. Every document's verdict (its signals, the rules
-it failed, the document it duplicates) is a row of the ``decide`` stage in the
-ledger, and a row of the export's ``rejected/`` files when it is dropped.
+The front half is the document pipeline's (:mod:`conveyor.docs`,
+:func:`~conveyor.docs.pipeline.add_reading_stages`): the same stages, the
+same resources, files that are not documents recorded by ``skipped``. Every
+document's verdict (its signals, the rules it failed, the document it
+duplicates) is a row of the ``decide`` stage in the ledger, and a row of the export's ``rejected/`` files when it is dropped.
 With ``dedupe="exact"`` the band stages are left out, with ``"none"`` every
 dedupe stage; ``pii="keep"`` keeps the text as it is (counts still recorded).
 """
@@ -23,11 +25,9 @@ from __future__ import annotations
 import shutil
 from typing import Any, Iterator
 
-from ..docs.archives import expand
-from ..docs.extract import extract
-from ..docs.ocr import Ocr, ocr_pages
 from ..docs.pipeline import VERSION as DOCS_VERSION
-from ..docs.profile import has_ocr_pages, has_text_pages, inspect
+from ..docs.pipeline import add_reading_stages
+from ..docs.profile import has_ocr_pages, has_text_pages
 from ..pipeline import Pipeline
 from ..resources import parse_size
 from . import dedupe as dd
@@ -68,13 +68,7 @@ def build_dataset(dest: str, *, fmt: str = "parquet", shard_size: str | int = "2
                                    rules=dict(rules or {}),
                                    upload_concurrency=upload_concurrency, name=name)
     v = f"{DOCS_VERSION}+{VERSION}"
-    pipe.stage(expand, cpus=0.25, ram="256MiB", version=v)
-    pipe.stage(inspect, after=expand, cpus=0.5, ram="512MiB", timeout=300, version=v)
-    pipe.stage(extract, after=inspect, when=has_text_pages, cpus=1, ram="1GiB", timeout=600,
-               version=v)
-    pipe.stage(ocr_pages, after=inspect, when=has_ocr_pages, cpus=0.25, version=v)
-    pipe.stage(Ocr, name="ocr", after=ocr_pages, cpus=1, threads=1, ram="1536MiB", retries=1,
-               timeout=300, version=v)
+    add_reading_stages(pipe, v)
 
     def textless(profile: dict[str, Any]) -> bool:
         return not has_text_pages(profile) and not has_ocr_pages(profile)
@@ -84,12 +78,12 @@ def build_dataset(dest: str, *, fmt: str = "parquet", shard_size: str | int = "2
                 "reasons": ["no text: no page has a text layer or needs OCR"],
                 "duplicate_of": None}
 
-    pipe.stage(no_text, after=inspect, when=textless, cpus=0.25, ram="256MiB", version=v)
+    pipe.stage(no_text, after="inspect", when=textless, cpus=0.25, ram="256MiB", version=v)
 
     def document(page_set: dict[str, Any]) -> str:
         return page_set["key"]
 
-    pipe.group(assemble, after=[extract, "ocr"], by=document, partitions=8, cpus=0.5,
+    pipe.group(assemble, after=["extract", "ocr"], by=document, partitions=8, cpus=0.5,
                ram="512MiB", version=v)
     pipe.stage(clean, after=assemble, cpus=0.5, ram="512MiB", version=v)
 

@@ -1,12 +1,14 @@
-"""The ``expand`` stage: files, folders and archives in, one item per PDF out.
+"""The ``expand`` and ``unpack`` stages: files, folders and archives in, one item per file out.
 
-An input is a path: a PDF (or any file: ``inspect`` will say if it is not a
-PDF), a folder (walked for ``*.pdf`` and archives, in sorted order), or an
-archive — zip, tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``,
-``.tar.xz``), 7z or rar. Each PDF becomes one item with a stable key: its
-path as given (``corpus/a.pdf``), or the archive's path and the member's
-name (``corpus/bundle.zip/reports/b.pdf``). Archive members are extracted to
-the item's own folder (``ctx.output_dir``) and passed on by path.
+An input is a path: a file, a folder (walked in sorted order), or an archive —
+zip, tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``), 7z or
+rar. ``expand`` makes one item per file, by what its content is
+(:mod:`.sniff`; a file named ``*.pdf`` is always a document): a document for
+``inspect``, an archive for ``unpack``, or a skip with its reason for the
+``skipped`` stage. ``unpack`` extracts one archive to its item's own folder
+(``ctx.output_dir``), its members becoming items in turn. Keys are stable:
+a file's path as given (``corpus/a.pdf``), or the archive's key and the
+member's name (``corpus/bundle.zip/reports/b.pdf``).
 
 Archives are checked before anything is written: a member whose name is
 absolute or climbs out with ``..`` (path traversal, "zip slip"), or a link
@@ -15,14 +17,22 @@ archive built to escape is not one to trust in part.
 
 Every item carries a ``stamp`` of what it was made from (size and mtime of a
 file, CRC or size and time of a member), and :func:`input_items` stamps the
-run's inputs with a digest of a folder's or archive's listing: conveyor
-reuses a finished item only while its input is unchanged, so a file edited in
-place, or added to a folder, is processed again on the next run, and nothing
-else is. An archive given as
-an input fails the ``expand`` item; one found while walking a folder becomes
-an item of its own carrying the error, which ``inspect`` raises, so one bad
-archive fails alone and the folder's other documents go on. Archives inside
-archives are not opened (their PDFs would need a second level of keys).
+run's inputs with a digest of a folder's listing: conveyor reuses a finished
+input only while it is unchanged, so a file edited in place, or added to a
+folder, is found by the next run. A folder is one input: when anything in it
+changes, its documents are processed again (the other inputs are reused).
+An archive that cannot be read fails its ``unpack`` item alone; the folder's
+other files go on.
+
+Archives inside archives are opened, to :attr:`Limits.depth` levels (keys
+``outer.zip/inner.zip/doc.pdf``); a deeper one fails alone, as an item
+carrying the reason. Every byte extracted is counted as it is written, since
+an archive's headers can lie about sizes: a member that passes
+:attr:`Limits.member_bytes` uncompressed, or expands more than
+:attr:`Limits.ratio` times its compressed size, or that takes its archive
+(nested ones included) past :attr:`Limits.archive_bytes`, is cut off, its
+partial file removed, and it fails alone with a reason naming the limit; its
+archive-mates go on. No PDF comes near the defaults.
 """
 
 from __future__ import annotations
@@ -32,15 +42,91 @@ import posixpath
 import shutil
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from ..items import Item
 from ..optional import require
-from .errors import ArchiveError, UnsafeArchive
+from ..resources import format_size
+from .errors import ArchiveError, ArchiveLimit, UnsafeArchive
+from .sniff import sniff
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ARCHIVE_SUFFIXES = (".zip", ".7z", ".rar") + TAR_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What extracting one archive may write (see the module docstring)."""
+
+    member_bytes: int = 4 * 2**30  # one member, uncompressed
+    ratio: float = 100.0  # uncompressed over compressed, past RATIO_FLOOR bytes
+    archive_bytes: int = 32 * 2**30  # every member of an archive, nested ones included
+    depth: int = 3  # archives inside archives, the outer one counted
+
+
+DEFAULT_LIMITS = Limits()
+RATIO_FLOOR = 2**20  # a small member may compress well (a page of one colour); a bomb cannot
+
+
+class Member(NamedTuple):
+    """An extracted member: its safe path, stamp, and the error that stopped it, if any."""
+
+    path: str
+    stamp: str
+    error: str | None = None
+
+
+class _Budget:
+    """Counts what one archive writes, against the limits; the outermost archive's
+    budget also counts what every archive inside it writes."""
+
+    def __init__(self, archive: str, limits: Limits, size: int,
+                 root: "_Budget | None" = None) -> None:
+        self.archive, self.limits, self.size = archive, limits, size
+        self.root = root or self
+        self.written = 0  # by this archive's members
+        self.total = 0  # (the root's) by every level
+
+    def nested(self, archive: str, size: int) -> "_Budget":
+        return _Budget(archive, self.limits, size, self.root)
+
+    def meter(self, name: str, compressed: int | None = None) -> "_Meter":
+        """A member's meter; ``compressed`` is its compressed size where the format says
+        (zip, rar); without it (tar, 7z: one compressed stream) the ratio is the
+        archive's: what its members wrote over its file size."""
+        return _Meter(self, name, compressed)
+
+
+class _Meter:
+    def __init__(self, budget: _Budget, name: str, compressed: int | None) -> None:
+        self.budget, self.name, self.compressed = budget, name, compressed
+        self.written = 0
+
+    def add(self, n: int) -> None:
+        b, limits = self.budget, self.budget.limits
+        self.written += n
+        b.written += n
+        b.root.total += n
+        member = f"{b.archive}: member {self.name!r}"
+        if self.written > limits.member_bytes:
+            raise ArchiveLimit(f"{member} is over the size limit for one member "
+                               f"({format_size(limits.member_bytes)} uncompressed)")
+        grown, source = ((self.written, self.compressed) if self.compressed is not None
+                         else (b.written, b.size))
+        if grown > RATIO_FLOOR and grown > limits.ratio * max(1, source):
+            raise ArchiveLimit(f"{member} expands more than {limits.ratio:g}:1, over the "
+                               f"compression ratio limit (a zip bomb?)")
+        if b.root.total > limits.archive_bytes:
+            raise ArchiveLimit(f"{member} takes the archive over its size limit "
+                               f"({format_size(limits.archive_bytes)} uncompressed in all)")
+
+    def refund(self) -> None:
+        """The member was cut off and its file removed: what it wrote is not on disk."""
+        self.budget.written -= self.written
+        self.budget.root.total -= self.written
+        self.written = 0
 
 
 def archive_kind(path: str | os.PathLike[str]) -> str | None:
@@ -91,10 +177,9 @@ def input_items(paths: list[str]) -> list[Item]:
             h = hashlib.blake2b(digest_size=12)
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames.sort()
-                for name in sorted(filenames):
-                    if is_pdf_name(name) or archive_kind(name):
-                        full = os.path.join(dirpath, name)
-                        h.update(f"{os.path.relpath(full, path)}\0{_stamp(full)}\0".encode())
+                for name in sorted(filenames):  # every file: each is a document or a skip
+                    full = os.path.join(dirpath, name)
+                    h.update(f"{os.path.relpath(full, path)}\0{_stamp(full)}\0".encode())
             stamp = h.hexdigest()
         else:
             stamp = _stamp(path)
@@ -102,78 +187,145 @@ def input_items(paths: list[str]) -> list[Item]:
     return items
 
 
-def expand(source: str | dict[str, Any], ctx: Any) -> Iterator[Item]:
-    """Yield ``Item(key, {"path", "source", "archive", "member"})`` for each PDF under ``source``.
+def is_document(value: dict[str, Any]) -> bool:
+    """Whether an ``expand`` or ``unpack`` output goes on to ``inspect``."""
+    return not value.get("skipped") and not value.get("unpack")
 
-    The stage form of :func:`expand_to`: archive members go to the item's
-    ``ctx.output_dir``. ``source`` is a path or an :func:`input_items` value.
-    """
+
+def is_archive(value: dict[str, Any]) -> bool:
+    """Whether an ``expand`` output is an archive, for ``unpack``."""
+    return bool(value.get("unpack"))
+
+
+def is_skipped(value: dict[str, Any]) -> bool:
+    return bool(value.get("skipped"))
+
+
+def skipped(value: dict[str, Any]) -> dict[str, Any]:
+    """The ``skipped`` stage: a file or member that is not a document, with the reason,
+    so ``conveyor status``, the summary and the report count what was left out."""
+    return {"source": value["source"], "reason": value["skipped"]}
+
+
+def expand(source: str | dict[str, Any]) -> Iterator[Item]:
+    """The ``expand`` stage: the files under ``source`` (a path or an
+    :func:`input_items` value), one item each: a document, an archive for ``unpack``
+    (``{"unpack": kind}``), or a skip with its reason. Nothing is extracted here, so
+    an archive is an item of its own: one that fails, or is large, fails or takes
+    its time alone."""
     path = source["path"] if isinstance(source, dict) else source
-    yield from expand_to(path, ctx.output_dir)
+    yield from expand_to(path, None)
 
 
-def expand_to(source: str, folder: str | os.PathLike[str]) -> Iterator[Item]:
-    """:func:`expand` with archive members extracted under ``folder``."""
+def unpack(value: dict[str, Any], ctx: Any) -> Iterator[Item]:
+    """The ``unpack`` stage: one archive's members (archives inside it opened in turn),
+    extracted to the item's ``ctx.output_dir``, within :data:`DEFAULT_LIMITS`."""
+    yield from _archive(value["path"], Path(ctx.output_dir), DEFAULT_LIMITS,
+                        kind=value["unpack"])
+
+
+def expand_to(source: str, folder: str | os.PathLike[str] | None,
+              limits: Limits = DEFAULT_LIMITS) -> Iterator[Item]:
+    """The items under ``source``: with a ``folder``, archives are unpacked into it and
+    their members come out in their place; without, each archive is one item for
+    :func:`unpack`."""
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {source}")
-    if path.is_dir():
-        yield from _walk(source, Path(folder))
-    elif archive_kind(source):
-        yield from _archive(source, Path(folder))
-    else:
-        yield _file_item(source)
+    files = _walk(source) if path.is_dir() else [_file(os.path.normpath(source))]
+    for item in files:
+        kind = item.value.get("unpack")
+        if folder is None or not kind:
+            yield item
+        elif path.is_dir():  # one bad archive in a folder fails alone
+            rel = os.path.relpath(item.key, source).replace(os.sep, "_")
+            try:
+                yield from list(_archive(item.key, Path(folder) / rel, limits, kind=kind))
+            except (ArchiveError, OSError) as exc:
+                yield Item(item.key, {**item.value, "unpack": None, "error": str(exc)})
+        else:
+            yield from _archive(item.key, Path(folder), limits, kind=kind)
 
 
-def _file_item(path: str) -> Item:
-    key = os.path.normpath(path)
-    return Item(key, {"path": key, "source": key, "archive": None, "member": None,
-                      "stamp": _stamp(key)})
+def _file(path: str) -> Item:
+    """A file as an item: a document, an archive to unpack, or a skip with its reason."""
+    name = os.path.basename(path)
+    what, detail = (("pdf", None) if is_pdf_name(name) else
+                    ("archive", archive_kind(name)) if archive_kind(name) else sniff(path))
+    value = {"path": path, "source": path, "archive": None, "member": None,
+             "stamp": _stamp(path)}
+    if what == "archive":
+        value.update(archive=path, unpack=detail)
+    elif what == "skip":
+        value["skipped"] = detail
+    return Item(path, value)
 
 
-def _walk(root: str, folder: Path) -> Iterator[Item]:
+def _walk(root: str) -> Iterator[Item]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if is_pdf_name(name):
-                yield _file_item(full)
-            elif archive_kind(name):
-                rel = os.path.relpath(full, root)
-                try:
-                    items = list(_archive(full, folder / rel.replace(os.sep, "_")))
-                except (ArchiveError, OSError) as exc:
-                    key = os.path.normpath(full)
-                    yield Item(key, {"path": key, "source": key, "archive": key, "member": None,
-                                     "stamp": _stamp(key), "error": str(exc)})
-                    continue
-                yield from items
+            yield _file(os.path.normpath(os.path.join(dirpath, name)))
 
 
-def _archive(path: str, folder: Path) -> Iterator[Item]:
-    kind = archive_kind(path)
-    archive = os.path.normpath(path)
+def _archive(path: str, folder: Path, limits: Limits, outer: _Budget | None = None,
+             key: str | None = None, depth: int = 1, kind: str | None = None
+             ) -> Iterator[Item]:
+    """The members of the archive at ``path``, keyed ``key/member`` (``key``: the
+    archive's own key, its path for an outermost one): PDFs, skipped members with their
+    reason, members that failed with theirs; archives inside it opened in turn (this one
+    is ``depth`` deep; ``kind`` where its content said, else its name says)."""
+    kind = kind or archive_kind(path)
+    key = key or os.path.normpath(path)
+    size = os.path.getsize(path)
+    budget = outer.nested(key, size) if outer else _Budget(key, limits, size)
+    root = budget.root.archive
     dest = folder / "members"
     if dest.exists():  # a retry or rerun: start clean, never mix two extractions
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     try:
-        members = {"zip": _zip, "tar": _tar, "7z": _sevenzip, "rar": _rar}[kind](archive, dest)
+        extract = {"zip": _zip, "tar": _tar, "7z": _sevenzip, "rar": _rar}[kind]
+        members = extract(os.path.normpath(path), dest, budget)
     except (ArchiveError, FileNotFoundError):
         raise
     except Exception as exc:  # the libraries' own errors, named with the archive
-        raise ArchiveError(f"{archive}: cannot read the {kind} archive: "
+        raise ArchiveError(f"{key}: cannot read the {kind} archive: "
                            f"{type(exc).__name__}: {exc}") from exc
-    for member, stamp in members:
-        target = dest / member
-        yield Item(f"{archive}/{member}", {"path": str(target), "source": f"{archive}/{member}",
-                                           "archive": archive, "member": member, "stamp": stamp})
+    for member in members:
+        member_key = f"{key}/{member.path}"
+        target = dest / member.path
+        value = {"path": str(target), "source": member_key, "archive": root,
+                 "member": member_key[len(root) + 1:], "stamp": member.stamp}
+        if member.error is not None:
+            yield Item(member_key, {**value, "error": member.error})
+            continue
+        what, detail = ("pdf", None) if is_pdf_name(member.path) else sniff(target)
+        if what == "pdf":
+            yield Item(member_key, value)
+            continue
+        error = None
+        if what == "archive" and depth >= limits.depth:
+            error = (f"{member_key}: an archive nested {depth + 1} deep, over the nesting "
+                     f"limit ({limits.depth})")
+        elif what == "archive":
+            try:
+                yield from _archive(str(target), folder / "nested" / member.path, limits,
+                                    budget, member_key, depth + 1, detail)
+            except (ArchiveError, OSError) as exc:
+                error = str(exc)
+        target.unlink(missing_ok=True)  # opened, or not a document: done with it
+        if what == "skip":
+            yield Item(member_key, {**value, "skipped": detail})
+        elif error is not None:
+            yield Item(member_key, {**value, "error": error})
 
 
 def _plan(archive: str, names: list[tuple[str, bool, bool]]) -> dict[str, str]:
-    """Check every member (name, is_file, is_link); map each PDF's name to its safe path.
+    """Check every member (name, is_file, is_link); map each file's name to its safe
+    path (what each file is, its content says once it is out).
 
-    The extractors below return ``[(safe path, stamp)]`` for the PDFs, sorted.
+    The extractors below return a :class:`Member` for each, sorted.
     """
     chosen: dict[str, str] = {}
     for name, is_file, is_link in names:
@@ -181,83 +333,156 @@ def _plan(archive: str, names: list[tuple[str, bool, bool]]) -> dict[str, str]:
         if is_link:
             raise UnsafeArchive(f"{archive}: member {name!r} is a link (refused: links can "
                                 f"point outside the extraction folder)")
-        if is_file and is_pdf_name(safe):
+        if is_file:
             if safe in chosen.values():
                 raise ArchiveError(f"{archive}: two members are both named {safe!r}")
             chosen[name] = safe
     return chosen
 
 
-def _zip(archive: str, dest: Path) -> list[tuple[str, str]]:
+def _zip(archive: str, dest: Path, budget: _Budget) -> list[Member]:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        plan = _plan(archive, [(i.filename, not i.is_dir(), _zip_is_link(i)) for i in infos])
+        plan = _plan(budget.archive, [(i.filename, not i.is_dir(), _zip_is_link(i))
+                                      for i in infos])
+        errors = {}
         for info in infos:
             if info.filename in plan:
-                _copy_stream(zf.open(info), dest / plan[info.filename])
+                errors[info.filename] = _take(
+                    lambda: zf.open(info), dest / plan[info.filename],
+                    budget.meter(plan[info.filename], info.compress_size))
         stamps = {i.filename: f"crc{i.CRC:08x}-{i.file_size}" for i in infos}
-    return sorted((safe, stamps[name]) for name, safe in plan.items())
+    return sorted(Member(safe, stamps[name], errors[name]) for name, safe in plan.items())
 
 
 def _zip_is_link(info: zipfile.ZipInfo) -> bool:
     return (info.external_attr >> 16) & 0o170000 == 0o120000
 
 
-def _tar(archive: str, dest: Path) -> list[tuple[str, str]]:
+def _tar(archive: str, dest: Path, budget: _Budget) -> list[Member]:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
-        plan = _plan(archive, [(m.name, m.isfile(), m.issym() or m.islnk()) for m in members])
+        plan = _plan(budget.archive, [(m.name, m.isfile(), m.issym() or m.islnk())
+                                      for m in members])
+        errors = {}
         for m in members:
             if m.name in plan:
-                src = tf.extractfile(m)
-                assert src is not None
-                _copy_stream(src, dest / plan[m.name])
+                errors[m.name] = _take(lambda: tf.extractfile(m), dest / plan[m.name],
+                                       budget.meter(plan[m.name]))
         stamps = {m.name: f"{m.size}-{m.mtime}" for m in members}
-    return sorted((safe, stamps[name]) for name, safe in plan.items())
+    return sorted(Member(safe, stamps[name], errors[name]) for name, safe in plan.items())
 
 
-def _sevenzip(archive: str, dest: Path) -> list[tuple[str, str]]:
+def _sevenzip(archive: str, dest: Path, budget: _Budget) -> list[Member]:
     py7zr = require("py7zr", "docs", f"{archive}: a 7z archive", ArchiveError)
     with py7zr.SevenZipFile(archive, "r") as zf:
         infos = zf.list()
-        plan = _plan(archive, [(i.filename, i.is_file, i.is_symlink) for i in infos])
+        plan = _plan(budget.archive, [(i.filename, i.is_file, i.is_symlink) for i in infos])
         stamps = {i.filename: f"crc{i.crc32 or 0:08x}-{i.uncompressed}" for i in infos}
-    if plan:
-        staging = dest.parent / "7z-staging"
-        shutil.rmtree(staging, ignore_errors=True)
+    errors: dict[str, str | None] = {}
+    while len(errors) < len(plan):  # again after a member over a limit, without it
+        sink = _sevenzip_sink(py7zr, dest, plan, budget, errors)
         with py7zr.SevenZipFile(archive, "r") as zf:
-            zf.extract(path=staging, targets=list(plan))
-        for name, safe in plan.items():
-            (dest / safe).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / name, dest / safe)
-        shutil.rmtree(staging, ignore_errors=True)
-    return sorted((safe, stamps[name]) for name, safe in plan.items())
+            try:
+                zf.extract(targets=[n for n in plan if n not in errors], factory=sink)
+            except ArchiveLimit as exc:
+                errors[sink.current.name] = str(exc)
+                sink.current.meter.refund()
+                sink.current.out.close()
+                (dest / plan[sink.current.name]).unlink(missing_ok=True)
+                continue
+        errors.update({n: None for n in plan if n not in errors})
+    return sorted(Member(safe, stamps[name], errors[name]) for name, safe in plan.items())
 
 
-def _rar(archive: str, dest: Path) -> list[tuple[str, str]]:
+def _sevenzip_sink(py7zr: Any, dest: Path, plan: dict[str, str], budget: _Budget,
+                  errors: dict[str, str | None]) -> Any:
+    """A py7zr writer factory: each member streamed to its safe path through its meter."""
+
+    class Writer(py7zr.io.Py7zIO):
+        def __init__(self, name: str) -> None:
+            target = dest / plan[name]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.out = open(target, "wb")
+            self.meter = budget.meter(plan[name])
+            self.name = name
+
+        def write(self, data: bytes | bytearray) -> int:
+            self.meter.add(len(data))
+            return self.out.write(data)
+
+        def close(self) -> None:
+            self.out.close()
+            errors[self.name] = None
+
+        def read(self, size: int | None = None) -> bytes:
+            return b""
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            return self.out.seek(offset, whence)
+
+        def flush(self) -> None:
+            self.out.flush()
+
+        def size(self) -> int:
+            return self.meter.written
+
+    class Sink(py7zr.io.WriterFactory):
+        current: Writer  # the member being written
+
+        def create(self, filename: str) -> Any:
+            self.current = Writer(filename)
+            return self.current
+
+    return Sink()
+
+
+def _rar(archive: str, dest: Path, budget: _Budget) -> list[Member]:
     rarfile = require("rarfile", "docs", f"{archive}: a RAR archive", ArchiveError)
     try:
         rf = rarfile.RarFile(archive)
     except rarfile.NotRarFile:
-        raise ArchiveError(f"{archive}: not a RAR archive (damaged or misnamed)") from None
+        raise ArchiveError(f"{budget.archive}: not a RAR archive (damaged or misnamed)") from None
     with rf:
         infos = rf.infolist()
-        plan = _plan(archive, [(i.filename, i.is_file(), i.is_symlink()) for i in infos])
+        plan = _plan(budget.archive, [(i.filename, i.is_file(), i.is_symlink()) for i in infos])
+        errors = {}
         for info in infos:
             if info.filename in plan:
                 try:
                     src = rf.open(info)
                 except rarfile.RarCannotExec:
                     raise ArchiveError(
-                        f"{archive}: member {info.filename!r} is compressed and extracting "
-                        f"it needs an unrar tool (unrar, unar, 7z or bsdtar) on PATH; "
-                        f"install one (e.g. apt-get install unar) or repack as zip") from None
-                _copy_stream(src, dest / plan[info.filename])
+                        f"{budget.archive}: member {info.filename!r} is compressed and "
+                        f"extracting it needs an unrar tool (unrar, unar, 7z or bsdtar) on "
+                        f"PATH; install one (e.g. apt-get install unar) or repack as zip"
+                    ) from None
+                errors[info.filename] = _take(
+                    lambda: src, dest / plan[info.filename],
+                    budget.meter(plan[info.filename], info.compress_size))
         stamps = {i.filename: f"crc{i.CRC or 0:08x}-{i.file_size}" for i in infos}
-    return sorted((safe, stamps[name]) for name, safe in plan.items())
+    return sorted(Member(safe, stamps[name], errors[name]) for name, safe in plan.items())
 
 
-def _copy_stream(src: Any, target: Path) -> None:
+def _take(open_member: Any, target: Path, meter: _Meter) -> str | None:
+    """Extract one member through its meter; the reason it was cut off, or None."""
+    try:
+        _copy_stream(open_member(), target, meter)
+    except ArchiveLimit as exc:
+        meter.refund()
+        return str(exc)
+    return None
+
+
+def _copy_stream(src: Any, target: Path, meter: _Meter) -> None:
+    """Copy a member, counting each block before it is written: nothing past a limit
+    reaches the disk, and a member cut off leaves no partial file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with src, open(target, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+    try:
+        with src, open(target, "wb") as out:
+            while block := src.read(1 << 20):
+                meter.add(len(block))
+                out.write(block)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise

@@ -3,7 +3,7 @@
 The engine's CLI calls :func:`register` to add them to its typer app::
 
     conveyor docs INPUT... --run-dir DIR [--cpus N] [--gpus N] [--ram SIZE]
-                           [--executor local|inline] [--quiet]
+                           [--executor local|inline|ray] [--address ADDR] [--quiet]
     conveyor search DIR "query" [-k 5] [--json]
 
 ``docs`` exits 0 when every document went through, 1 when some failed (they
@@ -48,7 +48,8 @@ def docs(
     gpus: Optional[int] = typer.Option(None, help=(
         "GPUs the run may use (default: detected); 0 runs embedding on the CPU.")),
     ram: Optional[str] = typer.Option(None, help="RAM the run may use, e.g. 8GiB."),
-    executor: str = typer.Option("local", help="local (worker processes) or inline."),
+    executor: str = typer.Option("local", help="local (worker processes), inline or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join (ray only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
@@ -57,7 +58,7 @@ def docs(
         usage_error(f"--gpus must be >= 0, got {gpus}")
     pipe = build_pipeline(embed_gpus=None if gpus is None else min(gpus, 1))
     result = run_or_exit(pipe, given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
-                         gpus=gpus, progress=not quiet)
+                         gpus=gpus, address=address, progress=not quiet)
     with result:
         _report(result, quiet)
 
@@ -83,7 +84,29 @@ def _report(result: Any, quiet: bool) -> None:
             console.print(f"search it: conveyor search {result.run_dir} \"your question\"",
                           highlight=False, markup=False)
 
-    finish(result, quiet, index_made)
+    def summary() -> None:
+        print_skipped(result)
+        index_made()
+
+    finish(result, quiet, summary)
+
+
+SKIPPED_SHOWN = 10
+
+
+def print_skipped(result: Any) -> None:
+    """The files and members left out as not documents, each with its reason (the first
+    few; the rest are the ``skipped`` stage's outputs)."""
+    rows = list(result.outputs("skipped"))
+    if not rows:
+        return
+    console.print(f"{len(rows)} file(s) skipped, not documents:", highlight=False)
+    for key, value in rows[:SKIPPED_SHOWN]:
+        console.print(f"  {key}: {value['reason']}", highlight=False, markup=False)
+    if len(rows) > SKIPPED_SHOWN:
+        console.print(f"  … and {len(rows) - SKIPPED_SHOWN} more (conveyor status "
+                      f"{result.run_dir} --json, or open_run(dir).outputs(\"skipped\"))",
+                      highlight=False, markup=False)
 
 
 def search(

@@ -28,5 +28,10 @@ class UnsafeArchive(ArchiveError):
     """An archive member would be written outside its extraction folder (path traversal)."""
 
 
+class ArchiveLimit(ArchiveError):
+    """An archive member went past an extraction limit (size, compression ratio, total,
+    nesting depth); the message names the limit."""
+
+
 class IndexMissing(DocsError):
     """A run directory has no finished index to search."""

@@ -2,13 +2,15 @@
 
 ::
 
-    expand ─▶ inspect ─┬─ text pages ─▶ extract ─────────────┬─▶ chunk ─▶ embed ─▶ index
-    (fan-out)          └─ scanned pages ─▶ ocr_pages ─▶ ocr ─┘  fan-out   batches   reduce
-                                           (one item per page)
+    expand ──┬─▶ unpack ─┐  (an archive: its members, archives inside opened in turn)
+    (a file: │           ▼
+     an item)└─────────▶ + ─┬─▶ inspect ─┬─ text pages ─▶ extract ─────────────┬─▶ chunk ─▶ embed ─▶ index
+                            │            └─ scanned pages ─▶ ocr_pages ─▶ ocr ─┘  fan-out  batches   reduce
+                            └─▶ skipped (not a document: the reason)
 
-Resources follow what each stage spends: ``expand``, ``inspect``, ``ocr_pages``
-and ``chunk`` are light (a quarter to half a CPU); ``extract`` takes one CPU;
-``ocr`` one CPU and one pinned thread per worker, so a machine with N cores
+Resources follow what each stage spends: ``expand``, ``unpack``, ``skipped``,
+``inspect``, ``ocr_pages`` and ``chunk`` are light (a quarter to half a CPU);
+``extract`` takes one CPU; ``ocr`` one CPU and one pinned thread per worker, so a machine with N cores
 reads N pages at once; ``embed`` batches chunks and declares ``gpus=1`` when
 the machine has a GPU; ``index`` holds RAM for the whole vector index.
 
@@ -30,7 +32,7 @@ from typing import Any
 
 from ..pipeline import Pipeline
 from ..resources import detect_gpus
-from .archives import expand
+from .archives import expand, is_archive, is_document, is_skipped, skipped, unpack
 from .chunk import chunk
 from .embed import Embed
 from .extract import extract
@@ -38,7 +40,7 @@ from .index import index
 from .ocr import Ocr, ocr_pages
 from .profile import has_ocr_pages, has_text_pages, inspect
 
-VERSION = "1"  # bump when helper code a stage calls changes what it computes
+VERSION = "2"  # bump when helper code a stage calls changes what it computes
 CPU_BATCH = 32
 GPU_BATCH = 128
 
@@ -48,6 +50,24 @@ def gpu_available() -> bool:
     return bool(detect_gpus())
 
 
+def add_reading_stages(pipe: Pipeline, version: str) -> None:
+    """The stages that turn inputs into text: expand, unpack, skipped, inspect, extract,
+    ocr_pages and ocr (the first half of the diagram; ``conveyor.dataset`` starts with
+    them too)."""
+    pipe.stage(expand, cpus=0.25, ram="256MiB", version=version)
+    pipe.stage(unpack, after=expand, when=is_archive, cpus=0.5, ram="512MiB", timeout=3600,
+               version=version)
+    pipe.stage(skipped, after=[expand, unpack], when=is_skipped, cpus=0.25, ram="256MiB",
+               version=version)
+    pipe.stage(inspect, after=[expand, unpack], when=is_document, cpus=0.5, ram="512MiB",
+               timeout=300, version=version)
+    pipe.stage(extract, after=inspect, when=has_text_pages, cpus=1, ram="1GiB", timeout=600,
+               version=version)
+    pipe.stage(ocr_pages, after=inspect, when=has_ocr_pages, cpus=0.25, version=version)
+    pipe.stage(Ocr, name="ocr", after=ocr_pages, cpus=1, threads=1, ram="1536MiB",
+               retries=1, timeout=300, version=version)
+
+
 def build_pipeline(embed_gpus: float | None = None, name: str = "docs") -> Pipeline:
     """The document pipeline; see the module docstring for resources and ``embed_gpus``."""
     if embed_gpus is None:
@@ -55,13 +75,7 @@ def build_pipeline(embed_gpus: float | None = None, name: str = "docs") -> Pipel
     if embed_gpus < 0:
         raise ValueError(f"embed_gpus must be >= 0, got {embed_gpus}")
     pipe = Pipeline(name).built_by(build_pipeline, embed_gpus=embed_gpus, name=name)
-    pipe.stage(expand, cpus=0.25, ram="256MiB", version=VERSION)
-    pipe.stage(inspect, after=expand, cpus=0.5, ram="512MiB", timeout=300, version=VERSION)
-    pipe.stage(extract, after=inspect, when=has_text_pages, cpus=1, ram="1GiB", timeout=600,
-               version=VERSION)
-    pipe.stage(ocr_pages, after=inspect, when=has_ocr_pages, cpus=0.25, version=VERSION)
-    pipe.stage(Ocr, name="ocr", after=ocr_pages, cpus=1, threads=1, ram="1536MiB",
-               retries=1, timeout=300, version=VERSION)
+    add_reading_stages(pipe, VERSION)
     pipe.stage(chunk, after=[extract, "ocr"], cpus=0.25, ram="256MiB", version=VERSION)
     if embed_gpus:
         pipe.stage(Embed, name="embed", after=chunk, gpus=embed_gpus, cpus=1, ram="4GiB",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_docs_with_a_broken_file_exits_1_and_lists_it_with_its_reason(docs_run):
     assert proc.stderr.splitlines()[-2:] == [
         "1 item(s) failed:", f"  {folder / 'locked.pdf'} (inspect): {ENCRYPTED}"]
     assert counts_table(proc.stdout) == {
-        "expand": [1, 0, 0, 0, 0], "inspect": [2, 0, 1, 0, 0], "extract": [2, 0, 0, 0, 0],
+        "expand": [1, 0, 0, 0, 0], "unpack": [0, 0, 0, 0, 0], "skipped": [0, 0, 0, 0, 0],
+        "inspect": [2, 0, 1, 0, 0], "extract": [2, 0, 0, 0, 0],
         "ocr_pages": [0, 0, 0, 0, 0], "ocr": [0, 0, 0, 0, 0], "chunk": [2, 0, 0, 0, 0],
         "embed": [2, 0, 0, 0, 0], "index": [1, 0, 0, 0, 0]}
     with open_run(run_dir) as result:
@@ -153,7 +155,8 @@ def test_plan_and_retry_of_a_docs_run_from_another_directory(tmp_path):
     plan = conveyor("status", str(run_dir), "--plan", "--json")
     assert plan.returncode == 0, plan.stderr
     rows = {row["stage"]: (row["action"], row["failed"]) for row in json.loads(plan.stdout)}
-    assert rows == {"expand": ("reuse", 0), "inspect": ("reuse", 1), "extract": ("reuse", 0),
+    assert rows == {"expand": ("reuse", 0), "unpack": ("reuse", 0), "skipped": ("reuse", 0),
+                    "inspect": ("reuse", 1), "extract": ("reuse", 0),
                     "ocr_pages": ("reuse", 0), "ocr": ("reuse", 0), "chunk": ("reuse", 0),
                     "embed": ("reuse", 0), "index": ("reuse", 0)}
     retried = conveyor("retry", str(run_dir), "--stage", "inspect", "-q")
@@ -161,3 +164,34 @@ def test_plan_and_retry_of_a_docs_run_from_another_directory(tmp_path):
     failed = [(e["stage"], e["key"]) for e in read_events(run_dir) if e["event"] == "failed"]
     locked = str(folder / "locked.pdf")
     assert failed == [("inspect", locked), ("inspect", locked)]  # the first run's, the retry's
+
+
+@pytest.mark.ray
+def test_docs_on_ray_lists_skips_and_a_rerun_picks_up_the_file_added(ray_instance, tmp_path):
+    """``--executor ray`` runs the same pipeline with the same input stamps as a local
+    run: a file added to the folder changes the folder's stamp, so the rerun finds it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "lighthouse.pdf").write_bytes(text_pdf([[LIGHTHOUSE]], first_title=False))
+    (folder / "notes.txt").write_text("not a document")
+    run_dir = tmp_path / "run"
+    address = ray_instance.get_runtime_context().gcs_address
+    args = ("docs", str(folder), "--run-dir", str(run_dir), "--executor", "ray", "--address",
+            address, "--gpus", "0")
+    first = conveyor(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"1 file(s) skipped, not documents:\n  {folder / 'notes.txt'}: not a document: " \
+           f"text\n" in first.stdout
+    (folder / "owls.pdf").write_bytes(text_pdf([[OWLS]], first_title=False))
+    second = conveyor(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    events = read_events(run_dir)
+    assert [e["executor"] for e in events if e["event"] == "run_start"] == ["ray", "ray"]
+    db = sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True)
+    (inputs,) = db.execute("SELECT value FROM meta WHERE name = 'inputs'").fetchone()
+    db.close()
+    assert json.loads(inputs)["changed"] == 1  # the folder: its listing changed
+    with open_run(run_dir) as result:
+        assert sorted(dict(result.outputs("inspect"))) == [str(folder / "lighthouse.pdf"),
+                                                           str(folder / "owls.pdf")]
+        assert result.output("index")["documents"] == 2

@@ -143,3 +143,54 @@ def test_inline_executor_run_with_bad_inputs(tmp_path):
         assert result.output("index")["chunks"] == 1
     hits = search(tmp_path / "run", "ice moving down a mountain valley", k=1)
     assert hits[0]["path"] == str(folder / "good.pdf") and hits[0]["page"] == 1
+
+
+def test_a_hostile_folder_loses_nothing_silently(tmp_path):
+    """A zip bomb, archives inside archives, a broken archive and a file that is not a
+    document, beside a good PDF: each ends as a document, a failure with its reason, or a
+    skip with its reason, and the run's counts say so."""
+    import io
+    import zipfile
+
+    def zipped(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    glaciers = text_pdf([["Glaciers carve valleys as the ice flows slowly downhill."]])
+    lighthouse = text_pdf([["A lighthouse keeper trims the lamp wick every evening."]])
+    (folder / "good.pdf").write_bytes(glaciers)
+    (folder / "nested.zip").write_bytes(zipped({"inner.zip": zipped({"deep.pdf": lighthouse}),
+                                                 "readme.txt": b"see inside"}))
+    with zipfile.ZipFile(folder / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("zeros.pdf", "w") as member:
+            for _ in range(200):
+                member.write(bytes(2**20))
+    (folder / "broken.zip").write_bytes(b"PK\x03\x04 cut short")
+    (folder / "notes.txt").write_text("meeting notes")
+    result = build_pipeline(embed_gpus=0).run(input_items([str(folder)]),
+                                              run_dir=tmp_path / "run", executor="inline")
+    with result:
+        failures = {(r["stage"], r["key"][len(str(folder)) + 1:]): r["error"]
+                    for r in result.failures()}
+        assert failures == {
+            ("inspect", "bomb.zip/zeros.pdf"):
+                f"ArchiveError: {folder}/bomb.zip: member 'zeros.pdf' expands more than "
+                f"100:1, over the compression ratio limit (a zip bomb?)",
+            ("unpack", "broken.zip"): failures[("unpack", "broken.zip")]}
+        assert "cannot read the zip archive" in failures[("unpack", "broken.zip")]
+        assert {k[len(str(folder)) + 1:]: v["reason"]
+                for k, v in result.outputs("skipped")} == {
+            "notes.txt": "not a document: text",
+            "nested.zip/readme.txt": "not a document: text"}
+        counts = result.counts
+        assert counts["skipped"]["done"] == 2 and counts["unpack"]["failed"] == 1
+        assert result.output("index")["documents"] == 2
+    hits = search(tmp_path / "run", "who looks after the lamp of a lighthouse", k=1)
+    assert hits[0]["path"] == str(folder / "nested.zip")
+    assert hits[0]["member"] == "inner.zip/deep.pdf"
+    assert not list((tmp_path / "run").rglob("zeros.pdf"))  # nothing of the bomb stays
