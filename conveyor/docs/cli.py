@@ -14,6 +14,7 @@ embed stage on the CPU even on a machine with a GPU.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -96,15 +97,16 @@ SKIPPED_SHOWN = 10
 
 def print_skipped(result: Any) -> None:
     """The files and members left out as not documents, each with its reason (the first
-    few; the rest are the ``skipped`` stage's outputs)."""
-    rows = list(result.outputs("skipped"))
-    if not rows:
+    few, read from the ledger; the count comes from the run's counts, so a corpus with
+    many skips is not loaded to print ten)."""
+    total = result.counts.get("skipped", {}).get("done", 0)
+    if not total:
         return
-    console.print(f"{len(rows)} file(s) skipped, not documents:", highlight=False)
-    for key, value in rows[:SKIPPED_SHOWN]:
+    console.print(f"{total} file(s) skipped, not documents:", highlight=False)
+    for key, value in itertools.islice(result.outputs("skipped"), SKIPPED_SHOWN):
         console.print(f"  {key}: {value['reason']}", highlight=False, markup=False)
-    if len(rows) > SKIPPED_SHOWN:
-        console.print(f"  … and {len(rows) - SKIPPED_SHOWN} more (conveyor status "
+    if total > SKIPPED_SHOWN:
+        console.print(f"  … and {total - SKIPPED_SHOWN} more (conveyor status "
                       f"{result.run_dir} --json, or open_run(dir).outputs(\"skipped\"))",
                       highlight=False, markup=False)
 
