@@ -1,17 +1,22 @@
-"""A small writer of real RAR archives, stored (uncompressed) members only, for tests.
+"""A small writer of real RAR archives for tests.
 
 No tool on a Debian machine creates RAR files (``rar`` is non-free), so the tests
 make their own: :func:`rar5` writes the RAR 5.0 format and :func:`rar4` the
 RAR 1.5-4.x one ("RAR4"), after https://www.rarlab.com/technote.htm. Members
-are stored (method 0), which is what lets this stay small; ``unar``/``lsar`` and
-``bsdtar`` read the result as well as :mod:`rarfile`, so they are real archives.
+are stored (method 0), which is what lets this stay small, or (RAR5,
+``compressed=True``) one compressed block of literals only (:func:`_literals`):
+no smaller, but decoding it takes a RAR tool, as any compressed member does.
+``unar``/``lsar`` and ``bsdtar`` read the result as well as :mod:`rarfile`, so
+these are real archives.
 
 An :class:`Entry` is a file, a folder, a symbolic link (RAR5: a file system
 redirection record; RAR4: a Unix mode of ``S_IFLNK`` with the target as data),
 a RAR5 hard link, or an encrypted file: its header says AES-256 with a salt and
 IV, but the data is left as it is (no reader gets that far without a password,
 and conveyor takes none). ``solid=True`` sets the archive's solid flag and, on
-every member after the first, the member's own, as ``rar -s`` does.
+every member after the first, the member's own, as ``rar -s`` does (whose
+members are all stored, or all compressed: unar reads no stored member amid a
+compressed solid stream).
 ``encrypted_names=True`` (RAR5, ``rar -hp``) writes the archive encryption
 header; what follows it stands for the encrypted headers (random bytes: no
 reader decrypts them without the password).
@@ -37,6 +42,7 @@ class Entry:
     kind: str = "file"  # "file", "dir", "symlink" or (RAR5) "hardlink"
     target: str = ""  # a link's target
     encrypted: bool = False
+    compressed: bool = False  # RAR5: method 3 ("normal"), see _literals
 
 
 def _vint(n: int) -> bytes:
@@ -81,8 +87,10 @@ def rar5(entries: list[Entry], solid: bool = False, encrypted_names: bool = Fals
         fields = _vint(file_flags) + _vint(len(data)) + _vint(mode) + struct.pack("<I", MTIME)
         if e.kind != "dir":
             fields += struct.pack("<I", zlib.crc32(data))
-        # compression information: version 0, solid bit 6, method 0 (store), bits 7-9
-        fields += _vint(0x40 if solid and i else 0) + _vint(1)  # host OS: Unix
+        # compression information: version 0, solid bit 6, method bits 7-9 (0: store),
+        # dictionary bits 10-13 (0: 128 KiB)
+        compression = (0x40 if solid and i else 0) | (3 << 7 if e.compressed else 0)
+        fields += _vint(compression) + _vint(1)  # host OS: Unix
         name = e.name.encode()
         fields += _vint(len(name)) + name
         extra = b""
@@ -92,9 +100,29 @@ def rar5(entries: list[Entry], solid: bool = False, encrypted_names: bool = Fals
             target = e.target.encode()
             redirect = 1 if e.kind == "symlink" else 4
             extra += _record(0x05, _vint(redirect) + _vint(0) + _vint(len(target)) + target)
-        out.append(_block5(2, fields, extra, data))  # a folder too: an empty data area
+        packed = _literals(data) if e.compressed else data
+        out.append(_block5(2, fields, extra, packed))  # a folder too: an empty data area
     out.append(_block5(5, _vint(0)))  # end of archive: the last volume
     return b"".join(out)
+
+
+def _literals(data: bytes) -> bytes:
+    """``data`` as one RAR5 compressed block that holds only literals, so that a RAR
+    tool, not rarfile, must decode it. The Huffman tables give every byte value an
+    8-bit code (canonical codes in symbol order: each byte codes as itself) and every
+    other symbol none. The table is sent with the bit-length code: symbol 8 ("length
+    8") is 0, symbol 19 ("11 + 7 bits of zeros") is 1."""
+    bits = "".join(f"{n:04b}" for n in [0] * 8 + [1] + [0] * 10 + [1])  # bit lengths
+    bits += "0" * 256  # the 256 literals: length 8
+    bits += "1" + f"{138 - 11:07b}" + "1" + f"{36 - 11:07b}"  # the other 174: none
+    body = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)) + data
+    size = len(body).to_bytes(3, "little").rstrip(b"\0") or b"\0"
+    # flags: table present, last block, size in len(size) bytes, all 8 last bits used
+    flags = 0x80 | 0x40 | (len(size) - 1) << 3 | 7
+    check = 0x5A ^ flags
+    for b in size:
+        check ^= b
+    return bytes([flags, check]) + size + body
 
 
 def _block4(kind: int, flags: int, fields: bytes, data: bytes = b"") -> bytes:

@@ -466,6 +466,8 @@ def _rar(archive: str, dest: Path, budget: _Budget) -> list[Member]:
                     f"it needs a password, and conveyor takes none")
                 continue
             try:
+                if info.compress_type != rarfile.RAR_M0:  # find the tool first: rf.open
+                    rarfile.tool_setup()  # would leave a temporary copy behind without
                 src = rf.open(info)
             except rarfile.RarCannotExec:
                 raise ArchiveError(

@@ -1,7 +1,7 @@
 """RAR for real: RAR4 and RAR5 archives (made by :mod:`rar_writer`, read by the same
 tools as any RAR) through expand and unpack, and once through the whole pipeline:
-folders, solid archives, links and traversal refused, encrypted members failing
-alone, limits, RAR inside zip, and the system tool rarfile hands work to."""
+folders, solid archives, compressed members (decoded by the system tool), links
+and traversal refused, encrypted members failing alone, RAR inside zip."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def test_the_writer_makes_archives_the_rar_tools_read(tmp_path, fmt):
                             text=True, check=True).stdout.split()
     assert listed == ["a", "a/b", "a/b/doc.pdf", "c/doc2.pdf", "c/readme.txt", "link.pdf",
                       "secret.pdf"]
+    if fmt == "rar5":
+        packed = _rar(tmp_path / "packed.rar", fmt, [Entry("doc.pdf", PDF_A, compressed=True)])
+        assert "Norm" in subprocess.run([_tool("lsar"), "-l", str(packed)], capture_output=True,
+                                        text=True, check=True).stdout
+        assert subprocess.run([_tool("bsdtar"), "-xOf", str(packed), "doc.pdf"],
+                              capture_output=True, check=True).stdout == PDF_A
     solid = _rar(tmp_path / "solid.rar", fmt, FOLDERS, solid=True)
     assert rarfile.RarFile(solid).is_solid()
     unar = subprocess.run([_tool("unar"), "-q", "-o", str(tmp_path / "unar"), str(solid)],
@@ -165,16 +171,37 @@ def test_an_archive_with_encrypted_names_fails_naming_the_password(tmp_path):
         list(expand_to(str(archive), tmp_path / "out"))
 
 
+@pytest.mark.parametrize("solid", [False, True])
+def test_compressed_members_are_decoded_by_the_system_tool(tmp_path, solid):
+    """rarfile decodes no compressed RAR itself: it pipes the member through the tool
+    it finds on PATH (unar, from scripts/system-deps.sh); a solid archive whole."""
+    assert rarfile.tool_setup().setup["open_cmd"][0] != "BSDTAR_TOOL" or not solid, (
+        "only bsdtar found, which reads no solid RAR: install unar (scripts/system-deps.sh)")
+    archive = _rar(tmp_path / "packed.rar", "rar5", [  # rar stores none in a solid stream
+        Entry("a/doc.pdf", PDF_A, compressed=True), Entry("b.pdf", PDF_B, compressed=solid),
+        Entry("c/doc2.pdf", PDF_B, compressed=True)], solid=solid)
+    assert [i.compress_type for i in rarfile.RarFile(archive).infolist()] == [
+        rarfile.RAR_M3, rarfile.RAR_M3 if solid else rarfile.RAR_M0, rarfile.RAR_M3]
+    items = _items(archive, tmp_path / "out")
+    assert all(v.get("error") is None for v in items.values())
+    assert _text(items[f"{archive}/a/doc.pdf"]).startswith("Alpha document")
+    assert _text(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
+    assert [Path(items[f"{archive}/{m}"]["path"]).read_bytes()
+            for m in ("a/doc.pdf", "b.pdf", "c/doc2.pdf")] == [PDF_A, PDF_B, PDF_B]
+
+
 def test_a_compressed_member_without_a_rar_tool_names_the_tool(tmp_path, monkeypatch):
-    """No unrar, unar, 7z or bsdtar on PATH: the archive fails saying what to install
-    (FORCE_TOOL sends this stored member the way of a compressed one)."""
-    monkeypatch.setattr(rarfile, "FORCE_TOOL", True)
+    """No unrar, unar, 7z or bsdtar on PATH: the archive fails saying what to install,
+    and leaves no temporary copy of the member behind."""
     monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)  # forget the tool found before
+    monkeypatch.setattr(rarfile, "HACK_TMP_DIR", str(tmp_path / "tmp"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    archive = _rar(tmp_path / "x.rar", "rar5", [Entry("doc.pdf", PDF_A)])
+    (tmp_path / "tmp").mkdir()
+    archive = _rar(tmp_path / "x.rar", "rar5", [Entry("doc.pdf", PDF_A, compressed=True)])
     with pytest.raises(ArchiveError, match=r"member 'doc.pdf' is compressed and extracting "
                                            r"it needs an unrar tool .* apt-get install unar"):
         list(expand_to(str(archive), tmp_path / "out"))
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_a_rar_inside_a_zip_is_opened_and_found_by_its_content(tmp_path):
@@ -194,9 +221,9 @@ def test_a_rar_inside_a_zip_is_opened_and_found_by_its_content(tmp_path):
 
 
 def test_rar_archives_through_the_whole_pipeline(tmp_path):
-    """RAR4 and RAR5 beside each other in a folder: their PDFs are indexed and found,
-    the encrypted member and the archive with a link fail with their reasons, and
-    nothing else fails."""
+    """RAR4 and RAR5 (solid, a member compressed) beside each other in a folder: their
+    PDFs are indexed and found, the encrypted member and the archive with a link fail
+    with their reasons, and nothing else fails."""
     from conveyor.docs.pipeline import build_pipeline
     from conveyor.docs.search import search
 
@@ -206,7 +233,7 @@ def test_rar_archives_through_the_whole_pipeline(tmp_path):
     glaciers = text_pdf([["Glaciers carve valleys as the ice flows slowly downhill."]])
     _rar(folder / "four.rar", "rar4", [Entry("docs", kind="dir"),
                                        Entry("docs/glaciers.pdf", glaciers)])
-    _rar(folder / "five.rar", "rar5", [Entry("a/b/lighthouse.pdf", lighthouse),
+    _rar(folder / "five.rar", "rar5", [Entry("a/b/lighthouse.pdf", lighthouse, compressed=True),
                                        Entry("a/secret.pdf", PDF_A, encrypted=True)],
          solid=True)
     _rar(folder / "link.rar", "rar5", [Entry("doc.pdf", PDF_B),
