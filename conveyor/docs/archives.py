@@ -466,8 +466,10 @@ def _rar(archive: str, dest: Path, budget: _Budget) -> list[Member]:
                     f"it needs a password, and conveyor takes none")
                 continue
             try:
-                if info.compress_type != rarfile.RAR_M0:  # find the tool first: rf.open
-                    rarfile.tool_setup()  # would leave a temporary copy behind without
+                # rf.open copies a compressed member to a temporary file for the tool,
+                # and leaves it behind when there is no tool: look for one first
+                if info.compress_type != rarfile.RAR_M0:
+                    rarfile.tool_setup()
                 src = rf.open(info)
             except rarfile.RarCannotExec:
                 raise ArchiveError(
