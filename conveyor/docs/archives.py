@@ -22,7 +22,10 @@ input only while it is unchanged, so a file edited in place, or added to a
 folder, is found by the next run. A folder is one input: when anything in it
 changes, its documents are processed again (the other inputs are reused).
 An archive that cannot be read fails its ``unpack`` item alone; the folder's
-other files go on.
+other files go on. An encrypted RAR member fails alone (conveyor takes no
+passwords); a RAR whose file names are encrypted fails whole. RAR's stored
+members are read by rarfile itself, its compressed ones through a RAR tool on
+PATH (``unar``, installed by ``scripts/system-deps.sh``, or unrar, 7z, bsdtar).
 
 Archives inside archives are opened, to :attr:`Limits.depth` levels (keys
 ``outer.zip/inner.zip/doc.pdf``); a deeper one fails alone, as an item
@@ -438,6 +441,8 @@ def _sevenzip_sink(py7zr: Any, dest: Path, plan: dict[str, str], budget: _Budget
 
 
 def _rar(archive: str, dest: Path, budget: _Budget) -> list[Member]:
+    """Stored members rarfile reads itself; compressed ones it pipes through a RAR tool
+    on PATH (unrar, unar, 7z or bsdtar; ``scripts/system-deps.sh`` installs unar)."""
     rarfile = require("rarfile", "docs", f"{archive}: a RAR archive", ArchiveError)
     try:
         rf = rarfile.RarFile(archive)
@@ -445,23 +450,45 @@ def _rar(archive: str, dest: Path, budget: _Budget) -> list[Member]:
         raise ArchiveError(f"{budget.archive}: not a RAR archive (damaged or misnamed)") from None
     with rf:
         infos = rf.infolist()
-        plan = _plan(budget.archive, [(i.filename, i.is_file(), i.is_symlink()) for i in infos])
+        if not infos and rf.needs_password():  # rarfile lists nothing it cannot decrypt
+            raise ArchiveError(f"{budget.archive}: the RAR archive's file names are "
+                               f"encrypted: listing it needs a password, and conveyor "
+                               f"takes none")
+        plan = _plan(budget.archive, [(i.filename, i.is_file(), _rar_is_link(rarfile, i))
+                                      for i in infos])
         errors = {}
         for info in infos:
-            if info.filename in plan:
-                try:
-                    src = rf.open(info)
-                except rarfile.RarCannotExec:
-                    raise ArchiveError(
-                        f"{budget.archive}: member {info.filename!r} is compressed and "
-                        f"extracting it needs an unrar tool (unrar, unar, 7z or bsdtar) on "
-                        f"PATH; install one (e.g. apt-get install unar) or repack as zip"
-                    ) from None
-                errors[info.filename] = _take(
-                    lambda: src, dest / plan[info.filename],
-                    budget.meter(plan[info.filename], info.compress_size))
+            if info.filename not in plan:
+                continue
+            if info.needs_password():  # the member alone: its archive-mates may be clear
+                errors[info.filename] = (
+                    f"{budget.archive}: member {info.filename!r} is encrypted: extracting "
+                    f"it needs a password, and conveyor takes none")
+                continue
+            try:
+                # rf.open copies a compressed member to a temporary file for the tool,
+                # and leaves it behind when there is no tool: look for one first
+                if info.compress_type != rarfile.RAR_M0:
+                    rarfile.tool_setup()
+                src = rf.open(info)
+            except rarfile.RarCannotExec:
+                raise ArchiveError(
+                    f"{budget.archive}: member {info.filename!r} is compressed and "
+                    f"extracting it needs an unrar tool (unrar, unar, 7z or bsdtar) on "
+                    f"PATH; install one (e.g. apt-get install unar) or repack as zip"
+                ) from None
+            errors[info.filename] = _take(
+                lambda: src, dest / plan[info.filename],
+                budget.meter(plan[info.filename], info.compress_size))
         stamps = {i.filename: f"crc{i.CRC or 0:08x}-{i.file_size}" for i in infos}
     return sorted(Member(safe, stamps[name], errors[name]) for name, safe in plan.items())
+
+
+def _rar_is_link(rarfile: Any, info: Any) -> bool:
+    """A symbolic link or junction, or (RAR5) a hard link: refused like tar's links.
+    A RAR5 "file copy" is not: rarfile reads it from the member it copies."""
+    return info.is_symlink() or (
+        info.file_redir is not None and info.file_redir[0] == rarfile.RAR5_XREDIR_HARD_LINK)
 
 
 def _take(open_member: Any, target: Path, meter: _Meter) -> str | None:
