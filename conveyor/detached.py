@@ -120,6 +120,7 @@ def detach(pipeline: "Pipeline", inputs: Iterable[Any] | None,
            run_dir: str | os.PathLike[str], options: dict[str, Any]) -> "RunResult":
     """``pipeline.run(inputs, run_dir=run_dir, **options)`` in a detached driver; see
     :meth:`conveyor.Pipeline.run`. Returns once that driver holds the run."""
+    # cloudpickle: loaded only where a run is detached from Python
     from .worker import shipping
 
     pipeline.validate()  # a definition that cannot run fails here, not in a log
@@ -145,6 +146,7 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 def _run_cli(args: list[str]) -> int:
+    # the CLI imports this module (for --detach): so it is imported here, not at the top
     from .cli.app import app
 
     try:
@@ -156,6 +158,7 @@ def _run_cli(args: list[str]) -> int:
 
 
 def _run_pickled(run_dir: Path) -> int:
+    # as in detach()
     from .worker import shipping
 
     path, payload = pickle.loads((run_dir / rundir.DETACHED).read_bytes())

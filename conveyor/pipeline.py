@@ -504,7 +504,7 @@ class Pipeline:
         from .engine.batch import run_pipeline
 
         if detach:
-            from .detached import detach as start_detached
+            from .detached import detach as start_detached  # as run_pipeline, above
 
             return start_detached(self, inputs, run_dir, dict(
                 executor=executor, cpus=cpus, ram=ram, gpus=gpus, force=tuple(force),

@@ -167,8 +167,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
                "Show what running the pipeline again would reuse and recompute.")),
            pipeline: Optional[str] = typer.Option(None, "--pipeline", help=(
                "MODULE:PIPELINE to plan with (default: the one this run recorded)."))) -> None:
-    """Show whether a run is running, stopped, finished or crashed, and its per-stage
-    counts (works while it runs).
+    """Show whether a run is running, stopped, finished or crashed, and its per-stage counts.
 
     With --plan: what running the pipeline again would reuse and recompute.
     """

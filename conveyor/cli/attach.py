@@ -31,8 +31,7 @@ def register(app: typer.Typer) -> None:
 def attach(run_dir: Path = typer.Argument(..., help="A run directory."),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")
            ) -> None:
-    """Follow a running run until it ends, exiting with its exit code; Ctrl-C leaves it
-    running."""
+    """Follow a running run until it ends, exiting with its exit code; Ctrl-C leaves it running."""
     if runstate.driver(run_dir) is None and not rundir.is_run(run_dir):
         usage_error(f"{run_dir} is not a conveyor run directory (no {rundir.LEDGER})")
     try:
@@ -79,8 +78,10 @@ def stop(run_dir: Path = typer.Argument(..., help="A run directory."),
          timeout: Optional[float] = typer.Option(None, help=(
              "Seconds to wait for the driver to exit (default: as long as it takes)."))
          ) -> None:
-    """Stop a running run cleanly, as Ctrl-C does (running the same command again resumes
-    it); returns once its driver has exited."""
+    """Stop a running run cleanly, as Ctrl-C does; returns once its driver has exited.
+
+    Nothing finished is lost: running the same command again resumes it.
+    """
     try:
         stopped = runstate.stop(run_dir, timeout)
     except (ConveyorError, TimeoutError) as exc:
