@@ -57,6 +57,10 @@ class RunInterrupted(ConveyorError):
     """The run was stopped by a signal; the ledger is consistent and a rerun resumes."""
 
 
+class StageTimeout(ConveyorError):
+    """A stage's call ran past its ``timeout=`` and was interrupted (inline executor)."""
+
+
 class StoreError(ConveyorError):
     """The value store cannot be used: another one is recorded, or its backend is missing."""
 

@@ -460,7 +460,7 @@ class Pipeline:
             executor: str = "local", cpus: float | None = None, ram: int | str | None = None,
             gpus: int | None = None, force: Iterable[str] = (), retry: bool | Iterable[str] = True,
             progress: bool = False, bench: bool = False, address: str | None = None,
-            store: str | None = None) -> "RunResult":
+            store: str | None = None, detach: bool = False) -> "RunResult":
         """Run the pipeline over ``inputs`` and return the run's result.
 
         Args:
@@ -484,6 +484,11 @@ class Pipeline:
                 None starts a local Ray instance. Only with ``executor="ray"``.
             store: where large values live, as an fsspec URL or path (default:
                 the run directory); recorded in the run directory for later runs.
+            detach: run in a driver process of its own that outlives this one
+                (see :mod:`conveyor.detached`): returns once it holds the run, a
+                result whose ``pid``, ``status()``, ``wait()`` and ``stop()`` follow
+                it, as ``open_run(run_dir)`` does from any process. The inputs are
+                taken in here and sent along; read the results with ``outputs()``.
 
         Raises:
             PipelineError: the definition cannot run (before any work), or a
@@ -498,6 +503,13 @@ class Pipeline:
         # run starts, keeps `import conveyor` light and the import graph one-way.
         from .engine.batch import run_pipeline
 
+        if detach:
+            from .detached import detach as start_detached  # as run_pipeline, above
+
+            return start_detached(self, inputs, run_dir, dict(
+                executor=executor, cpus=cpus, ram=ram, gpus=gpus, force=tuple(force),
+                retry=retry if isinstance(retry, bool) else tuple(retry), progress=progress,
+                bench=bench, address=address, store=store))
         return run_pipeline(self, inputs, run_dir=run_dir, executor=executor, cpus=cpus,
                             ram=ram, gpus=gpus, force=force, retry=retry, progress=progress,
                             bench=bench, address=address, store=store)

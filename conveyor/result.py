@@ -2,6 +2,8 @@
 
 :class:`RunResult` reads the ledger read-only, so the same view works from the
 process that ran the pipeline, from another process while it runs, and after.
+It is also the handle of a detached run (``pipe.run(detach=True)``): its
+driver's state, ``wait()`` and ``stop()``, from any process.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import codec, rundir
+from . import codec, rundir, runstate
 from .errors import LedgerError
 from .ledger.base import STATUSES
 from .ledger.sqlite import SqliteLedger
@@ -107,6 +109,37 @@ class RunResult:
                     parts.append(f"{c[status]} {status}")
             lines.append(f"{stage}: {', '.join(parts)}")
         return "\n".join(lines)
+
+    # -- the driver: a detached run's handle, or any run seen from another process ---------
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the run's driver: the live one, else the last detached one."""
+        live = runstate.driver(self.run_dir)
+        return live["pid"] if live else runstate.read_json(self.run_dir / rundir.DRIVER).get("pid")
+
+    def status(self) -> dict[str, Any]:
+        """Whether the run is running (its driver's pid, host and since), stopped,
+        finished (ok or not) or crashed, and its exit code; see :mod:`conveyor.runstate`."""
+        return runstate.state(self.run_dir, lambda: self.ok)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait until the run's driver has exited; its exit code (0 ok, 1 failed items,
+        2 an error, 130 stopped or crashed: rerun to resume).
+
+        Raises:
+            TimeoutError: the driver still runs after ``timeout`` seconds.
+        """
+        if not runstate.wait(self.run_dir, timeout):
+            raise TimeoutError(f"the run in {self.run_dir} is still running after "
+                               f"{timeout:g} s")
+        return self.status()["exit_code"]
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop the run as Ctrl-C does (nothing lost; running it again resumes) and wait
+        until its driver has exited; the exit code as :meth:`wait`'s."""
+        runstate.stop(self.run_dir, timeout)
+        return self.status()["exit_code"]
 
     def close(self) -> None:
         self._ledger.close()

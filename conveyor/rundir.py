@@ -14,6 +14,10 @@
       side/STAGE.db            a stage read as a side input: key -> value, for lookups
       logs/GROUP.log           a worker group's stdout and stderr
       bench.json               per-stage figures of a --bench run
+      driver.json              a detached driver: pid, host, since, its command
+      driver.log               a detached driver's stdout and stderr
+      exit.json                a detached driver's exit code, written as it ends
+      detached.pkl             what pipe.run(detach=True) hands its detached driver
       report.html              `conveyor report`'s default output
 
 Only names live here, and the helpers that build their paths; what each file
@@ -37,6 +41,10 @@ SIDE = "side"
 LOGS = "logs"
 BENCH = "bench.json"
 REPORT = "report.html"
+DRIVER = "driver.json"
+DRIVER_LOG = "driver.log"
+EXIT = "exit.json"
+DETACHED = "detached.pkl"
 
 PathLike = str | os.PathLike[str]
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -192,6 +193,36 @@ def test_a_worker_fault_costs_its_item_an_attempt_and_the_run_goes_on(
     only_poison_failed(result, reason, attempts=2)
     exits = [e for e in read_events(run_dir) if e["event"] == "worker_exit"]
     assert sum(reason.removeprefix("worker ") in e["reason"] for e in exits) == 2
+
+
+def timed_pipeline() -> Pipeline:
+    pipe = Pipeline("timed")
+
+    @pipe.stage(timeout=0.5, retries=1, retry_backoff=0.01)
+    def work(x, ctx):
+        if ctx.key == "poison":
+            sleep_forever()
+        return x * 2
+
+    return pipe
+
+
+def test_the_inline_executor_interrupts_a_call_past_its_timeout(run_dir):
+    items = [Item(k, i) for i, k in enumerate(["a", "b", "poison", "c"])]
+    with timed_pipeline().run(items, run_dir=run_dir, executor="inline") as result:
+        only_poison_failed(result, "StageTimeout: timed out after 0.5 s", attempts=2)
+        assert dict(result.outputs("work")) == {"a": 0, "b": 2, "c": 6}
+
+
+def test_the_inline_executor_refuses_a_timeout_it_cannot_enforce_off_the_main_thread(run_dir):
+    # its timer is a signal, which only the main thread receives
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(timed_pipeline().run, [Item("a", 1)], run_dir=run_dir,
+                             executor="inline").result()
+    with result:
+        (failure,) = result.failures()
+    assert ("stage 'work' sets timeout=0.5, which the inline executor can enforce only in a "
+            "run on the main thread") in failure["error"]
 
 
 @pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)],

@@ -155,6 +155,15 @@ def test_an_invalid_body_is_a_422_naming_the_field(server, body, field):
     assert [error["loc"] for error in response.json()["detail"]] == [field]
 
 
+@pytest.mark.parametrize("timeout", [0, 0.0009, -1])
+def test_a_timeout_below_a_millisecond_is_a_422_not_a_504(server, timeout):
+    response = post(server, "/run", {"text": "hello there", "id": 8}, timeout=timeout)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", "timeout"]
+    assert "0.001" in error["msg"]
+
+
 def test_a_failing_stage_is_a_500_with_its_name_and_message_and_no_traceback(server):
     response = post(server, "/run", {"text": "bad input", "fail": True})
     assert response.status_code == 500

@@ -16,7 +16,7 @@ from typing import Any, Iterator, List, Optional
 import typer
 from rich.table import Table
 
-from .. import origin, rundir
+from .. import origin, rundir, runstate
 from ..dataset.cli import register as register_dataset
 from ..docs.cli import register as register_docs
 from ..engine.prepare import plan_rerun
@@ -35,12 +35,16 @@ from ..optional import require
 from ..pipeline import Pipeline
 from ..resources import DEFAULT_PRICES, Budget
 from ..result import RunResult, open_run
+from .attach import register as register_attach
 from .common import (
+    DETACH_HELP,
+    DETACH_OPTION,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     console,
+    detach_now,
     errors,
     print_counts,
 )
@@ -99,8 +103,11 @@ def run(
     bench: bool = typer.Option(False, "--bench", help=(
         "Benchmark mode: per-stage wall time, items/s, mean/p95 item time, peak RSS and "
         "GPU memory, printed and stored in RUN_DIR/bench.json.")),
+    detach: bool = typer.Option(False, DETACH_OPTION, help=DETACH_HELP),
 ) -> None:
     """Run a pipeline; running again on the same --run-dir resumes."""
+    if detach:
+        detach_now(run_dir)
     try:
         pipe = load_pipeline(pipeline)
         given: Any = None
@@ -160,10 +167,18 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
                "Show what running the pipeline again would reuse and recompute.")),
            pipeline: Optional[str] = typer.Option(None, "--pipeline", help=(
                "MODULE:PIPELINE to plan with (default: the one this run recorded)."))) -> None:
-    """Show per-stage counts of a run (works while it runs).
+    """Show whether a run is running, stopped, finished or crashed, and its per-stage counts.
 
     With --plan: what running the pipeline again would reuse and recompute.
     """
+    starting = runstate.driver(run_dir) if not rundir.is_run(run_dir) else None
+    if starting is not None:  # a detached driver that has not opened its ledger yet
+        found = {"state": runstate.RUNNING, "ok": None, "exit_code": None, **starting}
+        if as_json:
+            print(json.dumps({"state": found}))
+        else:
+            console.print(runstate.describe(found), highlight=False, markup=False)
+        return
     with _open(run_dir) as result:
         if plan:
             pipe = _recorded_pipeline(result, pipeline)
@@ -181,8 +196,10 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
             console.print(table)
         elif as_json:
             print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
-                              "stages": result.counts, "spilled": result.spilled}))
+                              "stages": result.counts, "spilled": result.spilled,
+                              "state": result.status()}))
         else:
+            console.print(runstate.describe(result.status()), highlight=False, markup=False)
             print_counts(result)
 
 
@@ -333,6 +350,7 @@ def serve(
     run(app_, host=host, port=port, grace=grace)
 
 
+register_attach(app)  # conveyor attach, conveyor stop
 register_docs(app)  # conveyor docs, conveyor search
 register_dataset(app)  # conveyor dataset
 

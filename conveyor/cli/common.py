@@ -1,4 +1,5 @@
-"""What every ``conveyor`` command shares: exit codes, the two consoles, the counts table.
+"""What every ``conveyor`` command shares: exit codes (those of :mod:`conveyor.runstate`),
+the two consoles, the counts table, ``--detach``.
 
 Imported by :mod:`conveyor.cli.app` and by feature packages' commands
 (:mod:`conveyor.docs.cli`), so that those need not import the app that
@@ -7,23 +8,29 @@ registers them.
 
 from __future__ import annotations
 
+import socket
+import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConveyorError, RunInterrupted
+from .. import detached, rundir
+from ..errors import ConveyorError, RunInterrupted, RunLockedError
 from ..pipeline import Pipeline
 from ..resources import format_size
 from ..result import RunResult
-
-#: 0 the run is ok; 1 some items failed (or are left pending); 2 a usage,
-#: definition or input error (nothing ran); 130 interrupted (rerun to resume).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from ..runstate import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 console = Console()
 errors = Console(stderr=True)
+
+DETACH_OPTION = "--detach"
+DETACH_HELP = ("Run in the background, outliving this terminal: print the run dir and the "
+               "driver's pid and return (then: conveyor status|attach|stop RUN_DIR).")
+DETACH_WAIT = 5.0  # seconds --detach waits to see its driver hold the run (or fail at once)
 
 
 def print_counts(result: RunResult) -> None:
@@ -79,3 +86,30 @@ def usage_error(message: str) -> NoReturn:
     """Say what is wrong with the command line, and exit 2."""
     errors.print(f"[red]error:[/] {message}")
     raise typer.Exit(EXIT_USAGE)
+
+
+def detach_now(run_dir: Path) -> NoReturn:
+    """Run this command line again without ``--detach``, as a detached driver on
+    ``run_dir`` (:mod:`conveyor.detached`); say where it is and exit 0, or with the
+    driver's own code where it failed at once."""
+    args = sys.argv[1:]
+    cut = args.index("--") if "--" in args else len(args)  # after "--" it would be an input
+    if DETACH_OPTION not in args[:cut]:
+        usage_error(f"{DETACH_OPTION} works from the command line; from Python use "
+                    f"pipe.run(..., detach=True)")
+    args = [a for i, a in enumerate(args) if i >= cut or a != DETACH_OPTION]
+    try:
+        pid = detached.launch(run_dir, ["cli", *args])
+    except RunLockedError as exc:
+        usage_error(str(exc))
+    code = detached.started(run_dir, pid, DETACH_WAIT)
+    if code not in (None, EXIT_OK):
+        errors.print(f"[red]the detached run ended at once (exit {code}):[/]")
+        errors.print(detached.log_tail(run_dir), markup=False, highlight=False)
+        raise typer.Exit(code)
+    where = run_dir.absolute()
+    # plain lines, never wrapped: scripts read the pid from them
+    print(f"detached: {where} (driver pid {pid} on {socket.gethostname()}), "
+          f"log: {where / rundir.DRIVER_LOG}")
+    print(f"follow it: conveyor attach {where}   stop it: conveyor stop {where}")
+    raise typer.Exit(EXIT_OK)

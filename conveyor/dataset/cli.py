@@ -4,6 +4,7 @@
         [--format parquet|jsonl] [--shard-size 256MiB] [--languages en,de]
         [--dedupe fuzzy|exact|none] [--pii redact|keep] [--rule NAME=VALUE]... [--rules FILE]
         [--upload-concurrency 4] [--cpus --gpus --ram --executor --address] [--quiet]
+        [--detach]
 
 Exit codes as ``conveyor docs``: 0 every document went through (kept or
 rejected with its reasons), 1 some failed (listed with their reasons), 2 a
@@ -18,7 +19,15 @@ from typing import Any, List, Optional
 
 import typer
 
-from ..cli.common import console, finish, run_or_exit, usage_error
+from ..cli.common import (
+    DETACH_HELP,
+    DETACH_OPTION,
+    console,
+    detach_now,
+    finish,
+    run_or_exit,
+    usage_error,
+)
 from ..docs.cli import corpus, print_skipped
 from ..errors import ConveyorError
 from ..optional import require
@@ -55,6 +64,7 @@ def dataset(
     executor: str = typer.Option("local", help="local (worker processes), inline or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (ray only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    detach: bool = typer.Option(False, DETACH_OPTION, help=DETACH_HELP),
 ) -> None:
     """Turn PDFs into a clean, filtered, deduplicated dataset at DEST; rerun to resume."""
     try:
@@ -81,6 +91,8 @@ def dataset(
                              upload_concurrency=upload_concurrency)
     except (OSError, ValueError) as exc:
         usage_error(str(exc))
+    if detach:
+        detach_now(run_dir)
     result = run_or_exit(pipe, given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
                          gpus=gpus, address=address, progress=not quiet)
 

@@ -4,6 +4,7 @@ The engine's CLI calls :func:`register` to add them to its typer app::
 
     conveyor docs INPUT... --run-dir DIR [--cpus N] [--gpus N] [--ram SIZE]
                            [--executor local|inline|ray] [--address ADDR] [--quiet]
+                           [--detach]
     conveyor search DIR "query" [-k 5] [--json]
 
 ``docs`` exits 0 when every document went through, 1 when some failed (they
@@ -24,7 +25,10 @@ import typer
 
 from .. import rundir
 from ..cli.common import (
+    DETACH_HELP,
+    DETACH_OPTION,
     console,
+    detach_now,
     finish,
     run_or_exit,
     usage_error,
@@ -52,11 +56,14 @@ def docs(
     executor: str = typer.Option("local", help="local (worker processes), inline or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (ray only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    detach: bool = typer.Option(False, DETACH_OPTION, help=DETACH_HELP),
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
     given = corpus(inputs, run_dir)
     if gpus is not None and gpus < 0:
         usage_error(f"--gpus must be >= 0, got {gpus}")
+    if detach:
+        detach_now(run_dir)
     pipe = build_pipeline(embed_gpus=None if gpus is None else min(gpus, 1))
     result = run_or_exit(pipe, given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
                          gpus=gpus, address=address, progress=not quiet)

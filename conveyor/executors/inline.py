@@ -4,17 +4,24 @@ For debugging (a breakpoint in a stage just works) and for tests. A "worker"
 is a :class:`~conveyor.worker.runner.GroupRunner` held in this process; its setup
 runs when it is first sent work (a worker started ahead of time costs
 nothing until then), and tasks run as soon as they are sent. Nothing can be
-killed from outside, so per-item timeouts are not enforced and the stage's
-``env`` is not applied; a stage with its own Python environment
+killed from outside, so a stage's ``timeout=`` is enforced by a timer
+(``SIGALRM``) that interrupts the call: the item fails with
+:class:`~conveyor.errors.StageTimeout` and is retried like any failure. The
+timer needs the main thread; a run with timeouts on another thread is refused.
+The stage's ``env`` is not applied; a stage with its own Python environment
 (``requirements=``/``python=``) cannot run here, and its items fail saying so.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import traceback
-from typing import Mapping
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, Iterator, Mapping
 
+from ..errors import StageTimeout
 from ..ledger.base import Claim
 from ..worker.runner import GroupRunner, WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
@@ -42,7 +49,17 @@ class InlineExecutor(Executor):
                                          f"executor cannot give it: use the local executor", ""),
                              Exited(worker, "setup failed")]
             return worker
-        self._runners[worker] = GroupRunner(spec)
+        timed = [s.stage for s in spec.stages if s.stage.timeout]
+        if timed and threading.current_thread() is not threading.main_thread():
+            self._events += [SetupFailed(worker, f"stage {timed[0].name!r} sets timeout="
+                                         f"{timed[0].timeout:g}, which the inline executor can "
+                                         f"enforce only in a run on the main thread: run it "
+                                         f"there, or use the local executor", ""),
+                             Exited(worker, "setup failed")]
+            return worker
+        runner = self._runners[worker] = GroupRunner(spec)
+        for stage in timed:
+            runner.runners[stage.name].limit = partial(_deadline, stage.timeout)
         self._pending_setup.add(worker)
         self._events.append(Ready(worker))
         return worker
@@ -88,3 +105,18 @@ class InlineExecutor(Executor):
 
     def workers(self) -> list[int]:
         return list(self._runners)
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the block with :class:`StageTimeout` once it has run ``seconds``."""
+    def expired(signum: int, frame: Any) -> None:
+        raise StageTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -215,7 +215,10 @@ def _model_name(stage: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", stage))
 
 
-_TIMEOUT_QUERY = Query(None, gt=0, description="seconds to wait at most (capped by the server)")
+# Below a millisecond no request can be answered: a 422 says so, where a 504 would blame the work.
+MIN_TIMEOUT = 0.001
+_TIMEOUT_QUERY = Query(None, ge=MIN_TIMEOUT, description=(
+    f"seconds to wait at most, at least {MIN_TIMEOUT:g} (capped by the server)"))
 
 
 def _endpoint(service: Service, stage: Stage, alone: str | None, limit: float, debug: bool

@@ -12,6 +12,7 @@ the chain is carried straight into it, and its outcome follows its parent's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -113,6 +114,9 @@ class StageRunner:
         self._is_generator = self.stage.is_generator
         self.boundary = boundary(self.stage)
         self.sides = Sides(run_dir, store, dict(spec.sides)) if spec.sides else None
+        # What each call of the user's code runs inside: where no watchdog can kill the
+        # worker (the inline executor), a deadline that interrupts it (see executors.inline).
+        self.limit: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     def setup(self) -> None:
         """Instantiate a class stage and run its ``setup()``; once per worker."""
@@ -145,9 +149,10 @@ class StageRunner:
             args = (key, *args)
         token = activate(ctx)
         try:
-            result = self._call(*args)
-            if self._is_generator:
-                result = list(result)  # the body runs here, inside the context
+            with self.limit():
+                result = self._call(*args)
+                if self._is_generator:
+                    result = list(result)  # the body runs here, inside the context
             return result
         finally:
             deactivate(token)
