@@ -67,6 +67,10 @@ class SqliteLedger(SqliteReads, Ledger):
                     raise LedgerError(f"no ledger at {self.path}")
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                            isolation_level=None, check_same_thread=False)
+                if not self._db.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+                    raise LedgerError(f"the ledger {self.path} has no tables yet: its run "
+                                      f"is starting; look again in a moment")
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, isolation_level=None,
@@ -77,11 +81,12 @@ class SqliteLedger(SqliteReads, Ledger):
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._migrate()
-                self._db.executescript(sql.SCHEMA)
+                # one transaction: a reader sees no tables or all of them, never a part
+                self._db.executescript(f"BEGIN IMMEDIATE; {sql.SCHEMA} "
+                                       f"INSERT OR IGNORE INTO meta VALUES('schema', "
+                                       f"'{sql.SCHEMA_VERSION}'); COMMIT;")
                 version = self._db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-                if version is None:
-                    self._db.execute("INSERT INTO meta VALUES('schema', ?)", (sql.SCHEMA_VERSION,))
-                elif version[0] != sql.SCHEMA_VERSION:
+                if version[0] != sql.SCHEMA_VERSION:
                     raise LedgerError(f"the ledger {self.path} has schema {version[0]}; this "
                                       f"conveyor reads schema {sql.SCHEMA_VERSION}")
                 self._db.executescript(
