@@ -45,6 +45,7 @@ from typing import Any
 from ..envs import LABEL_VAR
 from ..ledger.base import Claim
 from . import shipping
+from .meter import peak_rss
 from .protocol import (
     INIT,
     READY,
@@ -158,7 +159,8 @@ def serve(conn: Connection, runner: Any) -> None:
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
         if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
-            _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote()))
+            _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote(),
+                         (runner.meter.take(), peak_rss())))
             outcomes = []
             last_flush = time.monotonic()
         if stopping and not pending and not outcomes:
