@@ -163,3 +163,21 @@ def test_the_live_table_and_lines_show_cpu_used_next_to_declared():
     assert "cpu used/decl" in text and "0.98/0.25" in text and "-/1" in text
     lines = plain_lines(model)
     assert "cpu used/declared 0.98/0.25" in lines[0] and "cpu used/declared -/1" in lines[1]
+
+
+@pytest.mark.ray
+def test_ray_actors_report_what_their_calls_used(ray_instance, tmp_path):
+    pipe = Pipeline("ray-usage")
+
+    @pipe.stage(cpus=0.25)
+    def burn(n: int) -> int:
+        x = 0
+        for i in range(2_500_000):
+            x += i * i
+        return n
+
+    result = pipe.run(list(range(12)), run_dir=tmp_path / "run", executor="ray")
+    used = result.usage()["burn"]
+    assert used.cores is not None and used.cores > 0.31 and used.call_s >= 1.0
+    assert used.peak_rss is not None and used.peak_rss > 10 * MiB
+    assert any("stage 'burn' used" in w for w in result.warnings)

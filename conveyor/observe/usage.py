@@ -15,7 +15,8 @@ the run directory, during the run or after it:
   chain's stages share their workers, and so their peak).
 
 A stage that used more than ``CPU_OVER`` times its declared CPUs (over at
-least ``MIN_BUSY_SECONDS`` of calls, so a few short items make no noise), or
+least ``MIN_BUSY_SECONDS`` of calls not waiting for a CPU, so a few short
+items make no noise), or
 whose peak reached ``RAM_NEAR`` of its declared ``ram``, gets a warning that
 gives the figure and what to declare instead.
 """
@@ -32,7 +33,7 @@ from .events import last_run
 
 CPU_OVER = 1.25  # used / declared CPUs above which a stage is named
 RAM_NEAR = 0.9  # peak / declared RAM at or above which a stage is named
-MIN_BUSY_SECONDS = 1.0  # call time a stage needs before its CPU figure is judged
+MIN_BUSY_SECONDS = 1.0  # call time (less CPU waits) before a stage's CPU figure is judged
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class StageUsage:
     def cpu_warning(self) -> str | None:
         """Why its ``cpus`` is too low, and what to declare; None if it is not."""
         cores = self.cores
-        if (cores is None or self.call_s < MIN_BUSY_SECONDS or not self.cpus
+        if (cores is None or self.call_s - self.waited_s < MIN_BUSY_SECONDS or not self.cpus
                 or cores <= CPU_OVER * self.cpus):
             return None
         return (f"stage {self.stage!r} used {cores:.2f} cores while declaring "

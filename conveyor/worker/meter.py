@@ -7,7 +7,9 @@ reads:
 
 * the *process's* CPU time, not the calling thread's: user code often
   computes on threads of its own (torch, onnxruntime, BLAS), and those cores
-  are taken from the budget all the same;
+  are taken from the budget all the same. The worker's own threads (the
+  one receiving tasks, the one decoding inputs ahead) are left out
+  (:meth:`Meter.exclude`): their work is conveyor's, not the stage's;
 * the wall time, and the part of it the calling thread spent runnable but
   waiting for a CPU (``/proc/.../schedstat``). That wait is what an
   overcommitted machine adds: four workers burning a core each on two cores
@@ -46,19 +48,42 @@ class Meter:
     def __init__(self) -> None:
         self._spent: dict[str, list[float]] = {}  # stage -> [call s, cpu s, waited s]
         self._schedstat: dict[int, int] = {}  # thread id -> open fd of its schedstat (-1: none)
+        self._excluded: list[int] = []  # CPU-time clocks of threads whose work is not a stage's
+
+    def exclude(self, *threads: threading.Thread) -> None:
+        """Leave the CPU time of these (started) threads out of every stage's."""
+        for thread in threads:
+            if thread.ident is not None:
+                self._excluded.append(time.pthread_getcpuclockid(thread.ident))
+
+    def _cpu(self) -> float:
+        total = time.process_time()
+        for clock in self._excluded:
+            try:
+                total -= time.clock_gettime(clock)
+            except OSError:  # the thread is gone: its time stays in, as a constant
+                pass
+        return total
 
     def measure(self, stage: str, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)``, its wall, CPU and CPU-wait seconds added to ``stage``'s."""
-        waited, cpu, wall = self._waited(), time.process_time(), time.perf_counter()
+        # The wait is read inside the wall interval, on both sides: a wait for a CPU
+        # between the reads (likely on a busy machine) then counts as busy, never as a
+        # wait outside the call, which would overstate the cores.
+        wall = time.perf_counter()
+        cpu, waited = self._cpu(), self._waited()
         try:
             return call(*args)
         finally:
+            waited = self._waited() - waited
+            cpu = self._cpu() - cpu
+            wall = time.perf_counter() - wall
             spent = self._spent.get(stage)
             if spent is None:
                 spent = self._spent[stage] = [0.0, 0.0, 0.0]
-            spent[0] += time.perf_counter() - wall
-            spent[1] += time.process_time() - cpu
-            spent[2] += self._waited() - waited
+            spent[0] += wall
+            spent[1] += cpu
+            spent[2] += waited
 
     def take(self) -> dict[str, tuple[float, float, float]]:
         """What was spent since the last take, per stage: (call, CPU, waited) seconds."""

@@ -142,8 +142,10 @@ def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
     inbox = _Inbox(max(PREFETCH_ITEMS, 2 * runner.batch_size), PREFETCH_BYTES)
     received: queue.SimpleQueue = queue.SimpleQueue()
-    _Reader(conn, received).start()
-    _Loader(received, inbox, runner).start()
+    reader, loader = _Reader(conn, received), _Loader(received, inbox, runner)
+    reader.start()
+    loader.start()
+    runner.meter.exclude(reader, loader)
     batch = runner.batch_size
     pending: list[Any] = []
     outcomes: list[Any] = []
