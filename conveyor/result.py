@@ -17,6 +17,8 @@ from . import codec, rundir, runstate
 from .errors import LedgerError
 from .ledger.base import STATUSES
 from .ledger.sqlite import SqliteLedger
+from .observe.usage import StageUsage, read_usage
+from .observe.usage import warnings as usage_warnings
 from .store import Store
 
 SPILLED = "spilled:"  # ledger meta: bytes a group's partition files took, last time
@@ -80,6 +82,17 @@ class RunResult:
         """True when every item reached ``done`` or ``routed-out``."""
         return all(c["failed"] == c["pending"] == c["running"] == 0
                    for c in self.counts.values())
+
+    def usage(self) -> dict[str, StageUsage]:
+        """Per stage, what it declared (``cpus``, ``ram``) and what the last run's calls
+        used (mean cores while busy, peak RSS); see :mod:`conveyor.observe.usage`."""
+        return read_usage(self.run_dir)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Stages whose declarations the last run outgrew, with the figure and what to
+        declare instead (``cpus`` too low, or a peak near ``ram``)."""
+        return usage_warnings(self.usage())
 
     def failures(self, stage: str | None = None) -> list[dict[str, Any]]:
         """Failed items: ``stage``, ``key``, ``error``, ``traceback``, ``attempts``."""

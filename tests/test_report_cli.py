@@ -140,7 +140,8 @@ def test_json_figures_and_costs_at_default_prices(made_run):
     assert set(data) == {"pipeline", "wall_s", "verdict", "total_cost", "cost_per_1000",
                          "stages"}
     assert all(set(s) == {"stage", "done", "failed", "busy", "utilisation", "cost",
-                          "cost_per_1000", "spilled"} for s in data["stages"])
+                          "cost_per_1000", "spilled", "declared", "used"}
+               for s in data["stages"])
     assert all(s["spilled"] is None for s in data["stages"])  # no group stage here
     expected = expected_costs(run_dir, DEFAULTS)
     for s in data["stages"]:
@@ -176,15 +177,16 @@ def test_price_options_change_the_costs_and_the_html_per_1000_items(made_run, tm
     html = out.read_text(encoding="utf-8")
     rows = stages_table(html)
     assert rows[0] == ["stage", "done", "failed", "routed out", "items/s", "mean item", "busy",
-                       "cost", "per 1,000 items"]
+                       "CPUs used/declared", "peak RSS/ram", "cost", "per 1,000 items"]
     by_stage = {row[0]: row for row in rows[1:]}
     for s in data["stages"]:
         row = by_stage[s["stage"]]
         assert row[1:3] == [str(s["done"]), str(s["failed"])]
-        assert row[7:] == [money(s["cost"]), money(s["cost"] / s["done"] * 1000)]
+        assert row[7].endswith(f"/ {s['declared']['cpus']:g}")
+        assert row[9:] == [money(s["cost"]), money(s["cost"] / s["done"] * 1000)]
     total = by_stage["total"]
     assert total[1] == "4"
-    assert total[7:] == [money(data["total_cost"]), money(data["total_cost"] / 4 * 1000)]
+    assert total[9:] == [money(data["total_cost"]), money(data["total_cost"] / 4 * 1000)]
     assert ("at cpu $1.00/CPU-hour, ram $0.2500/GB-hour, gpu $7.50/GPU-hour." in
             " ".join(html.split()))
 

@@ -31,6 +31,7 @@ from ..errors import (
     StoreError,
 )
 from ..observe.report import analyse, render, summary_json
+from ..observe.usage import warnings
 from ..optional import require
 from ..pipeline import Pipeline
 from ..resources import DEFAULT_PRICES, Budget
@@ -47,6 +48,7 @@ from .common import (
     detach_now,
     errors,
     print_counts,
+    print_warnings,
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -137,6 +139,7 @@ def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
 def _finish(result: RunResult, quiet: bool) -> None:
     if not quiet:
         print_counts(result)
+    print_warnings(result)
     missing = (result.inputs or {}).get("missing", 0)
     if missing:
         errors.print(f"note: {missing} input(s) recorded in this run directory were not given "
@@ -195,9 +198,12 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
                                                         "failed", "pending")))
             console.print(table)
         elif as_json:
-            print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
-                              "stages": result.counts, "spilled": result.spilled,
-                              "state": result.status()}))
+            usage = result.usage()
+            stages = {name: {**c, **(usage[name].as_json() if name in usage else {})}
+                      for name, c in result.counts.items()}
+            print(json.dumps({"pipeline": result.pipeline, "ok": result.ok, "stages": stages,
+                              "spilled": result.spilled, "state": result.status(),
+                              "warnings": warnings(usage)}))
         else:
             console.print(runstate.describe(result.status()), highlight=False, markup=False)
             print_counts(result)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from .. import detached, rundir
 from ..errors import ConveyorError, RunInterrupted, RunLockedError
+from ..observe.usage import StageUsage
 from ..pipeline import Pipeline
 from ..resources import format_size
 from ..result import RunResult
@@ -34,19 +35,36 @@ DETACH_WAIT = 5.0  # seconds --detach waits to see its driver hold the run (or f
 
 
 def print_counts(result: RunResult) -> None:
-    """The per-stage counts of a run, as a table on stdout."""
+    """The per-stage counts of a run, as a table on stdout, with what each stage declared
+    and used (CPUs per worker while busy, peak RSS) where the last run measured it."""
     table = Table(title=f"{result.pipeline} — {result.run_dir}")
     table.add_column("stage")
-    for column in ("done", "routed-out", "failed", "pending", "running"):
+    for column in ("done", "routed-out", "failed", "pending", "running", "cpu used/decl",
+                   "peak RSS/ram"):
         table.add_column(column, justify="right")
     spilled = result.spilled
+    usage = result.usage()
     for stage, c in result.counts.items():
         # a group's items are its partitions; say so, with what they spilled to disk
         name = f"{stage} (partitions, {format_size(spilled[stage])} spilled)" \
             if stage in spilled else stage
         table.add_row(name, *(str(c[k]) for k in ("done", "routed-out", "failed", "pending",
-                                                  "running")))
+                                                  "running")), *_used(usage.get(stage)))
     console.print(table)
+
+
+def _used(u: StageUsage | None) -> tuple[str, str]:
+    if u is None:
+        return "-", "-"
+    cores = "-" if u.cores is None else f"{u.cores:.2f}"
+    peak = format_size(u.peak_rss) if u.peak_rss else "-"
+    return f"{cores}/{u.cpus:g}", f"{peak}/{format_size(u.ram)}" if u.ram else peak
+
+
+def print_warnings(result: RunResult) -> None:
+    """Stages whose declarations the run outgrew, on stderr (see :mod:`conveyor.observe.usage`)."""
+    for warning in result.warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def finish(result: RunResult, quiet: bool, summary: Callable[[], None] | None = None) -> NoReturn:
@@ -54,6 +72,7 @@ def finish(result: RunResult, quiet: bool, summary: Callable[[], None] | None = 
     item with its reason, ``summary`` (what the run made), then the exit code."""
     if not quiet:
         print_counts(result)
+    print_warnings(result)
     failures = result.failures()
     if failures:
         errors.print(f"[red]{len(failures)} item(s) failed:[/]")

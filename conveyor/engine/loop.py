@@ -270,6 +270,7 @@ class Engine:
         if isinstance(event, Results):
             self._unsynced |= event.wrote_files
             self._record(event.worker, event.records)
+            self._observer.used(event.worker, event.usage)
             return
         self._dirty = True
         worker = self._pool.workers.get(event.worker)
@@ -441,6 +442,7 @@ class Engine:
             if isinstance(event, Results):
                 self._unsynced |= event.wrote_files
                 self._record(event.worker, event.records)
+                self._observer.used(event.worker, event.usage)
         for worker in list(self._pool.workers.values()):
             self._release(list(worker.inflight.values()))
             worker.inflight.clear()

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Mapping, NamedTuple, Union
 
 from ..ledger.base import Claim, Record
+from ..worker.meter import Usage
 from ..worker.protocol import Running
 from ..worker.runner import WorkerSpec
 
@@ -30,6 +31,7 @@ class Results(NamedTuple):
     worker: int
     records: list[Record]
     wrote_files: bool = False  # the store must be synced before these are committed
+    usage: Usage | None = None  # what the calls cost, where the executor measures it
 
 
 class SetupFailed(NamedTuple):

@@ -84,7 +84,9 @@ class InlineExecutor(Executor):
         records = []
         for start in range(0, len(loaded), size):
             records.extend(runner.run(loaded[start:start + size]))
-        self._events.append(Results(worker, records, runner.store.take_wrote()))
+        # no peak memory: the runner shares the driver's process
+        self._events.append(Results(worker, records, runner.store.take_wrote(),
+                                    (runner.meter.take(), None)))
 
     def wakeup(self) -> None:
         self._wake.set()

@@ -185,7 +185,7 @@ class LocalExecutor(Executor):
 def _event(wid: int, msg: tuple) -> Event:  # type: ignore[type-arg]
     kind = msg[0]
     if kind == RESULTS:
-        return Results(wid, from_wire(msg[1]), msg[2])
+        return Results(wid, from_wire(msg[1]), msg[2], msg[3])
     if kind == READY:
         return Ready(wid)
     if kind == SETUP_FAILED:

@@ -53,6 +53,7 @@ from ..ledger.base import Claim
 from ..optional import require
 from ..resources import Budget, parse_size
 from ..worker import shipping
+from ..worker.meter import Usage, peak_rss
 from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
 from ..worker.runner import GroupRunner, WorkerSpec
 from .base import Event, Executor, Exited, Ready, Results, SetupFailed
@@ -86,16 +87,17 @@ class _Actor:
         pin_torch(self.runner.spec.resources.threads)
         return (READY, os.getpid(), socket.gethostname())
 
-    def run(self, tasks: list[Claim]) -> tuple[list[Any], bool]:
-        """Records of ``tasks`` (one call of the stage), their files already durable."""
+    def run(self, tasks: list[Claim]) -> tuple[list[Any], bool, Usage | None]:
+        """Records of ``tasks`` (one call of the stage), their files already durable,
+        and what the call cost."""
         if self.broken:
-            return [], False  # the driver already failed these with the setup error
+            return [], False, None  # the driver already failed these with the setup error
         records = self.runner.run([self.runner.load(task) for task in tasks])
         if self.runner.store.take_wrote():
             # Values are fsynced as written; files a stage wrote in its item folder are
             # not, and the driver may be on another machine: flush them here.
             self.runner.store.sync()
-        return records, False
+        return records, False, (self.runner.meter.take(), peak_rss())
 
 
 def _log_to(path: Path) -> None:
@@ -308,8 +310,8 @@ class RayExecutor(Executor):
         call = w.calls.popleft()
         assert call.ref == ref, "actor calls finish in the order they were sent"
         self._suspects.difference_update(t.id for t in call.tasks)
-        records, wrote = value
-        self._events.append(Results(worker_id, records, wrote))
+        records, wrote, usage = value
+        self._events.append(Results(worker_id, records, wrote, usage))
         self._submit(worker_id)
 
     def _gone(self, worker_id: int, reason: str, kill: bool = False, sure: bool = True

@@ -52,3 +52,10 @@ def read_events(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
+
+
+def last_run(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The events of the most recent run in a run directory."""
+    events = list(read_events(run_dir))
+    starts = [i for i, e in enumerate(events) if e["event"] == "run_start"]
+    return events[starts[-1]:] if starts else []

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import psutil
 
 from ..ledger.base import Record, Status
+from ..worker.meter import Usage
 
 DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
 
@@ -74,12 +75,16 @@ class StageMetrics:
     last: float | None = None  # last item ended
     tick_done: int = 0
     tick_busy: float = 0.0  # seconds of item time in this tick
+    call_s: float = 0.0  # wall seconds workers spent in its calls, over the run
+    cpu_s: float = 0.0  # CPU seconds its calls consumed (see conveyor.worker.meter)
+    waited_s: float = 0.0  # ... and of call_s, seconds spent waiting for a CPU
 
     def as_tick(self) -> dict[str, Any]:
         return {"done": self.done, "failed": self.failed, "retried": self.retried,
                 "routed_out": self.routed_out, "tick_done": self.tick_done,
                 "busy": round(self.tick_busy, 4), "batches": self.batches,
-                "batch_items": self.batch_items}
+                "batch_items": self.batch_items, "call_s": round(self.call_s, 4),
+                "cpu_s": round(self.cpu_s, 4), "waited_s": round(self.waited_s, 4)}
 
 
 class RunMetrics:
@@ -135,6 +140,24 @@ class RunMetrics:
         m.batches += 1
         m.batch_items += size
 
+    def used(self, worker_id: int, usage: Usage | None) -> None:
+        """What a worker's calls cost since its last report (see :mod:`conveyor.worker.meter`)."""
+        if usage is None:
+            return
+        spent, peak = usage
+        for stage, (call_s, cpu_s, waited_s) in spent.items():
+            m = self.stages[stage]
+            m.call_s += call_s
+            m.cpu_s += cpu_s
+            m.waited_s += waited_s
+        if peak:
+            self.peak_rss[worker_id] = max(self.peak_rss.get(worker_id, 0), peak)
+
+    def stage_peak_rss(self, stage: str) -> int | None:
+        """The highest peak resident memory of any worker that ran ``stage`` (None: unknown)."""
+        return max((rss for w, rss in self.peak_rss.items()
+                    if stage in self.worker_group.get(w, "").split("+")), default=None)
+
     def worker(self, worker_id: int, group: str, pid: int | None) -> None:
         """A worker started; its process is sampled from now on."""
         self.worker_group[worker_id] = group
@@ -159,12 +182,14 @@ class RunMetrics:
         now = self.clock()
         seconds = max(now - self._last_tick, 1e-9)
         self._last_tick = now
+        workers = self._sample_workers()  # first: it raises the peaks the stages report
         stages = {}
         for name, m in self.stages.items():
             stages[name] = {**m.as_tick(), **queues.get(name, {}),
                             "rate": round(m.tick_done / seconds, 3)}
+            stages[name]["peak_rss"] = self.stage_peak_rss(name)
             m.tick_done, m.tick_busy = 0, 0.0
-        return {"seconds": round(seconds, 3), "stages": stages, "workers": self._sample_workers(),
+        return {"seconds": round(seconds, 3), "stages": stages, "workers": workers,
                 "machine": self._sample_machine()}
 
     def _sample_workers(self) -> dict[str, dict[str, Any]]:

@@ -26,9 +26,11 @@ from .. import __version__, rundir
 from ..ledger.base import Record, call_sizes
 from ..pipeline import Pipeline
 from ..resources import Budget, format_size
+from ..worker.meter import Usage
 from .events import EventLog
 from .metrics import RunMetrics
 from .progress import ProgressModel, ProgressView
+from .usage import cores
 
 
 class Observer:
@@ -44,7 +46,8 @@ class Observer:
         names = list(pipeline.stages)
         self.metrics = RunMetrics(names)
         groups = {name: f"{name} (partitions)" for name, s in pipeline.stages.items() if s.group}
-        self.model = ProgressModel(names, labels=groups) if progress else None
+        declared = {name: s.resources.cpus for name, s in pipeline.stages.items()}
+        self.model = ProgressModel(names, labels=groups, cpus=declared) if progress else None
         self.view = ProgressView(self.model, self.console) if self.model else None
         self._base: dict[str, dict[str, int]] = {}  # counts before this run started
         self._busy: dict[str, float] = {}
@@ -95,6 +98,10 @@ class Observer:
             self.metrics.batch(stage, n)
         self.metrics.items(records, calls)
 
+    def used(self, worker_id: int, usage: Usage | None) -> None:
+        """What a worker's calls cost, as it reported with its results."""
+        self.metrics.used(worker_id, usage)
+
     def spilled(self, stage: str, size: int) -> None:
         """A group stage wrote ``size`` bytes of partition files."""
         if self.model is not None:
@@ -127,7 +134,8 @@ class Observer:
                     name, done=base.get("done", 0) + base.get("routed-out", 0) + m.done,
                     pending=q.get("pending", 0), running=q.get("running", 0), failed=m.failed,
                     routed_out=base.get("routed-out", 0) + m.routed_out,
-                    workers=workers.get(name, 0), busy=self._busy.get(name))
+                    workers=workers.get(name, 0), busy=self._busy.get(name),
+                    cores=cores(m.call_s, m.cpu_s, m.waited_s))
             self.view.refresh()
 
     # -- benchmark mode -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..resources import format_size
+from .usage import CPU_OVER
 
 RATE_WINDOW = 10.0  # seconds of history behind items/s
 LIVE_SECONDS = 0.5
@@ -39,6 +40,8 @@ class StageProgress:
     routed_out: int = 0
     workers: int = 0
     busy: float | None = None  # fraction of its workers' time spent in calls
+    cpus: float = 0.0  # CPUs one worker declares
+    cores: float | None = None  # CPUs its calls used, on average while busy
     samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     @property
@@ -65,20 +68,25 @@ class ProgressModel:
     """Per-stage progress and the machine's use; see the module docstring."""
 
     def __init__(self, stages: list[str], clock: Callable[[], float] = time.monotonic,
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None,
+                 cpus: dict[str, float] | None = None) -> None:
         self.clock = clock
-        self.stages = {name: StageProgress(name, (labels or {}).get(name, name))
+        self.stages = {name: StageProgress(name, (labels or {}).get(name, name),
+                                           cpus=(cpus or {}).get(name, 0.0))
                        for name in stages}
         self.machine: dict[str, float] = {}
         self.started = clock()
 
     def update(self, name: str, *, done: int, pending: int, running: int, failed: int,
-               routed_out: int = 0, workers: int = 0, busy: float | None = None) -> None:
+               routed_out: int = 0, workers: int = 0, busy: float | None = None,
+               cores: float | None = None) -> None:
         s = self.stages[name]
         s.done, s.pending, s.running, s.failed = done, pending, running, failed
         s.routed_out, s.workers = routed_out, workers
         if busy is not None:
             s.busy = busy
+        if cores is not None:
+            s.cores = cores
         now = self.clock()
         s.samples.append((now, done))
         while len(s.samples) > 2 and now - s.samples[0][0] > RATE_WINDOW:
@@ -109,17 +117,26 @@ def _rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1f}" if rate < 100 else f"{rate:.0f}"
 
 
+def _cpu(s: StageProgress, markup: bool = True) -> str:
+    """CPUs used while busy over CPUs declared, per worker: ``0.98/0.25``."""
+    if s.cores is None:
+        return f"-/{s.cpus:g}"
+    text = f"{s.cores:.2f}/{s.cpus:g}"
+    over = s.cpus and s.cores > CPU_OVER * s.cpus
+    return f"[red]{text}[/]" if over and markup else text
+
+
 def render_table(model: ProgressModel) -> Table:
     """The model as a rich table: one row per stage, the machine in the caption."""
     table = Table(title=f"conveyor — {_duration(model.elapsed())} elapsed", title_justify="left")
     for column in ("stage", "done/total", "running", "failed", "items/s", "ETA", "workers",
-                   "busy"):
+                   "busy", "cpu used/decl"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in model.stages.values():
         table.add_row(s.label, f"{s.done}/{s.total}", str(s.running),
                       f"[red]{s.failed}[/]" if s.failed else "0", _rate(s.rate()),
                       _duration(s.eta()), str(s.workers),
-                      "-" if s.busy is None else f"{s.busy:.0%}")
+                      "-" if s.busy is None else f"{s.busy:.0%}", _cpu(s))
     table.caption = _machine(model)
     return table
 
@@ -141,7 +158,8 @@ def plain_lines(model: ProgressModel) -> list[str]:
     for s in model.stages.values():
         lines.append(f"[{_duration(model.elapsed())}] {s.label}: {s.done}/{s.total} done, "
                      f"{s.running} running, {s.failed} failed, {_rate(s.rate())} items/s, "
-                     f"ETA {_duration(s.eta())}, {s.workers} workers")
+                     f"ETA {_duration(s.eta())}, {s.workers} workers, "
+                     f"cpu used/declared {_cpu(s, markup=False)}")
     machine = _machine(model)
     if machine:
         lines.append(f"[{_duration(model.elapsed())}] {machine}")

@@ -26,7 +26,8 @@ from .. import rundir
 from ..resources import DEFAULT_PRICES, format_size, hourly_price
 from ..result import RunResult
 from . import charts
-from .events import read_events
+from .events import last_run
+from .usage import StageUsage, from_events
 
 SATURATED = 0.6  # a stage busier than this is a candidate bottleneck
 MAX_ROWS = 60  # worker rows in the timeline
@@ -61,6 +62,7 @@ class StageSummary:
     queued_share: float = 0.0  # share of ticks with items waiting for it
     cost: float = 0.0
     spilled: int | None = None  # a group's bytes in partition files
+    usage: StageUsage | None = None  # declared versus used CPUs and RAM
 
     @property
     def utilisation(self) -> float:
@@ -96,13 +98,6 @@ class Analysis:
         return self.stages[0].done + self.stages[0].failed if self.stages else 0
 
 
-def last_run(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of the most recent run in a run directory."""
-    events = list(read_events(run_dir))
-    starts = [i for i, e in enumerate(events) if e["event"] == "run_start"]
-    return events[starts[-1]:] if starts else []
-
-
 def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Analysis:
     """Everything the report shows, computed from the run directory."""
     run_dir = Path(run_dir)
@@ -111,6 +106,7 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
     if not events:
         raise ValueError(f"{run_dir} has no run events (events.jsonl) to report on")
     start_event = events[0]
+    usage = from_events(events)
     end = next((e["t"] for e in reversed(events) if e["event"] == "run_end"), events[-1]["t"])
     workers = _workers(events, end)
     ticks = [e for e in events if e["event"] == "tick"]
@@ -127,7 +123,7 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
                          done=c.get("done", 0) + c.get("routed-out", 0),
                          failed=c.get("failed", 0), routed_out=c.get("routed-out", 0),
                          pending=c.get("pending", 0) + c.get("running", 0),
-                         spilled=spilled.get(name))
+                         spilled=spilled.get(name), usage=usage.get(name))
         s.busy = sum(t["stages"].get(name, {}).get("busy", 0.0) for t in ticks)
         s.alive = sum(w.end - w.start for w in workers if w.group == s.group)
         done_here = max((t["stages"].get(name, {}).get("done", 0) for t in ticks), default=0)
@@ -145,8 +141,21 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
                         stages, workers, ticks, failures, prices,
                         _cpu_full_share(workers, start_event.get("budget", {}),
                                         start_event["t"], end))
-    analysis.verdict = verdict(analysis)
+    analysis.verdict = " ".join([verdict(analysis), *declarations(usage)])
     return analysis
+
+
+def declarations(usage: dict[str, StageUsage]) -> list[str]:
+    """Sentences for the verdict on declarations the run outgrew (none if all held)."""
+    cpu = [w for u in usage.values() if (w := u.cpu_warning())]
+    ram = [w for u in usage.values() if (w := u.ram_warning())]
+    sentences = []
+    if cpu:
+        sentences.append("The budget counts declared CPUs, so the machine was overcommitted: "
+                         + "; ".join(cpu) + ".")
+    if ram:
+        sentences.append("Memory: " + "; ".join(ram) + ".")
+    return sentences
 
 
 def _workers(events: list[dict[str, Any]], end: float) -> list[WorkerLife]:
@@ -267,6 +276,19 @@ def _money(x: float) -> str:
     return f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
 
 
+def _used(u: StageUsage | None) -> str:
+    """The two declared-versus-used cells of a stage's row; outgrown ones in red."""
+    if u is None:
+        return "<td class=n>-</td><td class=n>-</td>"
+    cores = "-" if u.cores is None else f"{u.cores:.2f}"
+    peak = format_size(u.peak_rss) if u.peak_rss else "-"
+    ram = f"{peak} / {format_size(u.ram)}" if u.ram else peak
+    cpu_class = "n bad" if u.cpu_warning() else "n"
+    ram_class = "n bad" if u.ram_warning() else "n"
+    return (f"<td class='{cpu_class}'>{cores} / {u.cpus:g}</td>"
+            f"<td class='{ram_class}'>{ram}</td>")
+
+
 def render(a: Analysis) -> str:
     """The report page for an analysis."""
     t0 = a.start
@@ -276,8 +298,8 @@ def render(a: Analysis) -> str:
               else f'<span class="bad">{sum(s.failed for s in a.stages)} failed, '
                    f'{sum(s.pending for s in a.stages)} unfinished</span>')
     summary = ["<table><tr><th>stage</th><th>done</th><th>failed</th><th>routed out</th>"
-               "<th>items/s</th><th>mean item</th><th>busy</th><th>cost</th>"
-               "<th>per 1,000 items</th></tr>"]
+               "<th>items/s</th><th>mean item</th><th>busy</th><th>CPUs used/declared</th>"
+               "<th>peak RSS/ram</th><th>cost</th><th>per 1,000 items</th></tr>"]
     for s in a.stages:
         mean = f"{s.busy / s.done * 1000:.1f} ms" if s.done and s.busy else "-"
         per_k = _money(s.cost / s.done * 1000) if s.done else "-"
@@ -286,11 +308,11 @@ def render(a: Analysis) -> str:
         summary.append(
             f"<tr><td>{label}</td><td class=n>{s.done}</td><td class=n>{s.failed}</td>"
             f"<td class=n>{s.routed_out}</td><td class=n>{s.rate:.2f}</td>"
-            f"<td class=n>{mean}</td><td class=n>{s.utilisation:.0%}</td>"
+            f"<td class=n>{mean}</td><td class=n>{s.utilisation:.0%}</td>{_used(s.usage)}"
             f"<td class=n>{_money(s.cost)}</td><td class=n>{per_k}</td></tr>")
     per_1000 = _money(a.total_cost / a.items_in * 1000) if a.items_in else "-"
     summary.append(f"<tr><th>total</th><td class=n>{a.items_in}</td><td></td><td></td><td></td>"
-                   f"<td></td><td></td><th class=n>{_money(a.total_cost)}</th>"
+                   f"<td></td><td></td><td></td><td></td><th class=n>{_money(a.total_cost)}</th>"
                    f"<th class=n>{per_1000}</th></tr></table>")
     prices = ", ".join(f"{k} {_money(v)}/{'GB-' if k == 'ram' else k.upper() + '-'}hour"
                        for k, v in a.prices.items())
@@ -373,6 +395,7 @@ def summary_json(a: Analysis) -> dict[str, Any]:
             "stages": [
                 {"stage": s.name, "done": s.done, "failed": s.failed, "busy": round(s.busy, 3),
                  "utilisation": round(s.utilisation, 3), "cost": s.cost, "spilled": s.spilled,
-                 "cost_per_1000": s.cost / s.done * 1000 if s.done else None}
+                 "cost_per_1000": s.cost / s.done * 1000 if s.done else None,
+                 **(s.usage.as_json() if s.usage else {})}
                 for s in a.stages]}
 

@@ -45,6 +45,7 @@ from typing import Any
 from ..envs import LABEL_VAR
 from ..ledger.base import Claim
 from . import shipping
+from .meter import peak_rss
 from .protocol import (
     INIT,
     READY,
@@ -141,8 +142,10 @@ def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
     inbox = _Inbox(max(PREFETCH_ITEMS, 2 * runner.batch_size), PREFETCH_BYTES)
     received: queue.SimpleQueue = queue.SimpleQueue()
-    _Reader(conn, received).start()
-    _Loader(received, inbox, runner).start()
+    reader, loader = _Reader(conn, received), _Loader(received, inbox, runner)
+    reader.start()
+    loader.start()
+    runner.meter.exclude(reader, loader)
     batch = runner.batch_size
     pending: list[Any] = []
     outcomes: list[Any] = []
@@ -158,7 +161,8 @@ def serve(conn: Connection, runner: Any) -> None:
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
         if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
-            _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote()))
+            _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote(),
+                         (runner.meter.take(), peak_rss())))
             outcomes = []
             last_flush = time.monotonic()
         if stopping and not pending and not outcomes:

@@ -9,7 +9,11 @@ Shared by the local executor (messages over a socket pair, see
     driver ── (STOP,) ─────────────────────────▶ worker     finish what you hold, exit
     driver ◀── (READY, pid[, host]) ──────────── worker     setup() done
     driver ◀── (SETUP_FAILED, error, traceback)─ worker     setup() or loading failed
-    driver ◀── (RESULTS, [wire records], wrote_files) ─ worker
+    driver ◀── (RESULTS, [wire records], wrote_files, usage) ─ worker
+
+``usage`` is what the calls behind those records cost (see
+:data:`conveyor.worker.meter.Usage`): the driver compares it with what the
+stages declared.
 
 Records and claims cross as tuples of built-ins (:func:`to_wire`,
 :func:`from_wire`); a worker notes the call it is in in a shared-memory

@@ -32,6 +32,7 @@ from ..ledger.base import Claim, Gather, Output, Record, Status
 from ..pipeline import Route, Stage, group_of
 from ..store import INLINE_LIMIT, Store
 from ..validation import ValidationFailed, boundary
+from .meter import Meter
 from .sides import Sides
 
 DONE, ROUTED_OUT, FAILED = Status.DONE, Status.ROUTED_OUT, Status.FAILED
@@ -356,6 +357,7 @@ class GroupRunner:
         #: ``(-1, -1, 0)`` when a run is over: a worker keeps where it is, so that
         #: if it dies, the driver knows which task killed it.
         self.note: Callable[[int, int, int], None] = lambda stage, item, count: None
+        self.meter = Meter()  # CPU and wall seconds of each stage's calls
 
     def setup(self) -> None:
         """Every stage's ``setup()``, in chain order."""
@@ -377,8 +379,9 @@ class GroupRunner:
             records: list[Record] = []
             for item in loaded:
                 self.note(self._index[item.task.stage], item.task.id, 1)
-                self._carry(self.runners[item.task.stage].call_one(item), item.task.id,
-                            records)
+                stage = item.task.stage
+                self._carry(self.meter.measure(stage, self.runners[stage].call_one, item),
+                            item.task.id, records)
             return records
         finally:
             self.note(-1, -1, 0)
@@ -390,11 +393,11 @@ class GroupRunner:
         records: list[Record] = []
         if fresh:
             self.note(self._index[stage], fresh[0].task.id, len(fresh))
-            records = runner.call_batch(fresh)
+            records = self.meter.measure(stage, runner.call_batch, fresh)
         for item in loaded:
             if item.task.attempt > 1:
                 self.note(self._index[stage], item.task.id, 1)
-                records.extend(runner.call_batch([item]))
+                records.extend(self.meter.measure(stage, runner.call_batch, [item]))
         return records
 
     def _carry(self, record: Record, task_id: int, into: list[Record]) -> None:
@@ -407,7 +410,8 @@ class GroupRunner:
             if nxt in out.targets:
                 child = Claim(None, nxt, out.key, 1, out.value.data, out.value.ref)  # type: ignore[arg-type]
                 self.note(self._index[nxt], task_id, 1)  # its row has no id yet: the task's
-                self._carry(runner.call_one(runner.load(child)), task_id, into)
+                record = self.meter.measure(nxt, runner.call_one, runner.load(child))
+                self._carry(record, task_id, into)
 
 
 def _keyed(default_key: str, value: Any) -> tuple[str, Any]:
