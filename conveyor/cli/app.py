@@ -181,7 +181,8 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
             console.print(table)
         elif as_json:
             print(json.dumps({"pipeline": result.pipeline, "ok": result.ok,
-                              "stages": result.counts, "spilled": result.spilled}))
+                              "stages": result.counts, "spilled": result.spilled,
+                              "setups": result.setups}))
         else:
             print_counts(result)
 

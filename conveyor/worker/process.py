@@ -6,7 +6,8 @@
                                                                  │ receives at once
                                                                  ▼
                                                              loader thread
-                                                                 │ decodes inputs
+                                                                 │ decodes inputs,
+                                                                 │ runs load(value)
                                                                  ▼ ahead of time
     driver ◀──(READY,) (RESULTS, [...]) (SETUP_FAILED, ...)──── main thread
                                                              (setup once, then
@@ -20,7 +21,9 @@ calls the stage (assembling batches for batch stages, flushed after a short
 deadline when input runs dry) and sends outcomes back in
 chunks. The loader thread is the prefetcher: while the stage computes, it
 reads and decodes the next tasks' inputs, so a GPU stage never waits for
-deserialisation. The reader thread only receives, whatever the inbox holds:
+deserialisation, and runs a class stage's own ``load(value)`` on them (the
+stage's ``prefetch`` batches ahead, no more: loaded values such as decoded
+images can be large), so reading its files overlaps its calls. The reader thread only receives, whatever the inbox holds:
 a driver blocked sending tasks to this worker cannot read its results, so a
 reader that waited for room while the main thread waited to send results
 would stop both for good (the driver bounds what it sends by its window). Thread counts and ``CUDA_VISIBLE_DEVICES``
@@ -94,6 +97,12 @@ class _Inbox:
             self._cond.notify_all()
             return item
 
+    def wait_room(self) -> None:
+        """Wait until one more item fits by count: called before loading it, so what is
+        loaded ahead never exceeds the bound, the item in the loader's hands included."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._queue) < self.items)
+
     def get_nowait(self) -> Any:
         return self.get(timeout=0)
 
@@ -132,6 +141,8 @@ class _Loader(threading.Thread):
 
     def run(self) -> None:
         while (task := self.received.get()) is not None:
+            if self.runner.loads:
+                self.inbox.wait_room()
             loaded = self.runner.load(Claim._make(task))
             self.inbox.put(loaded, loaded.size)
         self.inbox.put(None)
@@ -139,7 +150,8 @@ class _Loader(threading.Thread):
 
 def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
-    inbox = _Inbox(max(PREFETCH_ITEMS, 2 * runner.batch_size), PREFETCH_BYTES)
+    ahead = runner.prefetch if runner.loads else max(PREFETCH_ITEMS, 2 * runner.batch_size)
+    inbox = _Inbox(ahead, PREFETCH_BYTES)
     received: queue.SimpleQueue = queue.SimpleQueue()
     _Reader(conn, received).start()
     _Loader(received, inbox, runner).start()
@@ -238,6 +250,7 @@ def main(fd: int, slot_fd: int) -> None:
         return
     runner = GroupRunner(spec)
     runner.note = slot.note
+    began = time.monotonic()
     try:
         runner.setup()
     except BaseException as exc:
@@ -245,7 +258,7 @@ def main(fd: int, slot_fd: int) -> None:
                      f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     pin_torch(spec.resources.threads)
-    _send(conn, (READY, os.getpid()))
+    _send(conn, (READY, os.getpid(), time.monotonic() - began))
     serve(conn, runner)
 
 
