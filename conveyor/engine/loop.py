@@ -553,14 +553,18 @@ class Engine:
     def _window(self, group: GroupState) -> int:
         """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
         (one until its speed is known, so slow items spread over workers), and
-        two batches for a batch stage, one computing while the next is read."""
-        batch = group.head.batch_size
-        if batch:
-            return 2 * batch
+        two batches for a batch stage, one computing while the next is read. A
+        stage with ``load()`` holds at least the batch computing, its ``prefetch``
+        batches loaded ahead and one more, so its loader does not wait for the
+        driver's next tasks while the driver waits for results."""
+        head = group.head
+        ahead = (head.prefetch + 2) * (head.batch_size or 1) if head.loads else 1
+        if head.batch_size:
+            return max(2 * head.batch_size, ahead)
         service = group.service
         if service is None:
-            return 1
-        return max(1, min(512, math.ceil(WINDOW_SECONDS / service)))
+            return ahead
+        return max(ahead, min(512, math.ceil(WINDOW_SECONDS / service)))
 
     def _dispatch(self, now: float) -> bool:
         """Top up every leased worker's window; True if any task was sent."""

@@ -169,7 +169,12 @@ def serve(conn: Connection, runner: Any) -> None:
             take, pending = pending[:batch], pending[batch:]
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
-        if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
+        # A stage with load() reports as soon as its loader has nothing left to load:
+        # the driver sends more tasks when it sees results, and the loads must keep
+        # running ahead of the calls.
+        dry = runner.loads and received.empty()
+        if outcomes and (idle or dry or stopping
+                         or time.monotonic() - last_flush >= FLUSH_SECONDS):
             _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote()))
             outcomes = []
             last_flush = time.monotonic()
