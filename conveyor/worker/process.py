@@ -9,7 +9,7 @@
                                                                  │ decodes inputs,
                                                                  │ runs load(value)
                                                                  ▼ ahead of time
-    driver ◀──(READY,) (RESULTS, [...]) (SETUP_FAILED, ...)──── main thread
+    driver ◀──(READY, ...) (RESULTS, ...) (SETUP_FAILED, ...)── main thread
                                                              (setup once, then
                                                               calls the stage)
 
@@ -23,11 +23,12 @@ chunks. The loader thread is the prefetcher: while the stage computes, it
 reads and decodes the next tasks' inputs, so a GPU stage never waits for
 deserialisation, and runs a class stage's own ``load(value)`` on them (the
 stage's ``prefetch`` batches ahead, no more: loaded values such as decoded
-images can be large), so reading its files overlaps its calls. The reader thread only receives, whatever the inbox holds:
-a driver blocked sending tasks to this worker cannot read its results, so a
-reader that waited for room while the main thread waited to send results
-would stop both for good (the driver bounds what it sends by its window). Thread counts and ``CUDA_VISIBLE_DEVICES``
-are set in the environment by the driver before this process starts (see
+images can be large), so reading its files overlaps its calls. The reader
+thread only receives, whatever the inbox holds: a driver blocked sending
+tasks to this worker cannot read its results, so a reader that waited for
+room while the main thread waited to send results would stop both for good
+(the driver bounds what it sends by its window). Thread counts and
+``CUDA_VISIBLE_DEVICES`` are set in the environment by the driver before this process starts (see
 :func:`~conveyor.worker.protocol.pinned_env`), so native libraries see them
 when they load.
 """
