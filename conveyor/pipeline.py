@@ -50,6 +50,7 @@ class Stage:
     min_workers: int = 0
     idle_timeout: float | None = None
     batch_wait: float = 0.05
+    prefetch: int = 2  # batches a class stage's load() runs ahead of its calls
     requirements: tuple[str, ...] = ()  # normalised pip lines (conveyor.envs); (): the driver's
     python: str | None = None  # the interpreter its workers run under (None: the driver's)
     # (value parameter, return) annotations, resolved where declared (see validation.py)
@@ -84,6 +85,11 @@ class Stage:
     @property
     def is_generator(self) -> bool:
         return inspect.isgeneratorfunction(self.call)
+
+    @property
+    def loads(self) -> bool:
+        """Whether it is a class stage with a ``load(self, value)`` hook, run ahead of calls."""
+        return self.is_class and callable(getattr(self.target, "load", None))
 
 
 def group_of(by: Callable[[Any], Any], partitions: int, value: Any) -> tuple[str, int]:
@@ -158,6 +164,7 @@ class Pipeline:
               timeout: float | None = None, env: Mapping[str, str] | None = None,
               version: str | None = None, min_workers: int = 0,
               idle_timeout: float | None = None, batch_wait: float = 0.05,
+              prefetch: int = 2,
               requirements: str | os.PathLike[str] | Sequence[str] | None = None,
               python: str | os.PathLike[str] | None = None,
               side: Upstream | Sequence[Upstream] | None = None) -> Any:
@@ -176,6 +183,10 @@ class Pipeline:
                 is stopped (a GPU worker gives its device back).
             batch_size: call the stage with lists of up to this many values.
             batch_wait: seconds a partial batch waits for more values before it runs.
+            prefetch: for a class stage with a ``load(self, value)`` method: how many
+                batches (or items) a background thread of each worker loads ahead of
+                the calls, so reading inputs overlaps the model; ``__call__`` gets
+                what ``load`` returned. Bounds the memory loaded values hold.
             retries, retry_backoff, timeout: per item; backoff doubles each retry.
             env: extra environment variables for the stage's workers.
             version: bump to force a recompute when the code did not change.
@@ -195,7 +206,7 @@ class Pipeline:
                       concurrency=concurrency, batch_size=batch_size, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=False, min_workers=min_workers,
-                      idle_timeout=idle_timeout, batch_wait=batch_wait,
+                      idle_timeout=idle_timeout, batch_wait=batch_wait, prefetch=prefetch,
                       requirements=requirements, python=python, side=side)
             return obj
 
@@ -308,13 +319,13 @@ class Pipeline:
     def tuned(self, stage: str, **options: Any) -> "Pipeline":
         """A copy of this pipeline with some of ``stage``'s scheduling options changed.
 
-        For trying another ``batch_size``, ``concurrency``, ``batch_wait``,
+        For trying another ``batch_size``, ``concurrency``, ``batch_wait``, ``prefetch``,
         ``min_workers``, ``idle_timeout``, ``retries`` or ``timeout`` without
         editing the stage; the copy is a different pipeline (its fingerprints
         differ where the options do).
         """
-        allowed = {"batch_size", "concurrency", "batch_wait", "min_workers", "idle_timeout",
-                   "retries", "retry_backoff", "timeout"}
+        allowed = {"batch_size", "concurrency", "batch_wait", "prefetch", "min_workers",
+                   "idle_timeout", "retries", "retry_backoff", "timeout"}
         unknown = set(options) - allowed
         if unknown:
             raise StageDefinitionError(f"tuned() changes {', '.join(sorted(allowed))}; "
@@ -571,6 +582,20 @@ def _check_stage(stage: Stage) -> None:
         raise bad(f"idle_timeout must be > 0 seconds, got {stage.idle_timeout!r}")
     if stage.batch_wait < 0:
         raise bad(f"batch_wait must be >= 0 seconds, got {stage.batch_wait!r}")
+    if isinstance(stage.prefetch, bool) or not isinstance(stage.prefetch, int) \
+            or stage.prefetch < 1:
+        raise bad(f"prefetch must be a positive integer, got {stage.prefetch!r}")
+    if stage.loads:
+        if stage.barrier:
+            raise bad("load() prefetches item inputs; a reduce or a group reads its values "
+                      "when it is called, so it cannot have one")
+        try:
+            takes = _positional_count(stage.target.load, skip_self=True)
+        except (TypeError, ValueError):
+            takes = 1
+        if takes < 1:
+            raise bad("load(self, value) takes one input value and returns what __call__ "
+                      "gets; this load takes no value")
     if not isinstance(stage.retries, int) or stage.retries < 0:
         raise bad(f"retries must be a non-negative integer, got {stage.retries!r}")
     if stage.retry_backoff < 0:

@@ -22,6 +22,7 @@ from .observe.usage import warnings as usage_warnings
 from .store import Store
 
 SPILLED = "spilled:"  # ledger meta: bytes a group's partition files took, last time
+SETUPS = "setups:"  # ledger meta: [workers set up, their setup() seconds] of a stage, last run
 
 
 class RunResult:
@@ -75,6 +76,19 @@ class RunResult:
             raw = self._ledger.get_meta(SPILLED + name)
             if raw is not None:
                 found[name] = int(raw)
+        return found
+
+    @property
+    def setups(self) -> dict[str, dict[str, Any]]:
+        """Per stage, how many workers ran its ``setup()`` in the last run and the mean
+        seconds it took (``setup_s``; a fused group's workers set up all its stages)."""
+        found = {}
+        for name in self.stages:
+            raw = self._ledger.get_meta(SETUPS + name)
+            if raw is not None:
+                count, seconds = json.loads(raw)
+                found[name] = {"setups": count,
+                               "setup_s": round(seconds / count, 3) if count else None}
         return found
 
     @property

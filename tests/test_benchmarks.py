@@ -20,6 +20,7 @@ EXPECTED = {
     "hetero": {"items_per_s", "bound_items_per_s", "ratio", "target", "ray_data_items_per_s",
                "ray_data_of_bound"},
     "cpu3": {"items_per_s", "bound_items_per_s", "ratio", "target"},
+    "prefetch": {"items_per_s", "bound_items_per_s", "ratio", "target", "serial_items_per_s"},
     "overhead": {"items_per_s", "ray_data_cold_items_per_s", "ray_data_warm_items_per_s",
                  "ratio", "ratio_warm", "target_ratio", "durable_ledger", "of_floor"},
     "first": {"first_done_s", "bound_s", "ratio"},

@@ -224,6 +224,73 @@ def test_class_stage_runs_setup_once_per_worker(executor, run_dir, tmp_path):
     assert calls <= set(setups)
 
 
+def test_load_prepares_each_value_before_the_call(executor, run_dir, tmp_path):
+    """A class stage's ``load(value)`` runs per value (in a worker, ahead of the calls);
+    ``__call__`` gets what it returned, a batch stage the list of them."""
+    log = tmp_path / "loads.log"
+    pipe = Pipeline("load")
+
+    @pipe.stage(batch_size=3, prefetch=1)
+    class Scale:
+        def setup(self):
+            self.factor = 10
+
+        def load(self, value):
+            append_log(log, str(value))
+            return {"loaded": value * self.factor}
+
+        def __call__(self, values):
+            return [v["loaded"] + 1 for v in values]
+
+    @pipe.stage(after=Scale)
+    class Pages:
+        def load(self, value):
+            return list(range(value % 4))
+
+        def __call__(self, pages):
+            return len(pages)
+
+    result = pipe.run([Item(f"i{i}", i) for i in range(8)], run_dir=run_dir,
+                      executor=executor)
+    assert result.ok, result.failures()
+    assert dict(result.outputs("Scale")) == {f"i{i}": 10 * i + 1 for i in range(8)}
+    assert dict(result.outputs("Pages")) == {f"i{i}": (10 * i + 1) % 4 for i in range(8)}
+    assert sorted(map(int, read_log(log))) == list(range(8))  # once per value
+
+
+def test_an_error_in_load_fails_only_its_item_and_is_retried(executor, run_dir, tmp_path):
+    """Like an error in the call: the item is retried, then failed with a traceback
+    through ``load``; its batch-mates are called without it."""
+    log = tmp_path / "loads.log"
+    marker = tmp_path / "flaky-failed-once"
+    pipe = Pipeline("load-errors")
+
+    @pipe.stage(batch_size=4, batch_wait=1.0, retries=1, retry_backoff=0)
+    class Read:
+        def load(self, value):
+            append_log(log, str(value))
+            if value == 13:
+                raise OSError("page 13 is unreadable")
+            if value == 7 and not marker.exists():
+                marker.write_text("x")
+                raise OSError("transient")
+            return value
+
+        def __call__(self, values):
+            assert 13 not in values
+            return [v * 2 for v in values]
+
+    result = pipe.run([Item(str(i), i) for i in (1, 7, 13, 2)], run_dir=run_dir,
+                      executor=executor)
+    assert dict(result.outputs("Read")) == {"1": 2, "2": 4, "7": 14}
+    (failure,) = result.failures()
+    assert failure["key"] == "13" and failure["attempts"] == 2
+    assert failure["error"] == "OSError: page 13 is unreadable"
+    assert ", in load\n" in failure["traceback"]
+    assert 'raise OSError("page 13 is unreadable")' in failure["traceback"]
+    assert read_log(log).count("13") == 2 and read_log(log).count("7") == 2
+
+
 def test_reduce_sees_every_value_in_key_order(executor, run_dir):
     pipe = Pipeline("reduce")
 

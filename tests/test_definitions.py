@@ -107,6 +107,8 @@ def test_duplicate_stage_name():
     ({"retries": -1}, "retries must be a non-negative integer"),
     ({"timeout": 0}, "timeout must be > 0"),
     ({"env": {"A": 1}}, "env must map strings to strings"),
+    ({"prefetch": 0}, "prefetch must be a positive integer"),
+    ({"prefetch": 1.5}, "prefetch must be a positive integer"),
 ])
 def test_bad_stage_options_name_the_stage(options, message):
     pipe = Pipeline("p")
@@ -138,6 +140,59 @@ def test_batch_stage_cannot_be_a_generator():
         @pipe.stage(batch_size=4)
         def g(values):
             yield from values
+
+
+def test_load_must_take_a_value_and_is_for_item_stages():
+    pipe = Pipeline("p")
+
+    @pipe.stage
+    def first(x):
+        return x
+
+    with pytest.raises(StageDefinitionError, match="stage 'Bare': load.self, value. takes one"):
+        @pipe.stage(after=first)
+        class Bare:
+            def load(self):
+                return None
+
+            def __call__(self, x):
+                return x
+
+    with pytest.raises(StageDefinitionError, match="stage 'Total': load.. prefetches item "
+                                                   "inputs; a reduce"):
+        @pipe.reduce(after=first)
+        class Total:
+            def load(self, value):
+                return value
+
+            def __call__(self, values):
+                return sum(values)
+
+
+def test_a_stage_with_load_heads_its_own_group():
+    """Fused below another stage, its load() would run in the call's thread; as the head
+    of its group, the worker's prefetch thread runs it ahead of the calls."""
+    from conveyor.engine.fusion import fuse
+
+    pipe = Pipeline("p")
+
+    @pipe.stage
+    def a(x):
+        return x
+
+    @pipe.stage(after=a)
+    class Read:
+        def load(self, value):
+            return value
+
+        def __call__(self, value):
+            return value
+
+    @pipe.stage(after=Read)
+    def c(x):
+        return x
+
+    assert [g.stages for g in fuse(pipe)] == [("a",), ("Read", "c")]
 
 
 def test_a_stage_needing_more_than_the_budget_is_refused_before_running(tmp_path):

@@ -396,3 +396,45 @@ def test_an_idle_gpu_worker_gives_its_lease_to_the_stage_that_feeds_it(run_dir):
     result = pipe.run([Item(str(i), i) for i in range(30)], run_dir=run_dir, cpus=1.25,
                       gpus=1)
     assert result.ok and dict(result.outputs("c")) == {str(i): i for i in range(30)}
+
+
+def test_a_bursty_upstream_does_not_set_an_expensive_stage_up_again(run_dir, tmp_path):
+    """Work comes in three bursts with pauses between them. A stage whose setup takes
+    3 s (a model load) keeps the workers it set up through the pauses, while its
+    upstream is not finished: each worker slot is set up once. (Before, a worker
+    beyond the one the plan keeps for expected work was stopped after half a second
+    idle, and set up again at the next burst.)"""
+    setups, done = tmp_path / "setups.log", tmp_path / "done.log"
+    pipe = Pipeline("bursty")
+
+    def ticks() -> int:
+        return sum(1 for e in read_events(run_dir) if e["event"] == "tick")
+
+    @pipe.stage(concurrency=1)
+    def source(burst):
+        """Burst b waits until the previous burst is done and the driver has sampled
+        twice since (a pause of at least one whole sampling interval), then fans out."""
+        if burst:
+            wait_until(lambda: len(read_log(done)) >= 4 * burst, "the previous burst")
+            seen = ticks()
+            wait_until(lambda: ticks() >= seen + 2, "a pause of two driver samples")
+        yield from range(4 * burst, 4 * burst + 4)
+
+    @pipe.stage(after=source, concurrency=2)
+    class Model:
+        def setup(self):
+            time.sleep(3)  # the expensive setup being simulated: a model load
+            append_log(setups, str(os.getpid()))
+
+        def __call__(self, x):
+            time.sleep(0.5)  # a burst is two workers' worth of work
+            append_log(done, str(x))
+            return x
+
+    result = pipe.run([Item(str(b), b) for b in range(3)], run_dir=run_dir, cpus=4)
+    assert result.ok, result.failures()
+    assert sorted(v for _, v in result.outputs("Model")) == list(range(12))
+    pids = read_log(setups)
+    assert len(pids) == 2 and len(set(pids)) == 2, "one setup per worker slot"
+    assert result.setups["Model"]["setups"] == 2
+    assert result.setups["Model"]["setup_s"] >= 3

@@ -138,7 +138,7 @@ def test_json_figures_and_costs_at_default_prices(made_run):
     assert [(s["stage"], s["done"], s["failed"]) for s in data["stages"]] == [
         ("prep", 3, 1), ("infer", 3, 0)]
     assert set(data) == {"pipeline", "wall_s", "verdict", "total_cost", "cost_per_1000",
-                         "stages"}
+                         "stages", "setups"}
     assert all(set(s) == {"stage", "done", "failed", "busy", "utilisation", "cost",
                           "cost_per_1000", "spilled", "declared", "used"}
                for s in data["stages"])
@@ -152,6 +152,27 @@ def test_json_figures_and_costs_at_default_prices(made_run):
     assert data["total_cost"] == pytest.approx(sum(s["cost"] for s in data["stages"]),
                                                rel=1e-12, abs=0)
     assert data["cost_per_1000"] == pytest.approx(data["total_cost"] / 4 * 1000, rel=1e-12)
+
+
+def test_setups_per_stage_in_the_report_and_status(made_run):
+    """Each worker that got ready ran its stage's setup once: the counts are the workers
+    started per stage (events.jsonl), in ``report --json``, the HTML and ``status --json``."""
+    root, run_dir = made_run
+    events = list(read_events(run_dir))
+    started: dict[str, int] = {}
+    for e in events[max(i for i, e in enumerate(events) if e["event"] == "run_start"):]:
+        if e["event"] == "worker_start":
+            started[e["group"]] = started.get(e["group"], 0) + 1
+    data = report_json(root)
+    assert {name: s["setups"] for name, s in data["setups"].items()} == started
+    assert all(s["setup_s"] >= 0 for s in data["setups"].values())
+    status = conveyor("status", "run", "--json", cwd=root)
+    assert json.loads(status.stdout)["setups"] == data["setups"]
+    assert conveyor("report", "run", cwd=root).returncode == 0
+    html = (run_dir / "report.html").read_text()
+    section = html.split("<h2>Setups</h2>", 1)[1]
+    for name, count in started.items():
+        assert f"<tr><td>{name}</td><td class=n>{count}</td>" in section
 
 
 def test_price_options_change_the_costs_and_the_html_per_1000_items(made_run, tmp_path):

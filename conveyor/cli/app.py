@@ -203,7 +203,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory."),
                       for name, c in result.counts.items()}
             print(json.dumps({"pipeline": result.pipeline, "ok": result.ok, "stages": stages,
                               "spilled": result.spilled, "state": result.status(),
-                              "warnings": warnings(usage)}))
+                              "setups": result.setups, "warnings": warnings(usage)}))
         else:
             console.print(runstate.describe(result.status()), highlight=False, markup=False)
             print_counts(result)

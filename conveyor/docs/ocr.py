@@ -14,7 +14,9 @@ sideways text on rotated scans and text a publisher had cropped away.
 rapidocr's ONNX sessions are created once per worker (``Ocr.setup``) with
 ``intra_op_num_threads`` set to the worker's pinned thread count
 (``CONVEYOR_THREADS``): one thread per worker and one worker per core is the
-most pages per second for this model on CPU.
+most pages per second for this model on CPU. The page is rendered in
+``Ocr.load``, which the worker's prefetch thread runs ahead of the calls: the
+next page's PDF is opened and rendered while the recogniser reads this one.
 """
 
 from __future__ import annotations
@@ -100,7 +102,11 @@ class Ocr:
     def setup(self) -> None:
         self.engine = load_engine()
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        number = item["page"]
-        text = recognise(self.engine, render_page(item["path"], number))
-        return page_set(item, "ocr", [{"page": number, "text": text}])
+    def load(self, item: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """The item with its rendered page (run ahead of the calls)."""
+        return item, render_page(item["path"], item["page"])
+
+    def __call__(self, page: tuple[dict[str, Any], Any]) -> dict[str, Any]:
+        item, image = page
+        text = recognise(self.engine, image)
+        return page_set(item, "ocr", [{"page": item["page"], "text": text}])

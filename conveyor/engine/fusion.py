@@ -3,7 +3,9 @@
 When ``b`` is the only stage after ``a`` and ``a`` the only stage before
 ``b``, and both declare the same resources, environment variables, Python
 environment and concurrency, are not batched, not reduces or groups, have no
-timeout, and ``b`` reads no side inputs, the two form one *group*: a
+timeout, and ``b`` reads no side inputs and has no ``load()`` (a stage that
+loads its inputs heads its own group, so its worker's prefetch thread runs
+that ahead of the calls), the two form one *group*: a
 worker of the group takes an item at ``a`` and carries each output straight
 into ``b`` in the same process. Nothing is lost by it (each stage and item
 still gets its own ledger row, outputs, retries and failures) while the
@@ -44,7 +46,7 @@ class Group:
 
 
 def _compatible(a: "Stage", b: "Stage") -> bool:
-    return (not a.barrier and not b.barrier and not b.side
+    return (not a.barrier and not b.barrier and not b.side and not b.loads
             and a.batch_size is None and b.batch_size is None
             and a.timeout is None and b.timeout is None
             and a.resources == b.resources and dict(a.env) == dict(b.env)

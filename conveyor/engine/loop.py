@@ -38,6 +38,7 @@ ledger, so the engine's memory does not grow with the number of items.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ from ..observe.events import EventLog
 from ..observe.observer import Observer
 from ..pipeline import Pipeline
 from ..resources import Budget
+from ..result import SETUPS
 from ..store import Store
 from ..worker.protocol import Running
 from ..worker.runner import StageSpec, WorkerSpec
@@ -117,6 +119,8 @@ class Engine:
         self._observer = Observer(self.pipeline, events, self.run_dir, self.progress, self.bench)
         self._observer.start(self.executor.name, self.budget, previous)
         self._build_groups()
+        for name in self.stages:  # the counts are this run's
+            self._ledger.set_meta(SETUPS + name, "[0, 0.0]")
         self._barriers = Barriers(self.pipeline, self.stages, self.run_dir, self.store)
         self._barriers.open(ledger, events)
         self._barriers.on_spill = self._observer.spilled
@@ -281,9 +285,18 @@ class Engine:
         elif isinstance(event, Ready):
             worker.ready = True
             worker.head_since = worker.idle_since = time.time()
-            self.groups[worker.group].setup_failures = 0
+            self._set_up(self.groups[worker.group], event.setup_s)
         elif isinstance(event, SetupFailed):
             self._setup_failed(worker, event.error, event.traceback)
+
+    def _set_up(self, group: GroupState, seconds: float) -> None:
+        """Count a worker's setup and what it cost, for the scheduler and the report."""
+        group.setup_failures = 0
+        group.setups += 1
+        group.setup_seconds += seconds
+        tally = json.dumps([group.setups, round(group.setup_seconds, 3)])
+        for member in group.members:
+            self._ledger.set_meta(SETUPS + member.stage.name, tally)
 
     def _record(self, worker_id: int, records: list[Record]) -> None:
         """Judge and record what a worker computed, in one ledger call."""
@@ -502,6 +515,10 @@ class Engine:
 
         An idle worker the plan no longer wants is kept a while (it may be
         wanted again soon) unless a group is waiting for room to start one.
+        A worker whose setup takes longer than that while is kept for as long
+        as work may still come to its group (its upstream pauses, a burst
+        follows): stopping it would run its setup (a model load) again for
+        every burst. A stage's own ``idle_timeout`` is kept to as given.
         """
         targets = plan(list(loads.values()), self._pool.live_budget)
         starved = False
@@ -521,8 +538,15 @@ class Engine:
                 return False  # nothing left for it to do
             if alive <= targets[worker.group]:
                 return True
-            idle_limit = group.head.idle_timeout or self.front.idle_seconds
-            return not starved and now - worker.idle_since < idle_limit
+            if starved:
+                return False  # its resources may let the waiting group start
+            if group.head.idle_timeout is not None:
+                return now - worker.idle_since < group.head.idle_timeout
+            idle_limit = self.front.idle_seconds
+            if group.setup_cost > idle_limit and (group.pending or group.running
+                                                  or self._fed(group)):
+                return True
+            return now - worker.idle_since < idle_limit
 
         self._pool.stop_idle(wanted, now)
 
@@ -531,14 +555,18 @@ class Engine:
     def _window(self, group: GroupState) -> int:
         """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
         (one until its speed is known, so slow items spread over workers), and
-        two batches for a batch stage, one computing while the next is read."""
-        batch = group.head.batch_size
-        if batch:
-            return 2 * batch
+        two batches for a batch stage, one computing while the next is read. A
+        stage with ``load()`` holds at least the batch computing, its ``prefetch``
+        batches loaded ahead and one more, so its loader does not wait for the
+        driver's next tasks while the driver waits for results."""
+        head = group.head
+        ahead = (head.prefetch + 2) * (head.batch_size or 1) if head.loads else 1
+        if head.batch_size:
+            return max(2 * head.batch_size, ahead)
         service = group.service
         if service is None:
-            return 1
-        return max(1, min(512, math.ceil(WINDOW_SECONDS / service)))
+            return ahead
+        return max(ahead, min(512, math.ceil(WINDOW_SECONDS / service)))
 
     def _dispatch(self, now: float) -> bool:
         """Top up every leased worker's window; True if any task was sent."""

@@ -39,6 +39,13 @@ class GroupState:
     members: list[StageState]  # chain order
     spec: WorkerSpec
     setup_failures: int = 0  # in a row, without a worker getting ready
+    setups: int = 0  # workers that got ready in this run
+    setup_seconds: float = 0.0  # the time their setup() took, in all
+
+    @property
+    def setup_cost(self) -> float:
+        """Mean seconds a worker's setup takes: what stopping one costs when work comes back."""
+        return self.setup_seconds / self.setups if self.setups else 0.0
 
     @property
     def name(self) -> str:

@@ -22,6 +22,7 @@ class Ready(NamedTuple):
     """A worker finished ``setup()`` and is taking tasks."""
 
     worker: int
+    setup_s: float = 0.0  # how long its setup() took (what stopping it would cost again)
 
 
 class Results(NamedTuple):

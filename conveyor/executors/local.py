@@ -187,7 +187,7 @@ def _event(wid: int, msg: tuple) -> Event:  # type: ignore[type-arg]
     if kind == RESULTS:
         return Results(wid, from_wire(msg[1]), msg[2], msg[3])
     if kind == READY:
-        return Ready(wid)
+        return Ready(wid, msg[2])
     if kind == SETUP_FAILED:
         return SetupFailed(wid, msg[1], msg[2])
     raise ValueError(f"unknown message from worker {wid}: {kind!r}")

@@ -77,7 +77,9 @@ class _Actor:
         _log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
 
     def setup(self) -> tuple[Any, ...]:
-        """Run the stages' setup(); (READY, pid, host) or (SETUP_FAILED, error, traceback)."""
+        """Run the stages' setup(); (READY, pid, seconds, host) or (SETUP_FAILED, error,
+        traceback)."""
+        began = time.monotonic()
         try:
             self.runner.setup()
         except BaseException as exc:
@@ -85,7 +87,7 @@ class _Actor:
             return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
                     f"{type(exc).__name__}: {exc}", traceback.format_exc())
         pin_torch(self.runner.spec.resources.threads)
-        return (READY, os.getpid(), socket.gethostname())
+        return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
 
     def run(self, tasks: list[Claim]) -> tuple[list[Any], bool, Usage | None]:
         """Records of ``tasks`` (one call of the stage), their files already durable,
@@ -300,9 +302,9 @@ class RayExecutor(Executor):
         if ref == w.setup:
             w.setup = None
             if value[0] == READY:
-                w.pid = value[1] if value[2] == self._host else None
+                w.pid = value[1] if value[3] == self._host else None
                 w.begin_head()
-                self._events.append(Ready(worker_id))
+                self._events.append(Ready(worker_id, value[2]))
             else:
                 self._events.append(SetupFailed(worker_id, value[1], value[2]))
                 self._gone(worker_id, "setup failed", kill=True)

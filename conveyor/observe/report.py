@@ -2,7 +2,7 @@
 
 It reads the last run's events (``events.jsonl``: workers' lives and CPU
 leases, ticks of per-stage counts, busy time and queues, machine samples)
-and the ledger (counts and failures), and shows: a summary per stage with
+and the ledger (counts, failures, setups per stage), and shows: a summary per stage with
 its utilisation and cost, a verdict in words on what limited throughput and
 what would help, a timeline of workers per stage, throughput, utilisation
 and queue depths over time, and the failures. Charts are inline SVG
@@ -84,6 +84,7 @@ class Analysis:
     prices: dict[str, float]
     cpu_full_share: float  # share of the run with every CPU of the budget leased
     verdict: str = ""
+    setups: dict[str, dict[str, Any]] = field(default_factory=dict)  # RunResult.setups
 
     @property
     def wall(self) -> float:
@@ -114,6 +115,7 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
         counts = result.counts
         failures = result.failures()
         spilled = result.spilled
+        setups = result.setups
     specs = {s["name"]: s for s in start_event.get("stages", [])}
     group_of = {stage: w.group for w in workers for stage in w.group.split("+")}
     stages = []
@@ -142,6 +144,7 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
                         _cpu_full_share(workers, start_event.get("budget", {}),
                                         start_event["t"], end))
     analysis.verdict = " ".join([verdict(analysis), *declarations(usage)])
+    analysis.setups = setups
     return analysis
 
 
@@ -361,6 +364,7 @@ def render(a: Analysis) -> str:
 <h2>Stages</h2>
 {''.join(summary)}
 <p>Cost: declared resources while workers held them, at {escape(prices)}.</p>
+{_setups(a)}
 <h2>Workers</h2>
 <p>Each row is a worker: faint while it lived, solid while it held CPUs.</p>
 {charts.timeline(rows, a.wall, "workers per stage")}{more}
@@ -378,6 +382,18 @@ def render(a: Analysis) -> str:
 """
 
 
+def _setups(a: Analysis) -> str:
+    """How many workers each stage set up, and what a setup took: a setup run again
+    and again (a model loaded per burst of work) shows here."""
+    rows = [f"<tr><td>{escape(name)}</td><td class=n>{s['setups']}</td>"
+            f"<td class=n>{s['setup_s']:.2f} s</td></tr>"
+            for name, s in a.setups.items() if s["setups"]]
+    if not rows:
+        return ""
+    return ("<h2>Setups</h2><table id=setups><tr><th>stage</th><th>workers set up</th>"
+            "<th>mean setup</th></tr>" + "".join(rows) + "</table>")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None,
                  prices: dict[str, float] | None = None) -> Path:
     """Write the report of ``run_dir`` (to ``<run_dir>/report.html`` by default)."""
@@ -390,7 +406,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
 def summary_json(a: Analysis) -> dict[str, Any]:
     """The analysis as plain data (for ``--json`` and tests)."""
     return {"pipeline": a.pipeline, "wall_s": round(a.wall, 3), "verdict": a.verdict,
-            "total_cost": a.total_cost,
+            "total_cost": a.total_cost, "setups": a.setups,
             "cost_per_1000": a.total_cost / a.items_in * 1000 if a.items_in else None,
             "stages": [
                 {"stage": s.name, "done": s.done, "failed": s.failed, "busy": round(s.busy, 3),

@@ -6,9 +6,10 @@
                                                                  │ receives at once
                                                                  ▼
                                                              loader thread
-                                                                 │ decodes inputs
+                                                                 │ decodes inputs,
+                                                                 │ runs load(value)
                                                                  ▼ ahead of time
-    driver ◀──(READY,) (RESULTS, [...]) (SETUP_FAILED, ...)──── main thread
+    driver ◀──(READY, ...) (RESULTS, ...) (SETUP_FAILED, ...)── main thread
                                                              (setup once, then
                                                               calls the stage)
 
@@ -20,11 +21,14 @@ calls the stage (assembling batches for batch stages, flushed after a short
 deadline when input runs dry) and sends outcomes back in
 chunks. The loader thread is the prefetcher: while the stage computes, it
 reads and decodes the next tasks' inputs, so a GPU stage never waits for
-deserialisation. The reader thread only receives, whatever the inbox holds:
-a driver blocked sending tasks to this worker cannot read its results, so a
-reader that waited for room while the main thread waited to send results
-would stop both for good (the driver bounds what it sends by its window). Thread counts and ``CUDA_VISIBLE_DEVICES``
-are set in the environment by the driver before this process starts (see
+deserialisation, and runs a class stage's own ``load(value)`` on them (the
+stage's ``prefetch`` batches ahead, no more: loaded values such as decoded
+images can be large), so reading its files overlaps its calls. The reader
+thread only receives, whatever the inbox holds: a driver blocked sending
+tasks to this worker cannot read its results, so a reader that waited for
+room while the main thread waited to send results would stop both for good
+(the driver bounds what it sends by its window). Thread counts and
+``CUDA_VISIBLE_DEVICES`` are set in the environment by the driver before this process starts (see
 :func:`~conveyor.worker.protocol.pinned_env`), so native libraries see them
 when they load.
 """
@@ -95,6 +99,12 @@ class _Inbox:
             self._cond.notify_all()
             return item
 
+    def wait_room(self) -> None:
+        """Wait until one more item fits by count: called before loading it, so what is
+        loaded ahead never exceeds the bound, the item in the loader's hands included."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._queue) < self.items)
+
     def get_nowait(self) -> Any:
         return self.get(timeout=0)
 
@@ -133,6 +143,8 @@ class _Loader(threading.Thread):
 
     def run(self) -> None:
         while (task := self.received.get()) is not None:
+            if self.runner.loads:
+                self.inbox.wait_room()
             loaded = self.runner.load(Claim._make(task))
             self.inbox.put(loaded, loaded.size)
         self.inbox.put(None)
@@ -140,12 +152,14 @@ class _Loader(threading.Thread):
 
 def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
-    inbox = _Inbox(max(PREFETCH_ITEMS, 2 * runner.batch_size), PREFETCH_BYTES)
+    ahead = runner.prefetch if runner.loads else max(PREFETCH_ITEMS, 2 * runner.batch_size)
+    inbox = _Inbox(ahead, PREFETCH_BYTES)
     received: queue.SimpleQueue = queue.SimpleQueue()
     reader, loader = _Reader(conn, received), _Loader(received, inbox, runner)
     reader.start()
     loader.start()
-    runner.meter.exclude(reader, loader)
+    # conveyor's own threads are not the stage's work; a user load() on the loader is
+    runner.meter.exclude(*((reader,) if runner.loads else (reader, loader)))
     batch = runner.batch_size
     pending: list[Any] = []
     outcomes: list[Any] = []
@@ -160,7 +174,12 @@ def serve(conn: Connection, runner: Any) -> None:
             take, pending = pending[:batch], pending[batch:]
             outcomes.extend(runner.run(take))
         idle = not pending and inbox.empty()
-        if outcomes and (idle or stopping or time.monotonic() - last_flush >= FLUSH_SECONDS):
+        # A stage with load() reports as soon as its loader has nothing left to load:
+        # the driver sends more tasks when it sees results, and the loads must keep
+        # running ahead of the calls.
+        dry = runner.loads and received.empty()
+        if outcomes and (idle or dry or stopping
+                         or time.monotonic() - last_flush >= FLUSH_SECONDS):
             _send(conn, (RESULTS, to_wire(outcomes), runner.store.take_wrote(),
                          (runner.meter.take(), peak_rss())))
             outcomes = []
@@ -242,6 +261,7 @@ def main(fd: int, slot_fd: int) -> None:
         return
     runner = GroupRunner(spec)
     runner.note = slot.note
+    began = time.monotonic()
     try:
         runner.setup()
     except BaseException as exc:
@@ -249,7 +269,7 @@ def main(fd: int, slot_fd: int) -> None:
                      f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     pin_torch(spec.resources.threads)
-    _send(conn, (READY, os.getpid()))
+    _send(conn, (READY, os.getpid(), time.monotonic() - began))
     serve(conn, runner)
 
 

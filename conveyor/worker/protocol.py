@@ -7,7 +7,7 @@ Shared by the local executor (messages over a socket pair, see
     driver ── (INIT, spec, sys.path, targets) ──▶ worker     once, first
     driver ── (TASKS, [claim tuples]) ─────────▶ worker     any number
     driver ── (STOP,) ─────────────────────────▶ worker     finish what you hold, exit
-    driver ◀── (READY, pid[, host]) ──────────── worker     setup() done
+    driver ◀── (READY, pid, setup_s[, host]) ─── worker     setup() done, in setup_s seconds
     driver ◀── (SETUP_FAILED, error, traceback)─ worker     setup() or loading failed
     driver ◀── (RESULTS, [wire records], wrote_files, usage) ─ worker
 

@@ -3,7 +3,9 @@
 A :class:`GroupRunner` lives wherever a group's code runs (the driver's own
 process for the inline executor, a worker process, a Ray actor). It runs each
 stage's ``setup()`` once, then turns tasks (ledger claims) into ledger
-:class:`~conveyor.ledger.Record` s: it decodes each input, calls the user's code with its
+:class:`~conveyor.ledger.Record` s: it decodes each input (and passes it
+through the stage's own ``load(value)``, where a class stage has one: the
+worker's prefetch thread runs both ahead of the calls), calls the user's code with its
 context, names the outputs (``parent/0`` for a generator's children), encodes
 and stores them, and evaluates the downstream ``when=`` predicates so the
 driver only records. In a fused group an output bound for the next stage of
@@ -111,6 +113,7 @@ class StageRunner:
         self.run_dir = run_dir
         self.logger = logging.getLogger(f"conveyor.stage.{self.stage.name}")
         self._call: Any = None
+        self._load: Any = None  # a class stage's load(value), bound once it is set up
         self._takes_ctx = self.stage.takes_ctx  # inspected once, not per item
         self._is_generator = self.stage.is_generator
         self.boundary = boundary(self.stage)
@@ -127,17 +130,23 @@ class StageRunner:
             if callable(setup):
                 setup()
             self._call = obj
+            if self.stage.loads:
+                self._load = obj.load
         else:
             self._call = self.stage.target
 
     def load(self, task: Claim) -> Loaded:
-        """Read and decode a task's input (a prefetch thread calls this ahead of time)."""
+        """Read and decode a task's input, then run the stage's own ``load(value)`` on it
+        if it has one (a prefetch thread calls this ahead of time)."""
         if self.stage.barrier:  # reads its file when called
             return Loaded(task, None, None)
         try:
             data = self.store.get(task.data, task.ref)
-            return Loaded(task, codec.decode(data), None, len(data))
-        except Exception as exc:  # a missing or corrupt value fails the item, not the worker
+            value = codec.decode(data)
+            if self._load is not None:
+                value = self._load(value)
+            return Loaded(task, value, None, len(data))
+        except Exception as exc:  # a bad value or a raising load() fails the item, not the worker
             return Loaded(task, None, exc)
 
     def _context(self, keys: list[str], attempt: int) -> Context:
@@ -366,6 +375,17 @@ class GroupRunner:
 
     def load(self, task: Claim) -> Loaded:
         return self.runners[task.stage].load(task)
+
+    @property
+    def loads(self) -> bool:
+        """Whether the group's first stage has its own ``load(value)`` to run ahead."""
+        return self.spec.stages[0].stage.loads
+
+    @property
+    def prefetch(self) -> int:
+        """Tasks a worker loads ahead of its calls when the stage has ``load()``: the
+        stage's ``prefetch`` batches."""
+        return self.spec.stages[0].stage.prefetch * self.batch_size
 
     def run(self, loaded: list[Loaded]) -> list[Record]:
         """Records of loaded tasks, each followed by those of the rows fused below it.
