@@ -184,8 +184,11 @@ def test_usage_errors_exit_2(corpus, tmp_path):
 
 
 def test_a_dataset_in_object_storage(corpus, tmp_path, s3):
+    """Out to the bucket, and one input from it (a remote input keeps its URL as id)."""
     dest = f"s3://{s3['bucket']}/ds"
-    proc = conveyor("dataset", str(corpus / "beta.pdf"), str(corpus / "contact.pdf"),
+    beta = f"s3://{s3['bucket']}/in/beta.pdf"
+    s3["fs"].put(str(corpus / "beta.pdf"), beta)
+    proc = conveyor("dataset", beta, str(corpus / "contact.pdf"),
                     "--run-dir", str(tmp_path / "run"), "--out", dest, "--dedupe", "exact",
                     "--rule", "min_words=30", "-q", env=s3["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -197,8 +200,7 @@ def test_a_dataset_in_object_storage(corpus, tmp_path, s3):
         assert len(data) == shard["bytes"]
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
     table = pq.read_table(f"{s3['bucket']}/ds/{manifest['shards'][0]['path']}", filesystem=fs)
-    assert sorted(table.column("id").to_pylist()) == [key(corpus, "beta.pdf"),
-                                                      key(corpus, "contact.pdf")]
+    assert sorted(table.column("id").to_pylist()) == [key(corpus, "contact.pdf"), beta]
 
 
 def test_the_store_going_away_mid_upload_fails_clearly_shows_nothing_partial_and_a_rerun_completes(

@@ -83,19 +83,23 @@ def remote_items(url: str) -> Iterator[Item]:
     sorted order, a directory level listed at a time), each ``{"path": URL, "stamp": ...}``.
 
     Raises:
-        RemoteInputError: nothing is there, or the store cannot be listed.
+        RemoteInputError: nothing is there (an empty bucket is found out once listed), or
+            the store cannot be listed.
     """
     fs, path = _open(url)
     info = _info(fs, path, url)
     if info.get("type") != "directory":
         yield _item(fs, info)
         return
+    found = False
     try:
-        yield from (_item(fs, found) for found in _objects(fs, info["name"]))
-    except RemoteInputError:
-        raise
+        for obj in _objects(fs, info["name"]):
+            found = True
+            yield _item(fs, obj)
     except Exception as exc:
         raise RemoteInputError(f"{url}: listing failed: {type(exc).__name__}: {exc}") from None
+    if not found:
+        raise RemoteInputError(f"no objects under {url}")
 
 
 def _objects(fs: Any, prefix: str) -> Iterator[dict[str, Any]]:
@@ -127,8 +131,9 @@ def download(url: str, folder: str | os.PathLike[str], max_bytes: int) -> tuple[
     fs, path = _open(url)
     info = _info(fs, path, url)
     if info.get("type") == "directory":
-        raise RemoteInputError(f"{url} is a prefix, not an object: give it as a run's input "
-                               f"(conveyor.docs.archives.input_items lists it)")
+        raise RemoteInputError(f"{url} is a prefix, not an object: list it into inputs "
+                               f"with conveyor.docs.archives.input_items (as conveyor docs "
+                               f"does)")
     over = (f"{url}: the object is over the size limit for one file "
             f"({format_size(max_bytes)})")
     if (info.get("size") or 0) > max_bytes:
@@ -145,14 +150,11 @@ def download(url: str, folder: str | os.PathLike[str], max_bytes: int) -> tuple[
                 if written > max_bytes:  # the size the store gave was wrong: count, not trust
                     raise RemoteInputError(over)
                 out.write(block)
-    except RemoteInputError:
+    except BaseException as exc:  # a limit, the store, or an interrupt: no partial file
         tmp.unlink(missing_ok=True)
-        raise
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, Exception):
-            raise RemoteInputError(f"{url}: download failed: {type(exc).__name__}: {exc}"
-                                   ) from None
-        raise
+        if isinstance(exc, RemoteInputError) or not isinstance(exc, Exception):
+            raise
+        raise RemoteInputError(f"{url}: download failed: {type(exc).__name__}: {exc}"
+                               ) from None
     os.replace(tmp, target)
     return target, stamp(info)

@@ -179,6 +179,14 @@ def test_urls_that_name_nothing_or_cannot_be_reached_are_usage_errors(s3, tmp_pa
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: {missing}: cannot read it: "), proc.stderr
     assert not run_dir.exists()  # nothing ran
+    # An empty bucket is found out as it is listed, lazily, as the run starts: nothing is
+    # recorded.
+    s3["fs"].mkdir(f"{bucket}-empty")
+    empty = conveyor("docs", f"s3://{bucket}-empty/", "--run-dir", str(run_dir), "-q", env=env)
+    assert empty.returncode == 2
+    assert empty.stderr.endswith(f"error: no objects under s3://{bucket}-empty/\n")
+    with open_run(run_dir) as result:
+        assert list(result.ledger.rows()) == []
 
 
 def test_an_object_over_the_size_limit_is_refused_and_leaves_nothing(s3, tmp_path):
