@@ -3,8 +3,9 @@
 An input is a path: a file, a folder (walked in sorted order), or an archive —
 zip, tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``), 7z or
 rar — or a URL naming an object or a prefix in a store (:mod:`.remote`: each
-object an input of its own, downloaded by ``expand``). ``expand`` makes one item per file, by what its content is
-(:mod:`.sniff`; a file named ``*.pdf`` is always a document): a document for
+object an input of its own, downloaded by ``expand``). ``expand`` makes one
+item per file, by what its content is (:mod:`.sniff`; a file named ``*.pdf``
+is always a document): a document for
 ``inspect``, an archive for ``unpack``, or a skip with its reason for the
 ``skipped`` stage. ``unpack`` extracts one archive to its item's own folder
 (``ctx.output_dir``), its members becoming items in turn. Keys are stable:
