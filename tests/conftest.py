@@ -1,4 +1,5 @@
-"""Shared fixtures: the executors every contract test runs on, and helpers.
+"""Shared fixtures: the executors every contract test runs on, a real S3 API server
+(``s3``: moto's, over HTTP), and helpers.
 
 The ``ray`` executor runs on one real local Ray instance shared by the whole
 session (starting Ray costs seconds; a Ray instance already running in the
@@ -8,6 +9,7 @@ process is used by the executor as it is). Its tests carry the ``ray`` marker:
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -39,3 +41,35 @@ def executor(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+# -- object storage: a real S3 API server -------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """moto's S3 server (its server mode: real HTTP on a free port, in a thread of this
+    process), a bucket in it, and the environment a run needs to reach it."""
+    s3fs = pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()  # returns once it serves
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
+                               skip_instance_cache=True)
+        bucket = f"conveyor-test-{port}"  # moto's state outlives a server in this process
+        fs.mkdir(bucket)
+        yield {"fs": fs, "env": env, "port": port, "bucket": bucket}
+    finally:
+        server.stop()

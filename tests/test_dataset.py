@@ -7,11 +7,9 @@ import hashlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -185,38 +183,12 @@ def test_usage_errors_exit_2(corpus, tmp_path):
 # -- object storage: a real S3 API server -------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
-    """moto's S3 server (its server mode: real HTTP on a free port, in a thread of this
-    process), a bucket in it, and the environment a run needs to reach it."""
-    s3fs = pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()  # returns once it serves
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    try:
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
-                               skip_instance_cache=True)
-        bucket = f"conveyor-test-{port}"  # moto's state outlives a server in this process
-        fs.mkdir(bucket)
-        yield {"fs": fs, "env": env, "port": port, "bucket": bucket}
-    finally:
-        server.stop()
-
-
 def test_a_dataset_in_object_storage(corpus, tmp_path, s3):
+    """Out to the bucket, and one input from it (a remote input keeps its URL as id)."""
     dest = f"s3://{s3['bucket']}/ds"
-    proc = conveyor("dataset", str(corpus / "beta.pdf"), str(corpus / "contact.pdf"),
+    beta = f"s3://{s3['bucket']}/in/beta.pdf"
+    s3["fs"].put(str(corpus / "beta.pdf"), beta)
+    proc = conveyor("dataset", beta, str(corpus / "contact.pdf"),
                     "--run-dir", str(tmp_path / "run"), "--out", dest, "--dedupe", "exact",
                     "--rule", "min_words=30", "-q", env=s3["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -228,8 +200,7 @@ def test_a_dataset_in_object_storage(corpus, tmp_path, s3):
         assert len(data) == shard["bytes"]
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
     table = pq.read_table(f"{s3['bucket']}/ds/{manifest['shards'][0]['path']}", filesystem=fs)
-    assert sorted(table.column("id").to_pylist()) == [key(corpus, "beta.pdf"),
-                                                      key(corpus, "contact.pdf")]
+    assert sorted(table.column("id").to_pylist()) == [key(corpus, "contact.pdf"), beta]
 
 
 def test_the_store_going_away_mid_upload_fails_clearly_shows_nothing_partial_and_a_rerun_completes(

@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
 
 def dataset(
     inputs: List[str] = typer.Argument(None, help=(
-        "PDFs, folders and archives. None: resume the run in --run-dir.")),
+        "PDFs, folders and archives, local or at an fsspec URL (s3://bucket/prefix/). "
+        "None: resume the run in --run-dir.")),
     run_dir: Path = typer.Option(..., "--run-dir", help="Where the ledger and logs live."),
     out: str = typer.Option(..., "--out", help=(
         "Where the dataset goes: a folder, or an fsspec URL (s3://, gs://, hf://datasets/).")),

@@ -2,8 +2,10 @@
 
 An input is a path: a file, a folder (walked in sorted order), or an archive —
 zip, tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``), 7z or
-rar. ``expand`` makes one item per file, by what its content is
-(:mod:`.sniff`; a file named ``*.pdf`` is always a document): a document for
+rar — or a URL naming an object or a prefix in a store (:mod:`.remote`: each
+object an input of its own, downloaded by ``expand``). ``expand`` makes one
+item per file, by what its content is (:mod:`.sniff`; a file named ``*.pdf``
+is always a document): a document for
 ``inspect``, an archive for ``unpack``, or a skip with its reason for the
 ``skipped`` stage. ``unpack`` extracts one archive to its item's own folder
 (``ctx.output_dir``), its members becoming items in turn. Keys are stable:
@@ -53,6 +55,7 @@ from ..items import Item
 from ..optional import require
 from ..resources import format_size
 from .errors import ArchiveError, ArchiveLimit, UnsafeArchive
+from .remote import download, is_remote, remote_items
 from .sniff import sniff
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -169,12 +172,16 @@ def _stamp(path: str) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def input_items(paths: list[str]) -> list[Item]:
-    """The run's inputs for ``paths``: keyed by path, stamped with what is there now."""
+def input_items(paths: list[str]) -> Iterator[Item]:
+    """The run's inputs for ``paths``, lazily: keyed by path, stamped with what is there
+    now; a URL is an object or a prefix whose every object is an input of its own
+    (:func:`.remote.remote_items`)."""
     import hashlib
 
-    items = []
     for raw in paths:
+        if is_remote(raw):
+            yield from remote_items(raw)
+            continue
         path = os.path.normpath(raw)
         if os.path.isdir(path):
             h = hashlib.blake2b(digest_size=12)
@@ -186,8 +193,7 @@ def input_items(paths: list[str]) -> list[Item]:
             stamp = h.hexdigest()
         else:
             stamp = _stamp(path)
-        items.append(Item(path, {"path": path, "stamp": stamp}))
-    return items
+        yield Item(path, {"path": path, "stamp": stamp})
 
 
 def is_document(value: dict[str, Any]) -> bool:
@@ -210,21 +216,40 @@ def skipped(value: dict[str, Any]) -> dict[str, Any]:
     return {"source": value["source"], "reason": value["skipped"]}
 
 
-def expand(source: str | dict[str, Any]) -> Iterator[Item]:
-    """The ``expand`` stage: the files under ``source`` (a path or an
+def expand(source: str | dict[str, Any], ctx: Any) -> Iterator[Item]:
+    """The ``expand`` stage: the files under ``source`` (a path, a URL or an
     :func:`input_items` value), one item each: a document, an archive for ``unpack``
     (``{"unpack": kind}``), or a skip with its reason. Nothing is extracted here, so
     an archive is an item of its own: one that fails, or is large, fails or takes
-    its time alone."""
+    its time alone. A remote object is downloaded to the item's ``ctx.output_dir``
+    first, and keeps its URL as key and ``source``."""
     path = source["path"] if isinstance(source, dict) else source
+    if is_remote(path):
+        yield fetched(path, ctx.output_dir)
+        return
     yield from expand_to(path, None)
+
+
+def fetched(url: str, folder: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
+            ) -> Item:
+    """The object at ``url``, downloaded into ``folder`` within ``limits.member_bytes``,
+    as an item like a local file's: keyed and sourced by its URL, stamped by its ETag."""
+    local, stamp = download(url, folder, limits.member_bytes)
+    item = _file(str(local))
+    value = {**item.value, "source": url, "stamp": stamp}
+    if value.get("unpack"):
+        value["archive"] = url
+    elif value.get("skipped"):
+        local.unlink()  # not a document: nothing reads it
+    return Item(url, value)
 
 
 def unpack(value: dict[str, Any], ctx: Any) -> Iterator[Item]:
     """The ``unpack`` stage: one archive's members (archives inside it opened in turn),
-    extracted to the item's ``ctx.output_dir``, within :data:`DEFAULT_LIMITS`."""
+    extracted to the item's ``ctx.output_dir``, within :data:`DEFAULT_LIMITS`; keyed
+    under the archive's ``source`` (its path, or its URL when it was downloaded)."""
     yield from _archive(value["path"], Path(ctx.output_dir), DEFAULT_LIMITS,
-                        kind=value["unpack"])
+                        key=value["source"], kind=value["unpack"])
 
 
 def expand_to(source: str, folder: str | os.PathLike[str] | None,

@@ -34,8 +34,9 @@ from ..cli.common import (
     usage_error,
 )
 from .archives import input_items
-from .errors import IndexMissing
+from .errors import IndexMissing, RemoteInputError
 from .pipeline import build_pipeline
+from .remote import check, is_remote
 from .search import search as run_search
 
 
@@ -47,7 +48,8 @@ def register(app: typer.Typer) -> None:
 
 def docs(
     inputs: List[str] = typer.Argument(None, help=(
-        "PDFs, folders and archives (zip, tar, 7z, rar). None: resume the run in --run-dir.")),
+        "PDFs, folders and archives (zip, tar, 7z, rar), local or at an fsspec URL "
+        "(s3://bucket/prefix/). None: resume the run in --run-dir.")),
     run_dir: Path = typer.Option(..., "--run-dir", help="Where the ledger, index and logs live."),
     cpus: Optional[float] = typer.Option(None, help="CPUs the run may use (default: detected)."),
     gpus: Optional[int] = typer.Option(None, help=(
@@ -72,11 +74,17 @@ def docs(
 
 
 def corpus(inputs: list[str] | None, run_dir: Path) -> Any:
-    """The run's input items from INPUT paths, or None to resume the run in ``run_dir``;
-    a usage error where a path is missing, or nothing is given and nothing to resume."""
-    missing = [p for p in inputs or [] if not os.path.exists(p)]
+    """The run's input items from INPUT paths and URLs (listed lazily as the run takes
+    them), or None to resume the run in ``run_dir``; a usage error where a path or URL
+    names nothing, or nothing is given and nothing to resume."""
+    missing = [p for p in inputs or [] if not is_remote(p) and not os.path.exists(p)]
     if missing:
         usage_error(f"no such file or folder: {', '.join(missing)}")
+    for url in filter(is_remote, inputs or []):
+        try:
+            check(url)
+        except RemoteInputError as exc:
+            usage_error(str(exc))
     if not inputs and not rundir.is_run(run_dir):
         usage_error(f"give INPUT paths (there is no run in {run_dir} to resume)")
     return input_items(inputs) if inputs else None

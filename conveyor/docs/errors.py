@@ -35,3 +35,8 @@ class ArchiveLimit(ArchiveError):
 
 class IndexMissing(DocsError):
     """A run directory has no finished index to search."""
+
+
+class RemoteInputError(DocsError):
+    """A remote input (an fsspec URL) that cannot be listed or downloaded: missing, refused,
+    unreachable, or over the size limit for one file."""

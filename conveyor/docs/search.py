@@ -9,8 +9,8 @@ table. A hit::
      "pages": [2, 3], "method": "text" | "ocr"}
 
 ``score`` is the cosine similarity (higher is closer); ``path`` is the file
-on disk the user gave (the archive, for a member) and ``member`` the name
-inside it (``None`` for a plain PDF).
+the user gave, on disk or its URL (the archive, for a member), and ``member``
+the name inside it (``None`` for a plain PDF).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
         row = {name: table.column(name)[key].as_py() for name in _HIT_COLUMNS}
         hits.append({
             "score": round(1.0 - float(distance), 4), "text": row["text"],
-            "path": row["archive"] or row["path"], "member": row["member"],
+            "path": row["archive"] or row["source"], "member": row["member"],
             "source": row["source"], "doc": row["doc"], "page": row["page"],
             "pages": row["pages"], "method": row["method"],
         })

@@ -148,10 +148,10 @@ def test_input_stamps_change_when_a_folder_changes(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a.pdf").write_bytes(PDF_A)
-    first = input_items([str(folder)])
-    assert input_items([str(folder)]) == first
+    first = list(input_items([str(folder)]))
+    assert list(input_items([str(folder)])) == first
     (folder / "b.pdf").write_bytes(PDF_B)
-    second = input_items([str(folder)])
+    second = list(input_items([str(folder)]))
     assert second[0].key == first[0].key == os.path.normpath(str(folder))
     assert second[0].value["stamp"] != first[0].value["stamp"]
 
