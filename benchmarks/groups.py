@@ -151,7 +151,7 @@ def killed_run(docs: list[Item], root: Path, partitions: int) -> dict:
     threading.Thread(target=kill_one, daemon=True).start()
     seconds, counts = timed_run(pipe, docs, root / "killed")
     assert counts == expected(docs)
-    from conveyor.pipeline import group_of
+    from conveyor.stage import group_of
 
     calls = collections.Counter(line.split()[1] for line in log.read_text().splitlines())
     part = {w: group_of(lambda v: v, partitions, w)[1] for w in calls}

@@ -35,9 +35,10 @@ from .errors import (
     ToolNotFound,
 )
 from .items import Item
-from .pipeline import Pipeline, Stage
+from .pipeline import Pipeline
 from .resources import Budget, Resources
 from .result import RunResult, open_run
+from .stage import Stage
 
 __all__ = [
     "Budget", "BudgetError", "Context", "ConveyorError", "EnvError", "ExecutorUnavailable",

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .errors import EnvError, StageDefinitionError
 
 if TYPE_CHECKING:
-    from .pipeline import Stage
+    from .stage import Stage
 
 CACHE_VAR = "CONVEYOR_CACHE"
 SPEC_VAR = "CONVEYOR_ENV_SPEC"  # how the local executor hands a worker its EnvSpec

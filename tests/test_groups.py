@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import GraphError, Item, Pipeline, PipelineError, StageDefinitionError, open_run
-from conveyor.pipeline import group_of
+from conveyor.stage import group_of
 from conveyor.resources import format_size
 from conveyor.observe.events import read_events
 from conveyor.serve import Service

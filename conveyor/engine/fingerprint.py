@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from ..envs import identity
 
 if TYPE_CHECKING:
-    from ..pipeline import Pipeline, Stage
+    from ..pipeline import Pipeline
+    from ..stage import Stage
 
 
 def _code_digest(code: types.CodeType, h: "hashlib._Hash") -> None:

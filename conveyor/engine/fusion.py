@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..pipeline import Pipeline, Stage
+    from ..pipeline import Pipeline
+    from ..stage import Stage
 
 
 @dataclass(frozen=True)

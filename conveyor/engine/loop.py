@@ -39,7 +39,6 @@ ledger, so the engine's memory does not grow with the number of items.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,6 @@ COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
 CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
 QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
 QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as full
-WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
@@ -291,10 +289,7 @@ class Engine:
 
     def _set_up(self, group: GroupState, seconds: float) -> None:
         """Count a worker's setup and what it cost, for the scheduler and the report."""
-        group.setup_failures = 0
-        group.setups += 1
-        group.setup_seconds += seconds
-        tally = json.dumps([group.setups, round(group.setup_seconds, 3)])
+        tally = json.dumps(group.count_setup(seconds))
         for member in group.members:
             self._ledger.set_meta(SETUPS + member.stage.name, tally)
 
@@ -489,7 +484,7 @@ class Engine:
         work (at least two windows, at most QUEUE_LIMIT items)."""
         group = self.groups[state.group]
         full = QUEUE_LIMIT / 4 if state.service is None else QUEUE_SECONDS / state.service
-        full = min(QUEUE_LIMIT, max(full, 2 * self._window(group)))
+        full = min(QUEUE_LIMIT, max(full, 2 * group.window))
         return min(1.0, state.pending / full)
 
     def _out_fill(self, group: GroupState) -> float:
@@ -552,22 +547,6 @@ class Engine:
 
     # -- handing out work ----------------------------------------------------------------------
 
-    def _window(self, group: GroupState) -> int:
-        """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
-        (one until its speed is known, so slow items spread over workers), and
-        two batches for a batch stage, one computing while the next is read. A
-        stage with ``load()`` holds at least the batch computing, its ``prefetch``
-        batches loaded ahead and one more, so its loader does not wait for the
-        driver's next tasks while the driver waits for results."""
-        head = group.head
-        ahead = (head.prefetch + 2) * (head.batch_size or 1) if head.loads else 1
-        if head.batch_size:
-            return max(2 * head.batch_size, ahead)
-        service = group.service
-        if service is None:
-            return ahead
-        return max(ahead, min(512, math.ceil(WINDOW_SECONDS / service)))
-
     def _dispatch(self, now: float) -> bool:
         """Top up every leased worker's window; True if any task was sent."""
         sent = False
@@ -576,7 +555,7 @@ class Engine:
                 continue
             if self._barriers.held(group.members[0]):
                 continue
-            window = self._window(group)
+            window = group.window
             for worker in self._pool.of(group.name):
                 want = window - len(worker.inflight)
                 # Top up by at least half a window, so claims and messages stay chunky.

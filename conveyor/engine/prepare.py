@@ -20,7 +20,8 @@ from ..items import input_items
 from ..ledger.base import KeyCollision, Ledger
 from ..observe.events import EventLog
 from ..origin import origin_of
-from ..pipeline import Pipeline, group_of
+from ..pipeline import Pipeline
+from ..stage import group_of
 from ..store import Store
 from ..validation import boundary
 from .fingerprint import fingerprints

@@ -10,9 +10,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from ..pipeline import Stage
+from ..stage import Stage
 from ..worker.runner import WorkerSpec
 from .fusion import Group
+
+WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 
 
 @dataclass
@@ -42,6 +44,14 @@ class GroupState:
     setups: int = 0  # workers that got ready in this run
     setup_seconds: float = 0.0  # the time their setup() took, in all
 
+    def count_setup(self, seconds: float) -> list[float]:
+        """Count a worker that got ready after ``seconds`` of setup; the tally so far
+        (workers set up, their setup seconds), as the ledger keeps it for the report."""
+        self.setup_failures = 0
+        self.setups += 1
+        self.setup_seconds += seconds
+        return [self.setups, round(self.setup_seconds, 3)]
+
     @property
     def setup_cost(self) -> float:
         """Mean seconds a worker's setup takes: what stopping one costs when work comes back."""
@@ -70,6 +80,23 @@ class GroupState:
     def service(self) -> float | None:
         known = [m.service for m in self.members if m.service is not None]
         return sum(known) if known else None
+
+    @property
+    def window(self) -> int:
+        """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
+        (one until its speed is known, so slow items spread over workers), and
+        two batches for a batch stage, one computing while the next is read. A
+        stage with ``load()`` holds at least the batch computing, its ``prefetch``
+        batches loaded ahead and one more, so its loader does not wait for the
+        driver's next tasks while the driver waits for results."""
+        head = self.head
+        ahead = (head.prefetch + 2) * (head.batch_size or 1) if head.loads else 1
+        if head.batch_size:
+            return max(2 * head.batch_size, ahead)
+        service = self.service
+        if service is None:
+            return ahead
+        return max(ahead, min(512, math.ceil(WINDOW_SECONDS / service)))
 
 
 class DriverCost:

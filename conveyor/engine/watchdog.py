@@ -22,8 +22,8 @@ from typing import Callable
 import psutil
 
 from ..executors.base import Executor
-from ..pipeline import Stage
 from ..resources import format_size
+from ..stage import Stage
 from .workerpool import Worker, WorkerPool
 
 RSS_SECONDS = 0.25  # how often worker memory is measured

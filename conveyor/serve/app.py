@@ -48,8 +48,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, TypeAdapter, create_model
 
 from ..errors import InputError
-from ..pipeline import Pipeline, Stage
+from ..pipeline import Pipeline
 from ..resources import Budget
+from ..stage import Stage
 from ..validation import boundary, value_types
 from .metrics import Metrics
 from .service import Closed, Overloaded, Response, Service

@@ -31,7 +31,7 @@ from ..envs import EnvSpec
 from ..errors import StageContractError
 from ..items import Item, check_key
 from ..ledger.base import Claim, Gather, Output, Record, Status
-from ..pipeline import Route, Stage, group_of
+from ..stage import Route, Stage, group_of
 from ..store import INLINE_LIMIT, Store
 from ..validation import ValidationFailed, boundary
 from .meter import Meter

@@ -7,7 +7,7 @@ import os
 import time
 
 from conveyor import Item, Pipeline
-from conveyor.pipeline import group_of
+from conveyor.stage import group_of
 
 KEYS, PARTITIONS = 40, 16
 LOG = os.environ.get("GROUP_LOG", os.devnull)
