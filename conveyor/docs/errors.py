@@ -35,3 +35,8 @@ class ArchiveLimit(ArchiveError):
 
 class IndexMissing(DocsError):
     """A run directory has no finished index to search."""
+
+
+class ModelError(DocsError):
+    """An embedding model that cannot be used: not on this machine (nothing is
+    downloaded), or not the model an index was built with."""
