@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .chunk import MAX_CHARS, OVERLAP
-from .errors import DocsError
 from .model import DIM, MODEL_NAME
 
 INDEX_FILE = "vectors.usearch"
@@ -119,18 +118,13 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
             block.clear()
 
         for chunk in itertools.chain([first] if first is not None else [], chunks):
-            vector = np.asarray(vectors.row(chunk["vectors"], chunk["row"]))
-            if vector.shape != (dim,):
-                raise DocsError(f"chunk {chunk['doc']} #{chunk['index']} has a vector of "
-                                f"{vector.shape[-1]} dimensions, the first one {dim}: two "
-                                f"models embedded this run's chunks")
             block.append({
                 "row": rows, "doc": chunk["doc"], "path": chunk["path"],
                 "source": chunk["source"], "archive": chunk.get("archive"),
                 "member": chunk.get("member"), "method": chunk["method"],
                 "index": chunk["index"], "page": chunk["page"], "pages": chunk["pages"],
                 "spans": chunk["spans"], "text": chunk["text"],
-                "vector": vector,
+                "vector": np.asarray(vectors.row(chunk["vectors"], chunk["row"])),
             })
             docs.add(chunk["doc"])
             rows += 1

@@ -52,6 +52,7 @@ def model_folder(model: str | None) -> str:
 def _locate(model: str | None) -> tuple[str, str]:
     if model is None or model in _SHIPPED:
         return MODEL_NAME, model_path()
+    model = os.path.expanduser(model)
     if os.path.exists(model):
         folder = os.path.abspath(model)
         if not os.path.isdir(folder):
@@ -62,7 +63,7 @@ def _locate(model: str | None) -> tuple[str, str]:
             raise ModelError(f"model folder {folder} holds no model (no modules.json or "
                              f"config.json): save one there with SentenceTransformer.save()")
         return folder, folder
-    if model.startswith((os.sep, ".", "~")):
+    if model.startswith((os.sep, ".")):
         raise ModelError(f"no such model folder: {model}")
     return model, _cached(model)
 
@@ -70,7 +71,7 @@ def _locate(model: str | None) -> tuple[str, str]:
 def _cached(name: str) -> str:
     """The local Hugging Face cache's copy of model ``name``; nothing is downloaded."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError
 
     for repo in [name] if "/" in name else [name, f"sentence-transformers/{name}"]:
         try:

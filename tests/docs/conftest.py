@@ -59,13 +59,17 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder as ``--model`` takes it. Its vectors differ in dimension, so an index or a
     search that used the default model instead would show."""
     import torch
-    from sentence_transformers import models
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Dense
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.models import Dense
 
     from conveyor.docs.model import load_model
 
     model = load_model("cpu")
     torch.manual_seed(0)
-    model.append(models.Dense(384, SMALL_DIM, bias=False))
+    model.append(Dense(384, SMALL_DIM, bias=False))
     model.max_seq_length = SMALL_SEQ
     folder = tmp_path_factory.mktemp("models") / "small"
     model.save(str(folder))
