@@ -10,8 +10,8 @@ inspect     pages, encryption, text layer, scanned pages          :mod:`.profile
 extract     text layer of text pages (pypdfium2)                  :mod:`.extract`
 ocr_pages   one item per scanned page                             :mod:`.ocr`
 ocr         render (``/Rotate``, CropBox) + rapidocr              :mod:`.ocr`
-chunk       page-aware overlapping chunks                         :mod:`.chunk`
-embed       all-MiniLM-L6-v2, batches, GPU when there is one      :mod:`.embed`
+chunk       page-aware overlapping chunks, in chars or tokens     :mod:`.chunk`
+embed       all-MiniLM-L6-v2 or your model, GPU when there is one :mod:`.embed`
 index       usearch index + Parquet chunk table (reduce)          :mod:`.index`
 ==========  ===================================================  ==========================
 
@@ -24,9 +24,16 @@ stages that use them. Install with ``pip install 'conveyor[docs]'``.
 
 from __future__ import annotations
 
-from .errors import ArchiveError, BadDocument, DocsError, IndexMissing, UnsafeArchive
+from .errors import (
+    ArchiveError,
+    BadDocument,
+    DocsError,
+    IndexMissing,
+    ModelError,
+    UnsafeArchive,
+)
 from .pipeline import build_pipeline
 from .search import search
 
-__all__ = ["ArchiveError", "BadDocument", "DocsError", "IndexMissing", "UnsafeArchive",
-           "build_pipeline", "search"]
+__all__ = ["ArchiveError", "BadDocument", "DocsError", "IndexMissing", "ModelError",
+           "UnsafeArchive", "build_pipeline", "search"]

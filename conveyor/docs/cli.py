@@ -4,13 +4,16 @@ The engine's CLI calls :func:`register` to add them to its typer app::
 
     conveyor docs INPUT... --run-dir DIR [--cpus N] [--gpus N] [--ram SIZE]
                            [--executor local|inline|ray] [--address ADDR] [--quiet]
-                           [--detach]
+                           [--detach] [--model PATH_OR_NAME] [--chunk-size N]
+                           [--chunk-overlap N] [--chunk-unit chars|tokens]
     conveyor search DIR "query" [-k 5] [--json]
 
 ``docs`` exits 0 when every document went through, 1 when some failed (they
 are listed with their reasons), 2 on a usage error (nothing ran), 130 when
 interrupted (run the same command again to resume). ``--gpus 0`` runs the
-embed stage on the CPU even on a machine with a GPU.
+embed stage on the CPU even on a machine with a GPU. ``--model`` and the
+chunk options are :func:`~conveyor.docs.pipeline.build_pipeline`'s; resuming
+with no INPUT and none of them keeps those the run was built with.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from ..cli.common import (
     run_or_exit,
     usage_error,
 )
+from ..origin import Origin
+from ..result import open_run
 from .archives import input_items
-from .errors import IndexMissing, RemoteInputError
+from .errors import IndexMissing, ModelError, RemoteInputError
 from .pipeline import build_pipeline
 from .remote import check, is_remote
 from .search import search as run_search
@@ -59,14 +64,32 @@ def docs(
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (ray only)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     detach: bool = typer.Option(False, DETACH_OPTION, help=DETACH_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=(
+        "Embedding model: a folder holding a sentence-transformers model, or a name in the "
+        "local Hugging Face cache (default: the shipped all-MiniLM-L6-v2).")),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help=(
+        "Most chars (or tokens) in a chunk (default: 1000 chars; in tokens, all the model "
+        "reads).")),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help=(
+        "Chars (or tokens) repeated from the chunk before (default: 15% of the size).")),
+    chunk_unit: Optional[str] = typer.Option(None, "--chunk-unit", help=(
+        "chars, or tokens of the model's own tokenizer (default: chars).")),
 ) -> None:
     """Turn PDFs (folders, archives) into a searchable index; rerun to resume."""
     given = corpus(inputs, run_dir)
     if gpus is not None and gpus < 0:
         usage_error(f"--gpus must be >= 0, got {gpus}")
+    options = {"model": model, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
+               "chunk_unit": chunk_unit}
+    if given is None and all(v is None for v in options.values()):
+        options = recorded_options(run_dir)
+    options["chunk_unit"] = options.get("chunk_unit") or "chars"
+    try:
+        pipe = build_pipeline(embed_gpus=None if gpus is None else min(gpus, 1), **options)
+    except (ValueError, ModelError) as exc:
+        usage_error(str(exc))
     if detach:
         detach_now(run_dir)
-    pipe = build_pipeline(embed_gpus=None if gpus is None else min(gpus, 1))
     result = run_or_exit(pipe, given, run_dir=run_dir, executor=executor, cpus=cpus, ram=ram,
                          gpus=gpus, address=address, progress=not quiet)
     with result:
@@ -88,6 +111,16 @@ def corpus(inputs: list[str] | None, run_dir: Path) -> Any:
     if not inputs and not rundir.is_run(run_dir):
         usage_error(f"give INPUT paths (there is no run in {run_dir} to resume)")
     return input_items(inputs) if inputs else None
+
+
+def recorded_options(run_dir: Path) -> dict[str, Any]:
+    """The model and chunk options the run in ``run_dir`` was built with (none recorded:
+    the defaults)."""
+    with open_run(run_dir) as result:
+        text = result.ledger.get_meta("pipeline_origin")
+    arguments = Origin.from_json(text).arguments if text else {}
+    return {k: arguments[k] for k in ("model", "chunk_size", "chunk_overlap", "chunk_unit")
+            if k in arguments}
 
 
 def _report(result: Any, quiet: bool) -> None:
@@ -135,7 +168,7 @@ def search(
     """Search the index of a `conveyor docs` run."""
     try:
         hits = run_search(run_dir, query, k=k)
-    except IndexMissing as exc:
+    except (IndexMissing, ModelError) as exc:
         usage_error(str(exc))
     if as_json:
         print(json.dumps(hits, ensure_ascii=False))

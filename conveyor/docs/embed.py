@@ -1,7 +1,7 @@
 """The ``embed`` stage: chunks in, vectors out, a batch at a time, model loaded once.
 
-The model is loaded in :meth:`Embed.setup`, once per worker process, on the
-worker's device (see :mod:`conveyor.docs.model`). Vectors do not travel as
+The model (all-MiniLM-L6-v2, or the one :meth:`Embed.using` names) is
+loaded in :meth:`Embed.setup`, once per worker process, on the worker's device (see :mod:`conveyor.docs.model`). Vectors do not travel as
 JSON (384 floats are ~8 KB of text per chunk): each batch writes one
 float32 ``.npy`` file under the first item's artifact folder, named by a
 digest of the batch's texts so a rerun never overwrites a file other items
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .model import MODEL_NAME, encode, load_model, pick_device
+from .model import MODEL_NAME, encode, load_model, model_ref, pick_device
 
 
 def write_vectors(folder: Path, texts: list[str], vectors: Any) -> str:
@@ -39,15 +39,24 @@ def write_vectors(folder: Path, texts: list[str], vectors: Any) -> str:
 
 
 class Embed:
-    """all-MiniLM-L6-v2 over batches of chunks; see the module docstring."""
+    """all-MiniLM-L6-v2 (or :attr:`model_id`) over batches of chunks; see the module
+    docstring."""
+
+    model_id = MODEL_NAME  # the model's reference, as conveyor.docs.model.model_ref gives it
+
+    @classmethod
+    def using(cls, model: str | None = None) -> type["Embed"]:
+        """The stage embedding with ``model`` (None: the shipped MiniLM); raises
+        :class:`~conveyor.docs.errors.ModelError` where it is not on this machine."""
+        return type(cls.__name__, (cls,), {"model_id": model_ref(model)})
 
     def setup(self) -> None:
         self.device = pick_device()
-        self.model = load_model(self.device)
+        self.model = load_model(self.device, self.model_id)
 
     def __call__(self, chunks: list[dict[str, Any]], ctx: Any) -> list[dict[str, Any]]:
         texts = [c["text"] for c in chunks]
         vectors = encode(self.model, texts, batch_size=len(texts))
         path = write_vectors(ctx.item_dir(ctx.keys[0]), texts, vectors)
-        return [{**c, "vectors": path, "row": i, "model": MODEL_NAME, "device": self.device}
+        return [{**c, "vectors": path, "row": i, "model": self.model_id, "device": self.device}
                 for i, c in enumerate(chunks)]

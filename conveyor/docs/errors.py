@@ -40,3 +40,8 @@ class IndexMissing(DocsError):
 class RemoteInputError(DocsError):
     """A remote input (an fsspec URL) that cannot be listed or downloaded: missing, refused,
     unreachable, or over the size limit for one file."""
+
+
+class ModelError(DocsError):
+    """An embedding model that cannot be used: not on this machine (nothing is
+    downloaded), or not the model an index was built with."""

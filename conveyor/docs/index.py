@@ -22,15 +22,22 @@ wheels for every Python and platform we target.
 The reduce streams: it reads its input one chunk at a time, writes the table
 in row groups and adds vectors to the index in blocks, so its memory is the
 index itself plus one block, not every chunk's text.
+
+``index.json`` (and the table's metadata) record how the index was made: the
+model (:func:`conveyor.docs.model.model_ref`: the name, or the folder), the
+vectors' dimension, and the chunking (``chunk_size``, ``chunk_overlap``,
+``chunk_unit``), so a search embeds its query with the same model.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
+from .chunk import MAX_CHARS, OVERLAP
 from .model import DIM, MODEL_NAME
 
 INDEX_FILE = "vectors.usearch"
@@ -38,7 +45,12 @@ TABLE_FILE = "chunks.parquet"
 BLOCK = 4096  # rows per Parquet row group and per index insertion
 
 
-def table_schema() -> Any:
+DEFAULTS = {"model": MODEL_NAME, "chunk_size": MAX_CHARS, "chunk_overlap": OVERLAP,
+            "chunk_unit": "chars"}
+
+
+def table_schema(dim: int = DIM, made: dict[str, Any] | None = None) -> Any:
+    """The chunk table's schema; ``made`` (how the index was made) goes in its metadata."""
     import pyarrow as pa
 
     span = pa.struct([("page", pa.int32()), ("start", pa.int32()), ("end", pa.int32())])
@@ -47,8 +59,9 @@ def table_schema() -> Any:
         ("source", pa.string()), ("archive", pa.string()), ("member", pa.string()),
         ("method", pa.string()), ("index", pa.int32()), ("page", pa.int32()),
         ("pages", pa.list_(pa.int32())), ("spans", pa.list_(span)), ("text", pa.string()),
-        ("vector", pa.list_(pa.float32(), DIM)),
-    ], metadata={"model": MODEL_NAME, "metric": "cos"})
+        ("vector", pa.list_(pa.float32(), dim)),
+    ], metadata={**{k: str(v) for k, v in (made or DEFAULTS).items()}, "dim": str(dim),
+                 "metric": "cos"})
 
 
 class _Vectors:
@@ -69,9 +82,11 @@ class _Vectors:
         return array[row]
 
 
-def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
-                ) -> dict[str, Any]:
-    """Write the index and the table for ``chunks`` (``embed`` outputs) into ``folder``."""
+def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str],
+                made: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the index and the table for ``chunks`` (``embed`` outputs) into ``folder``;
+    ``made`` is how (see :data:`DEFAULTS`), recorded beside it. The dimension is the
+    vectors' own (0 for an index with none)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -79,9 +94,13 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    schema = table_schema()
-    index = Index(ndim=DIM, metric="cos", dtype="f32")
+    made = {**DEFAULTS, **(made or {})}
     vectors = _Vectors()
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    dim = 0 if first is None else len(vectors.row(first["vectors"], first["row"]))
+    schema = table_schema(dim, made)
+    index = Index(ndim=dim, metric="cos", dtype="f32")
     table_tmp = folder / f".{TABLE_FILE}.tmp"
     index_tmp = folder / f".{INDEX_FILE}.tmp"
     rows = 0
@@ -98,7 +117,7 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
             writer.write_table(pa.Table.from_pydict(columns, schema=schema))
             block.clear()
 
-        for chunk in chunks:
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
             block.append({
                 "row": rows, "doc": chunk["doc"], "path": chunk["path"],
                 "source": chunk["source"], "archive": chunk.get("archive"),
@@ -116,12 +135,16 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
     os.replace(table_tmp, folder / TABLE_FILE)
     os.replace(index_tmp, folder / INDEX_FILE)
     info = {"index": str(folder / INDEX_FILE), "table": str(folder / TABLE_FILE),
-            "chunks": rows, "documents": len(docs), "dim": DIM, "metric": "cos",
-            "model": MODEL_NAME}
+            "chunks": rows, "documents": len(docs), "dim": dim, "metric": "cos", **made}
     (folder / "index.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
-def index(chunks: Iterable[dict[str, Any]], ctx: Any) -> dict[str, Any]:
-    """The reduce stage: :func:`build_index` into the reduce's artifact folder."""
-    return build_index(chunks, ctx.output_dir)
+def index_stage(made: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """The ``index`` reduce for an index made as ``made`` says (plain data: it is part of
+    the stage's fingerprint, so another model or chunking rebuilds the index)."""
+    def index(chunks: Iterable[dict[str, Any]], ctx: Any) -> dict[str, Any]:
+        """:func:`build_index` into the reduce's artifact folder."""
+        return build_index(chunks, ctx.output_dir, made)
+
+    return index

@@ -27,19 +27,28 @@ then gets ``CUDA_VISIBLE_DEVICES=""`` and the model loads on the CPU.
 ``embed_gpus=1`` declares a device even where NVML sees none (then the run
 needs ``gpus=1`` in its budget). ``pipeline`` is the default build, for
 ``conveyor run conveyor.docs.pipeline:pipeline``.
+
+Model and chunking: ``model`` is a folder holding a sentence-transformers
+model or a name in the local Hugging Face cache (None: the shipped
+all-MiniLM-L6-v2); ``chunk_size``/``chunk_overlap`` count ``chunk_unit``
+(``"chars"``, or ``"tokens"`` of the model's tokenizer); see
+:meth:`.chunk.Chunk.using` for the defaults. They are part of the
+fingerprints of the stages they change (chunk, embed, index), so a rerun with
+other options recomputes those and reuses what was read.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..pipeline import Pipeline
 from ..resources import detect_gpus
 from .archives import expand, is_archive, is_document, is_skipped, skipped, unpack
-from .chunk import chunk
+from .chunk import Chunk
 from .embed import Embed
 from .extract import extract
-from .index import index
+from .index import index_stage
 from .ocr import Ocr, ocr_pages
 from .profile import has_ocr_pages, has_text_pages, inspect
 
@@ -73,23 +82,44 @@ def add_reading_stages(pipe: Pipeline, version: str) -> None:
                retries=1, timeout=300, version=version)
 
 
-def build_pipeline(embed_gpus: float | None = None, name: str = "docs") -> Pipeline:
-    """The document pipeline; see the module docstring for resources and ``embed_gpus``."""
+def build_pipeline(embed_gpus: float | None = None, name: str = "docs", *,
+                   model: str | None = None, chunk_size: int | None = None,
+                   chunk_overlap: int | None = None, chunk_unit: str = "chars") -> Pipeline:
+    """The document pipeline; see the module docstring for resources, ``embed_gpus``,
+    ``model`` and the chunking.
+
+    Raises:
+        ValueError: ``embed_gpus`` below 0, or chunking that cannot work.
+        ModelError: ``model`` is not on this machine (nothing is downloaded).
+    """
     if embed_gpus is None:
         embed_gpus = 1 if gpu_available() else 0
     if embed_gpus < 0:
         raise ValueError(f"embed_gpus must be >= 0, got {embed_gpus}")
-    pipe = Pipeline(name).built_by(build_pipeline, embed_gpus=embed_gpus, name=name)
+    chunker = Chunk.using(chunk_size, chunk_overlap, chunk_unit, model)
+    embedder = Embed.using(model)
+    made = {"model": embedder.model_id, "chunk_size": chunker.size,
+            "chunk_overlap": chunker.overlap, "chunk_unit": chunker.unit}
+    pipe = Pipeline(name).built_by(build_pipeline, embed_gpus=embed_gpus, name=name,
+                                   model=embedder.model_id, chunk_size=chunker.size,
+                                   chunk_overlap=chunker.overlap, chunk_unit=chunker.unit)
     add_reading_stages(pipe, VERSION)
-    # pure-Python text splitting: CPU-bound while busy (1.04 cores on the sample corpus)
-    pipe.stage(chunk, after=[extract, "ocr"], cpus=1, ram="256MiB", version=VERSION)
+    # Chunk and Embed are classes carrying their options, which the fingerprint does not
+    # read: the options go in their versions (the model in chunk's only for tokens).
+    # Pure-Python text splitting: CPU-bound while busy (1.04 cores on the sample corpus).
+    chunking = {k: v for k, v in made.items() if k != "model" or chunker.unit == "tokens"}
+    pipe.stage(chunker, name="chunk", after=[extract, "ocr"], cpus=1,
+               ram="768MiB" if chunker.unit == "tokens" else "256MiB",  # + transformers
+               version=f"{VERSION} {json.dumps(chunking, sort_keys=True)}")
+    embed_version = f"{VERSION} {embedder.model_id}"
     if embed_gpus:
-        pipe.stage(Embed, name="embed", after=chunk, gpus=embed_gpus, cpus=1, ram="4GiB",
-                   batch_size=GPU_BATCH, retries=1, timeout=600, version=VERSION)
+        pipe.stage(embedder, name="embed", after="chunk", gpus=embed_gpus, cpus=1, ram="4GiB",
+                   batch_size=GPU_BATCH, retries=1, timeout=600, version=embed_version)
     else:
-        pipe.stage(Embed, name="embed", after=chunk, cpus=1, threads=1, ram="1536MiB",
-                   batch_size=CPU_BATCH, retries=1, timeout=600, version=VERSION)
-    pipe.reduce(index, after="embed", cpus=1, ram="2GiB", version=VERSION)
+        pipe.stage(embedder, name="embed", after="chunk", cpus=1, threads=1, ram="1536MiB",
+                   batch_size=CPU_BATCH, retries=1, timeout=600, version=embed_version)
+    pipe.reduce(index_stage(made), name="index", after="embed", cpus=1, ram="2GiB",
+                version=VERSION)
     return pipe
 
 

@@ -1,7 +1,8 @@
 """Searching a finished run: ``search(run_dir, "query", k=5)``.
 
-The query is embedded by the same model as the chunks (:mod:`.model`), the
-usearch index is memory-mapped, and the hits' rows are read from the chunk
+The query is embedded by the same model as the chunks, the one the index
+records (:mod:`.model`; the shipped MiniLM for an index that records none),
+the usearch index is memory-mapped, and the hits' rows are read from the chunk
 table. A hit::
 
     {"score": 0.71, "text": "...", "path": "corpus/bundle.zip", "member": "tides.pdf",
@@ -21,8 +22,8 @@ from typing import Any
 
 from ..errors import LedgerError
 from ..result import open_run
-from .errors import IndexMissing
-from .model import encode, load_model
+from .errors import IndexMissing, ModelError
+from .model import MODEL_NAME, encode, load_model
 
 INDEX_STAGE = "index"
 _HIT_COLUMNS = ["row", "doc", "path", "source", "archive", "member", "method", "page", "pages",
@@ -49,8 +50,8 @@ def index_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(device: str | None) -> Any:
-    return load_model(device)
+def _model(device: str | None, model: str) -> Any:
+    return load_model(device, model)
 
 
 def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
@@ -67,7 +68,16 @@ def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
     index = Index.restore(info["index"], view=True)
     if index is None:
         raise IndexMissing(f"{info['index']} is not a usearch index")
-    vector = encode(_model(device), [query])[0]
+    model = info.get("model", MODEL_NAME)
+    try:
+        vector = encode(_model(device, model), [query])[0]
+    except ModelError as exc:
+        raise ModelError(f"the index in {run_dir} was built with model {model}, which "
+                         f"cannot be loaded: {exc}") from None
+    if len(vector) != info["dim"]:
+        raise ModelError(f"model {model} gives vectors of {len(vector)} dimensions, but the "
+                         f"index in {run_dir} holds {info['dim']}: its files changed since the "
+                         f"index was built; build the index again in a new run directory")
     matches = index.search(vector, min(k, info["chunks"]))
     table = pq.read_table(info["table"], columns=_HIT_COLUMNS)
     hits = []

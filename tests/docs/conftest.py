@@ -46,3 +46,31 @@ def doc_by_file(manifest: dict[str, Any], file: str) -> dict[str, Any]:
 def source_of(corpus: Path, file: str) -> str:
     """The item key / ``source`` the pipeline gives a manifest file under ``corpus``."""
     return os.path.normpath(os.path.join(str(corpus), file))
+
+
+SMALL_DIM = 128
+SMALL_SEQ = 128
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second embedding model, made here from the shipped one (nothing downloaded): MiniLM
+    with a seeded Dense layer 384 → 128 on top and ``max_seq_length`` 128, saved to a
+    folder as ``--model`` takes it. Its vectors differ in dimension, so an index or a
+    search that used the default model instead would show."""
+    import torch
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Dense
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.models import Dense
+
+    from conveyor.docs.model import load_model
+
+    model = load_model("cpu")
+    torch.manual_seed(0)
+    model.append(Dense(384, SMALL_DIM, bias=False))
+    model.max_seq_length = SMALL_SEQ
+    folder = tmp_path_factory.mktemp("models") / "small"
+    model.save(str(folder))
+    return folder

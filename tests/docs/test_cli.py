@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 from conveyor import open_run
 from conveyor.docs.corpus import text_pdf
 from conveyor.observe.events import read_events
+
+from .conftest import SMALL_DIM
 
 LIGHTHOUSE = "Lighthouse keepers trimmed the lamp wick every night and wound the clockwork."
 OWLS = "Owls hunt at night using sharp hearing."
@@ -123,6 +126,19 @@ def test_usage_errors_exit_2_and_run_nothing(tmp_path):
          "error: unknown executor 'nonsense'; choose one of local, inline, ray"),
         (["docs", str(tmp_path), "--run-dir", str(run_dir), "--gpus", "-1"],
          "error: --gpus must be >= 0, got -1"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--chunk-size", "0"],
+         "error: chunk size must be a positive number of chars, got 0"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--chunk-size", "100",
+          "--chunk-overlap", "100"],
+         "error: chunk overlap (100 chars) must be less than the chunk size (100 chars)"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--chunk-unit", "words"],
+         "error: chunk unit must be chars or tokens, got 'words'"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--chunk-unit", "tokens",
+          "--chunk-size", "1000"],
+         "error: chunk size 1000 tokens is more than model sentence-transformers/"
+         "all-MiniLM-L6-v2 reads (254 tokens besides its special tokens); give at most 254"),
+        (["docs", str(tmp_path), "--run-dir", str(run_dir), "--model", str(tmp_path / "m")],
+         f"error: no such model folder: {tmp_path / 'm'}"),
         (["search", str(tmp_path / "nowhere"), "query"],
          f"error: {tmp_path / 'nowhere'} is not a conveyor run directory; run `conveyor docs "
          f"INPUT... --run-dir {tmp_path / 'nowhere'}` first"),
@@ -164,6 +180,44 @@ def test_plan_and_retry_of_a_docs_run_from_another_directory(tmp_path):
     failed = [(e["stage"], e["key"]) for e in read_events(run_dir) if e["event"] == "failed"]
     locked = str(folder / "locked.pdf")
     assert failed == [("inspect", locked), ("inspect", locked)]  # the first run's, the retry's
+
+
+def test_docs_with_a_model_folder_resumes_with_it_and_search_needs_it(tmp_path, small_model):
+    """--model and token chunks from the command line: the index records them, a resume
+    with no options keeps them, search embeds with that model (a 384-dimension query
+    would be refused), and says so when the folder is gone. Inline executor: each
+    command loads torch, which takes long enough on two busy cores."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "lighthouse.pdf").write_bytes(text_pdf([[LIGHTHOUSE]], first_title=False))
+    (folder / "owls.pdf").write_bytes(text_pdf([[OWLS]], first_title=False))
+    run_dir = tmp_path / "run"
+    mine = tmp_path / "mine"  # a copy, as it is moved away at the end
+    shutil.copytree(small_model, mine)
+    proc = conveyor("docs", str(folder), "--run-dir", str(run_dir), "--gpus", "0", "-q",
+                    "--executor", "inline", "--model", str(mine), "--chunk-unit", "tokens",
+                    "--chunk-size", "64")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    with open_run(run_dir) as result:
+        info = result.output("index")
+    assert json.loads((Path(info["index"]).parent / "index.json").read_text()) == info
+    assert {k: info[k] for k in ("model", "dim", "chunk_size", "chunk_overlap", "chunk_unit")
+            } == {"model": str(mine), "dim": SMALL_DIM, "chunk_size": 64, "chunk_overlap": 9,
+                  "chunk_unit": "tokens"}
+    seen = len(list(read_events(run_dir)))
+    proc = conveyor("docs", "--run-dir", str(run_dir), "--gpus", "0", "-q", "--executor",
+                    "inline")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert [e for e in list(read_events(run_dir))[seen:] if e["event"] == "stage_reset"] == []
+    proc = conveyor("search", str(run_dir), "who looked after the lamp", "-k", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["text"] == LIGHTHOUSE
+    mine.rename(tmp_path / "moved")
+    proc = conveyor("search", str(run_dir), "lamp")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert " ".join(proc.stderr.split()) == (  # one line, wrapped where it is wider
+        f"error: the index in {run_dir} was built with model {mine}, which cannot be "
+        f"loaded: no such model folder: {mine}")
 
 
 @pytest.mark.ray

@@ -77,3 +77,50 @@ def test_importing_conveyor_docs_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_model_ref_names_what_an_index_records_and_refuses_what_is_not_here(tmp_path,
+                                                                            small_model):
+    from conveyor.docs.errors import ModelError
+
+    assert model.model_ref(None) == model.MODEL_NAME
+    assert model.model_ref("all-MiniLM-L6-v2") == model.MODEL_NAME
+    assert model.model_folder(None) == model.model_path()
+    assert model.model_ref(str(small_model)) == str(small_model)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    refused = {
+        str(tmp_path / "gone"): f"no such model folder: {tmp_path / 'gone'}",
+        str(tmp_path / "empty"): f"model folder {tmp_path / 'empty'} holds no model (no "
+                                 f"modules.json or config.json): save one there with "
+                                 f"SentenceTransformer.save()",
+        str(tmp_path / "weights.bin"): f"model {tmp_path / 'weights.bin'} is a file; give "
+                                       f"the folder of a sentence-transformers model",
+        "acme/no-such-model": "model 'acme/no-such-model' is neither a folder nor in the "
+                              "local Hugging Face cache, and nothing is downloaded at run "
+                              "time: download it first (`hf download acme/no-such-model`) "
+                              "or give the folder of a sentence-transformers model",
+    }
+    for given, message in refused.items():
+        with pytest.raises(ModelError) as info:
+            model.model_ref(given)
+        assert str(info.value) == message
+
+
+def test_embed_stage_uses_the_model_it_was_made_with(tmp_path, small_model):
+    from conveyor import Item
+    from conveyor.docs.embed import Embed
+
+    from .conftest import SMALL_DIM
+
+    pipe = Pipeline("embed-small")
+    pipe.stage(Embed.using(str(small_model)), name="embed", batch_size=4)
+    texts = ["a cat sat on the mat", "stock markets fell sharply", "a kitten on a rug"]
+    result = pipe.run([Item(f"t{i}", {"text": t}) for i, t in enumerate(texts)],
+                      run_dir=tmp_path / "run", executor="inline")
+    with result:
+        outs = dict(result.outputs("embed"))
+    vectors = np.stack([np.load(o["vectors"])[o["row"]] for o in outs.values()])
+    assert vectors.shape == (3, SMALL_DIM)
+    assert {o["model"] for o in outs.values()} == {str(small_model)}
+    assert Embed.model_id == model.MODEL_NAME  # the base class keeps the default

@@ -11,8 +11,9 @@ from conveyor.docs.archives import input_items
 from conveyor.docs.corpus import char_error_rate, text_pdf
 from conveyor.docs.pipeline import build_pipeline
 from conveyor.docs.search import search
+from conveyor.observe.events import read_events
 
-from .conftest import doc_by_file, source_of
+from .conftest import SMALL_DIM, doc_by_file, source_of
 
 
 def test_demo_succeeds(demo_run):
@@ -194,3 +195,43 @@ def test_a_hostile_folder_loses_nothing_silently(tmp_path):
     assert hits[0]["path"] == str(folder / "nested.zip")
     assert hits[0]["member"] == "inner.zip/deep.pdf"
     assert not list((tmp_path / "run").rglob("zeros.pdf"))  # nothing of the bomb stays
+
+
+def test_another_model_or_chunking_recomputes_only_what_it_changes(tmp_path, small_model):
+    """Reruns of one corpus with other options: what each resets (its ``stage_reset``
+    events), what the index records, and a search that embeds with the recorded model."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "glacier.pdf").write_bytes(text_pdf([["Glaciers carve valleys as the ice "
+                                                    "flows slowly downhill."]]))
+    (folder / "owls.pdf").write_bytes(text_pdf([["Owls hunt at night using sharp hearing."]]))
+    run_dir = tmp_path / "run"
+
+    def run(**options) -> tuple[list[str], dict]:
+        seen = len(list(read_events(run_dir)))
+        result = build_pipeline(embed_gpus=0, **options).run(
+            input_items([str(folder)]), run_dir=run_dir, executor="inline")
+        with result:
+            assert result.ok
+            info = result.output("index")
+        reset = sorted(e["stage"] for e in list(read_events(run_dir))[seen:]
+                       if e["event"] == "stage_reset")
+        return reset, {k: info[k] for k in ("model", "dim", "chunk_size", "chunk_overlap",
+                                            "chunk_unit")}
+
+    assert run() == ([], {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384,
+                          "chunk_size": 1000, "chunk_overlap": 150, "chunk_unit": "chars"})
+    assert run(chunk_size=300) == (["chunk", "embed", "index"],  # extract, ocr reused
+                                   {"model": "sentence-transformers/all-MiniLM-L6-v2",
+                                    "dim": 384, "chunk_size": 300, "chunk_overlap": 45,
+                                    "chunk_unit": "chars"})
+    assert run(chunk_size=300, model=str(small_model)) == (  # chunks in chars: reused
+        ["embed", "index"], {"model": str(small_model), "dim": SMALL_DIM, "chunk_size": 300,
+                             "chunk_overlap": 45, "chunk_unit": "chars"})
+    hits = search(run_dir, "ice moving down a mountain valley", k=1)  # 128 dimensions
+    assert hits[0]["path"] == str(folder / "glacier.pdf") and hits[0]["page"] == 1
+    assert run(chunk_size=60, chunk_unit="tokens", model=str(small_model)) == (
+        ["chunk", "embed", "index"], {"model": str(small_model), "dim": SMALL_DIM,
+                                      "chunk_size": 60, "chunk_overlap": 9,
+                                      "chunk_unit": "tokens"})
+    assert run(chunk_size=60, chunk_unit="tokens", model=str(small_model))[0] == []
