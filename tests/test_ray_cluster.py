@@ -15,7 +15,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
