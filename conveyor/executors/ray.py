@@ -12,7 +12,9 @@
     └────────────────────────────────────┘           └──────────────────────────────┘
 
 The engine, scheduler and ledger are the local executor's; only where the
-code runs differs. Each task (or batch) is its own actor call, so the call
+code runs differs. A stage's custom resources (``resources={"node_b": 1}``)
+are the actor's, so Ray places it only on a node that declares them. Each
+task (or batch) is its own actor call, so the call
 at the head of a worker's queue is the one running. An actor that dies with
 one call in flight is blamed on that call. One that dies with several takes
 the answers of calls it had finished with it, so none is blamed: their tasks
