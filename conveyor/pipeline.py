@@ -63,8 +63,8 @@ class Pipeline:
               when: Callable[[Any], bool] | None = None,
               name: str | None = None,
               cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
-              threads: int | None = None, concurrency: int | None = None,
-              batch_size: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
+              threads: int | None = None, resources: Mapping[str, float] | None = None,
+              concurrency: int | None = None, batch_size: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
               timeout: float | None = None, env: Mapping[str, str] | None = None,
               version: str | None = None, min_workers: int = 0,
               idle_timeout: float | None = None, batch_wait: float = 0.05,
@@ -81,6 +81,10 @@ class Pipeline:
             name: the stage's name (default: the function or class name).
             cpus, ram, gpus, threads: what each worker holds; ``threads``
                 (default ``ceil(cpus)``) pins OMP/MKL/OpenBLAS/torch threads.
+            resources: custom Ray resources each worker holds, e.g. ``{"node_b": 1}``:
+                its actors go only to nodes that declare them (``ray start
+                --resources``). Only a Ray cluster has them: with another executor
+                the run fails its budget check, naming the resource.
             concurrency: the most workers this stage may have at once (its max_workers).
             min_workers: workers kept alive (set up, warm) even with nothing to do.
             idle_timeout: seconds an idle worker beyond ``min_workers`` is kept before it
@@ -106,7 +110,7 @@ class Pipeline:
         """
         def register(obj: Callable[..., Any]) -> Callable[..., Any]:
             self._add(obj, after=after, when=when, name=name,
-                      resources=(cpus, ram, gpus, threads),
+                      resources=(cpus, ram, gpus, threads, resources),
                       concurrency=concurrency, batch_size=batch_size, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=False, min_workers=min_workers,
@@ -121,7 +125,8 @@ class Pipeline:
                when: Callable[[Any], bool] | None = None,
                name: str | None = None,
                cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
-               threads: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
+               threads: int | None = None, resources: Mapping[str, float] | None = None,
+               retries: int = 0, retry_backoff: float = 1.0,
                timeout: float | None = None, env: Mapping[str, str] | None = None,
                version: str | None = None,
                requirements: str | os.PathLike[str] | Sequence[str] | None = None,
@@ -135,7 +140,7 @@ class Pipeline:
         """
         def register(obj: Callable[..., Any]) -> Callable[..., Any]:
             self._add(obj, after=after, when=when, name=name,
-                      resources=(cpus, ram, gpus, threads),
+                      resources=(cpus, ram, gpus, threads, resources),
                       concurrency=1, batch_size=None, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=True, requirements=requirements,
@@ -150,8 +155,8 @@ class Pipeline:
               when: Callable[[Any], bool] | None = None,
               name: str | None = None,
               cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
-              threads: int | None = None, concurrency: int | None = None,
-              retries: int = 0, retry_backoff: float = 1.0,
+              threads: int | None = None, resources: Mapping[str, float] | None = None,
+              concurrency: int | None = None, retries: int = 0, retry_backoff: float = 1.0,
               timeout: float | None = None, env: Mapping[str, str] | None = None,
               version: str | None = None,
               requirements: str | os.PathLike[str] | Sequence[str] | None = None,
@@ -178,7 +183,7 @@ class Pipeline:
 
         def register(obj: Callable[..., Any]) -> Callable[..., Any]:
             self._add(obj, after=after, when=when, name=name,
-                      resources=(cpus, ram, gpus, threads),
+                      resources=(cpus, ram, gpus, threads, resources),
                       concurrency=concurrency, batch_size=None, retries=retries,
                       retry_backoff=retry_backoff, timeout=timeout, env=env,
                       version=version, reduce=False, requirements=requirements,

@@ -1,10 +1,14 @@
-"""What a stage declares (cpus, ram, gpus, threads) and the budget it draws from.
+"""What a stage declares (cpus, ram, gpus, threads, custom Ray resources) and the
+budget it draws from.
 
 The budget is the machine as detected (CPU affinity and cgroup quota, RAM and
 cgroup limit, NVIDIA devices through NVML) unless the caller overrides a part.
 A :class:`Pool` hands out grants from it; the sum of outstanding grants never
 exceeds the budget. Fractions are kept in integer thousandths so that
-0.1 + 0.2 never drifts past a limit.
+0.1 + 0.2 never drifts past a limit. Custom resources (``{"node_b": 1}``) are
+Ray's: only a Ray cluster's budget has them (a node declares them with
+``ray start --resources``), so a stage that needs one fails its budget check
+anywhere else.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from .errors import BudgetError, StageDefinitionError
 
@@ -61,6 +66,7 @@ class Resources:
     ram: int = 0
     gpus: float = 0.0
     threads: int = 0  # 0: ceil(cpus), at least 1
+    custom: tuple[tuple[str, float], ...] = ()  # Ray custom resources, sorted by name
 
     def __post_init__(self) -> None:
         if self.cpus <= 0:
@@ -79,13 +85,15 @@ class Resources:
 
     @classmethod
     def declare(cls, cpus: float = 1.0, ram: int | str | None = None, gpus: float = 0.0,
-                threads: int | None = None) -> "Resources":
-        """Build from user-facing values (``ram="2GiB"``)."""
+                threads: int | None = None, custom: Mapping[str, float] | None = None
+                ) -> "Resources":
+        """Build from user-facing values (``ram="2GiB"``, ``custom={"node_b": 1}``)."""
         try:
             ram_bytes = parse_size(ram)
         except ValueError as exc:
             raise StageDefinitionError(str(exc)) from None
-        return cls(cpus=float(cpus), ram=ram_bytes, gpus=float(gpus), threads=threads or 0)
+        return cls(cpus=float(cpus), ram=ram_bytes, gpus=float(gpus), threads=threads or 0,
+                   custom=_custom(custom))
 
     def describe(self) -> str:
         parts = [f"cpus={self.cpus:g}"]
@@ -93,7 +101,35 @@ class Resources:
             parts.append(f"ram={format_size(self.ram)}")
         if self.gpus:
             parts.append(f"gpus={self.gpus:g}")
+        parts.extend(f"{name}={amount:g}" for name, amount in self.custom)
         return " ".join(parts)
+
+
+# Ray's own names: declared with cpus=, gpus=, ram=, never as custom resources.
+_RAY_BUILTIN = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _custom(custom: Mapping[str, float] | None) -> tuple[tuple[str, float], ...]:
+    """Custom resources as a sorted tuple (so equal declarations compare equal), checked."""
+    if custom is None:
+        return ()
+    if not isinstance(custom, Mapping):
+        raise StageDefinitionError(
+            f"resources must map custom resource names to amounts, got {custom!r}")
+    for name, amount in custom.items():
+        if not isinstance(name, str) or not name:
+            raise StageDefinitionError(f"a custom resource name must be a non-empty string, "
+                                       f"got {name!r}")
+        if name in _RAY_BUILTIN:
+            raise StageDefinitionError(f"{name!r} is not a custom resource: declare it with "
+                                       f"cpus=, gpus= or ram=")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise StageDefinitionError(
+                f"custom resource {name!r} needs an amount > 0, got {amount!r}")
+        if amount > 1 and amount != int(amount):
+            raise StageDefinitionError(  # Ray's rule for any resource
+                f"custom resource {name!r} above 1 must be whole, got {amount!r}")
+    return tuple(sorted((name, float(amount)) for name, amount in custom.items()))
 
 
 @dataclass(frozen=True)
@@ -103,6 +139,7 @@ class Budget:
     cpus: float
     ram: int
     devices: tuple[str, ...] = ()
+    custom: Mapping[str, float] = field(default_factory=dict)  # a Ray cluster's, in total
 
     @property
     def gpus(self) -> int:
@@ -128,7 +165,8 @@ class Budget:
         return cls(cpus=cpus, ram=ram_bytes, devices=devices)
 
     def describe(self) -> str:
-        return f"cpus={self.cpus:g} ram={format_size(self.ram)} gpus={self.gpus}"
+        return " ".join([f"cpus={self.cpus:g} ram={format_size(self.ram)} gpus={self.gpus}",
+                         *(f"{name}={amount:g}" for name, amount in sorted(self.custom.items()))])
 
     def check_fits(self, stage: str, res: Resources) -> None:
         """Raise :class:`BudgetError` if one worker of ``stage`` could never start."""
@@ -144,6 +182,14 @@ class Budget:
                 f"stage {stage!r} needs gpus={res.gpus:g} but the budget has {self.gpus}; "
                 f"pass gpus= to run() to declare devices, or declare the stage with gpus=0 "
                 f"to run it on CPU")
+        for name, amount in res.custom:
+            have = self.custom.get(name, 0.0)
+            if amount > have + 1e-9:
+                raise BudgetError(
+                    f"stage {stage!r} needs the custom resource {name}={amount:g} but the "
+                    f"budget has {have:g}; custom resources are Ray's: run it with the ray "
+                    f"executor and the address of a cluster whose nodes declare {name!r} "
+                    f"(ray start --resources)")
 
 
 # Roughly on-demand cloud prices; reports and served requests are costed with these
@@ -211,6 +257,7 @@ class Grant:
     ram: int
     gpu_milli: int
     devices: tuple[str, ...]
+    custom_milli: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -225,26 +272,30 @@ class Pool:
     free_cpus: int = field(init=False)
     free_ram: int = field(init=False)
     free_gpu: dict[str, int] = field(init=False)
+    free_custom: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.free_cpus = round(self.budget.cpus * _MILLI)
         self.free_ram = self.budget.ram
         self.free_gpu = {d: _MILLI for d in self.budget.devices}
+        self.free_custom = {n: round(a * _MILLI) for n, a in self.budget.custom.items()}
 
     def acquire(self, res: Resources) -> Grant | None:
         """A grant for ``res`` if it fits now, else ``None`` (nothing is taken)."""
-        cpus = round(res.cpus * _MILLI)
-        if cpus > self.free_cpus or res.ram > self.free_ram:
+        if not self.fits(res):
             return None
         devices = self._pick_devices(res.gpus)
-        if devices is None:
-            return None
+        assert devices is not None
         gpu_milli = round(min(res.gpus, 1.0) * _MILLI) if res.gpus else 0
         for d in devices:
             self.free_gpu[d] -= gpu_milli
+        cpus = round(res.cpus * _MILLI)
         self.free_cpus -= cpus
         self.free_ram -= res.ram
-        return Grant(cpus, res.ram, gpu_milli, devices)
+        custom = tuple((name, round(amount * _MILLI)) for name, amount in res.custom)
+        for name, milli in custom:
+            self.free_custom[name] -= milli
+        return Grant(cpus, res.ram, gpu_milli, devices, custom)
 
     def release(self, grant: Grant) -> None:
         """Give a grant back."""
@@ -252,10 +303,15 @@ class Pool:
         self.free_ram += grant.ram
         for d in grant.devices:
             self.free_gpu[d] += grant.gpu_milli
+        for name, milli in grant.custom_milli:
+            self.free_custom[name] += milli
 
     def fits(self, res: Resources) -> bool:
         """Whether :meth:`acquire` would succeed now."""
         if round(res.cpus * _MILLI) > self.free_cpus or res.ram > self.free_ram:
+            return False
+        if any(round(amount * _MILLI) > self.free_custom.get(name, 0)
+               for name, amount in res.custom):
             return False
         return self._pick_devices(res.gpus) is not None
 

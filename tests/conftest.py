@@ -24,10 +24,15 @@ RAY_GPUS = 1  # declared, so gpus= stages schedule on a machine without one
 def ray_instance() -> Iterator[object]:
     """A local Ray instance for the session (skips where Ray is not installed)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=RAY_CPUS, num_gpus=RAY_GPUS, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR", configure_logging=False)
+    start_session_ray(ray)
     yield ray
     ray.shutdown()
+
+
+def start_session_ray(ray: object) -> None:
+    """Start the session's local Ray instance (again, after a test set it aside)."""
+    ray.init(num_cpus=RAY_CPUS, num_gpus=RAY_GPUS, include_dashboard=False,  # type: ignore
+             log_to_driver=False, logging_level="ERROR", configure_logging=False)
 
 
 @pytest.fixture(params=EXECUTORS)

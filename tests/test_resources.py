@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.errors import BudgetError
+from conveyor.errors import BudgetError, StageDefinitionError
 from conveyor.resources import Budget, Grant, Pool, Resources, parse_size
 
 
@@ -94,3 +94,42 @@ def test_check_fits_names_the_stage_and_the_shortfall():
     budget.check_fits("small", Resources.declare(cpus=2, ram="1GiB"))
     with pytest.raises(BudgetError, match="stage 'big' needs ram=2 GiB but the budget has 1 GiB"):
         budget.check_fits("big", Resources.declare(cpus=1, ram="2GiB"))
+
+
+def test_custom_resources_are_declared_checked_and_granted_within_the_budget():
+    res = Resources.declare(cpus=1, custom={"node_b": 1, "licence": 0.5})
+    assert res.custom == (("licence", 0.5), ("node_b", 1.0))  # sorted: equal declarations match
+    assert res.describe() == "cpus=1 licence=0.5 node_b=1"
+    pool = Pool(Budget(cpus=4, ram=0, custom={"node_b": 1.0, "licence": 1.0}))
+    grant = pool.acquire(res)
+    assert grant is not None and dict(grant.custom_milli) == {"licence": 500, "node_b": 1000}
+    assert pool.acquire(res) is None  # CPUs are free, node_b is not
+    pool.release(grant)
+    assert pool.acquire(res) is not None
+
+
+@pytest.mark.parametrize("custom, message", [
+    ({"CPU": 1}, "'CPU' is not a custom resource: declare it with cpus="),
+    ({"node_b": 0}, "custom resource 'node_b' needs an amount > 0, got 0"),
+    ({"node_b": 1.5}, "custom resource 'node_b' above 1 must be whole, got 1.5"),
+    ({"": 1}, "a custom resource name must be a non-empty string"),
+    (["node_b"], "resources must map custom resource names to amounts"),
+])
+def test_bad_custom_resources_are_refused_naming_the_cause(custom, message):
+    with pytest.raises(StageDefinitionError, match=message):
+        Resources.declare(custom=custom)
+
+
+def test_a_stage_needing_a_custom_resource_does_not_fit_a_budget_without_it(tmp_path):
+    from conveyor import Pipeline
+
+    with pytest.raises(BudgetError, match="stage 'pinned' needs the custom resource "
+                                          "node_b=1 but the budget has 0; custom resources "
+                                          "are Ray's"):
+        Budget(cpus=2, ram=2**30).check_fits(
+            "pinned", Resources.declare(custom={"node_b": 1}))
+    pipe = Pipeline("custom-local")
+    pipe.stage(str.upper, name="pinned", resources={"node_b": 1})
+    with pytest.raises(BudgetError, match="'pinned' needs the custom resource node_b=1"):
+        pipe.run(["a"], run_dir=tmp_path / "run", executor="local")
+    assert not (tmp_path / "run").exists()  # refused before anything ran

@@ -64,7 +64,8 @@ class WorkerPool:
         self.events = events
         self.lends_cpu = executor.lends_cpu
         factor = LIVE_FACTOR if self.lends_cpu else 1
-        self.live_budget = Budget(budget.cpus * factor, budget.ram, budget.devices)
+        self.live_budget = Budget(budget.cpus * factor, budget.ram, budget.devices,
+                                  budget.custom)
         self.live = Pool(self.live_budget)
         self.cpu_total = round(budget.cpus * 1000)
         self.cpu_free = self.cpu_total

@@ -12,7 +12,9 @@
     └────────────────────────────────────┘           └──────────────────────────────┘
 
 The engine, scheduler and ledger are the local executor's; only where the
-code runs differs. Each task (or batch) is its own actor call, so the call
+code runs differs. A stage's custom resources (``resources={"node_b": 1}``)
+are the actor's, so Ray places it only on a node that declares them. Each
+task (or batch) is its own actor call, so the call
 at the head of a worker's queue is the one running. An actor that dies with
 one call in flight is blamed on that call. One that dies with several takes
 the answers of calls it had finished with it, so none is blamed: their tasks
@@ -188,14 +190,15 @@ class RayExecutor(Executor):
     def cluster_budget(self, cpus: float | None = None, ram: int | str | None = None,
                        gpus: int | None = None) -> Budget:
         """The cluster's budget: its total CPUs, memory and GPUs, each part overridden
-        where given (joins the cluster now)."""
+        where given, and the custom resources its nodes declare (joins the cluster now)."""
         if self._actor_class is None:
             self._connect()
         total = ray.cluster_resources()
         return Budget(cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
                       ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
                       devices=tuple(str(i) for i in range(
-                          gpus if gpus is not None else int(total.get("GPU", 0)))))
+                          gpus if gpus is not None else int(total.get("GPU", 0)))),
+                      custom=_custom_resources(total))
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         if self._actor_class is None:
@@ -209,6 +212,7 @@ class RayExecutor(Executor):
         path = envs.forwarded_path(sys.path) if spec.python_env else list(sys.path)
         actor = self._actor_class.options(
             num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
+            resources=dict(res.custom) or None,  # e.g. {"node_b": 1}: placed on such a node
             # A stage's requirements=/python= become Ray's pip/py_executable fields
             runtime_env={"env_vars": env_vars, **envs.runtime_env(spec.stages[0].stage)},
             max_restarts=0).remote(shipping.dumps(spec), path)
@@ -395,6 +399,14 @@ def _calls(tasks: list[Claim], batch_size: int | None, suspects: set[int]
             calls.append([task])
             growing = not alone
     return calls
+
+
+def _custom_resources(total: Mapping[str, float]) -> dict[str, float]:
+    """The custom resources in Ray's cluster totals: not Ray's own (CPU, GPU, memory,
+    object_store_memory), nor the ``node:<ip>`` and accelerator-type names Ray adds."""
+    return {name: amount for name, amount in total.items()
+            if name not in {"CPU", "GPU", "memory", "object_store_memory"}
+            and not name.startswith(("node:", "accelerator_type:"))}
 
 
 def _setup_error(exc: BaseException, lines: int = 40) -> str:
