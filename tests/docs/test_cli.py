@@ -34,12 +34,13 @@ def conveyor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def counts_table(stdout: str) -> dict[str, list[int]]:
-    """The printed counts table: stage -> [done, routed-out, failed, pending, running]."""
+    """The printed counts table: stage -> [done, routed-out, failed, pending, running]
+    (the columns after them, CPU and RAM used against declared, are not counts)."""
     rows = {}
     for line in stdout.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
         if cells:  # the header row is drawn with ┃, not │
-            rows[cells[0]] = [int(c) for c in cells[1:]]
+            rows[cells[0]] = [int(c) for c in cells[1:6]]
     return rows
 
 
