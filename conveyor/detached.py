@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from . import rundir, runstate
 from .errors import ConveyorError, LedgerError, RunInterrupted, RunLockedError
+from .items import Listing
 from .result import RunResult
 from .runstate import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
@@ -127,7 +128,10 @@ def detach(pipeline: "Pipeline", inputs: Iterable[Any] | None,
     run_dir = Path(run_dir).absolute()
     if runstate.driver(run_dir) is None:  # else launch() refuses, naming the holder
         run_dir.mkdir(parents=True, exist_ok=True)
-        payload = shipping.dumps((pipeline, None if inputs is None else list(inputs), options))
+        listed = (None if inputs is None else  # a listing keeps its roots, read now
+                  Listing(list(inputs), inputs.roots) if isinstance(inputs, Listing)
+                  else list(inputs))
+        payload = shipping.dumps((pipeline, listed, options))
         part = run_dir / (rundir.DETACHED + ".part")
         part.write_bytes(pickle.dumps((list(sys.path), payload)))
         os.replace(part, run_dir / rundir.DETACHED)

@@ -23,6 +23,24 @@ class Item(NamedTuple):
     value: Any
 
 
+class Listing:
+    """Inputs listed from places given whole (a folder, a prefix), lazily: ``roots`` are
+    those places' keys. An input a run directory holds under a root (the root itself or
+    ``root/...``) that the listing no longer has is gone, not merely left out: a rerun
+    drops it with everything derived from it, where an input not given is kept."""
+
+    def __init__(self, items: Iterable[Any], roots: Iterable[str] = ()) -> None:
+        self.items, self.roots = items, tuple(roots)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def covers(self, key: str) -> bool:
+        """Whether ``key`` lies under one of the roots, so its listing would name it."""
+        return any(key == root or key.startswith(root.rstrip("/") + "/")
+                   for root in self.roots)
+
+
 def check_key(key: Any) -> str:
     """``key`` if it is a usable key, else a ``ValueError`` saying why."""
     if not isinstance(key, str) or not key:

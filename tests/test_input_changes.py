@@ -79,7 +79,7 @@ def test_a_changed_input_value_recomputes_that_item_and_below_only(executor, run
     again, calls = run({"d1": "ab cd", "d2": "xyz uv w", "d3": "pq"})
     assert calls == []
     assert again.inputs == {"added": 0, "changed": 0, "unchanged": 3, "missing": 0,
-                            "missing_keys": []}
+                            "missing_keys": [], "gone": 0, "gone_keys": []}
 
     # d2's value changes (three words become two): d2 and everything derived from it
     # runs again, the reduce over it too; d1 and d3 are untouched.
@@ -88,7 +88,7 @@ def test_a_changed_input_value_recomputes_that_item_and_below_only(executor, run
                      "upper d2/0", "upper d2/1"]
     assert changed.ok
     assert changed.inputs == {"added": 0, "changed": 1, "unchanged": 2, "missing": 0,
-                              "missing_keys": []}
+                              "missing_keys": [], "gone": 0, "gone_keys": []}
     assert dict(changed.outputs("upper")) == {
         "d1/0": "AB", "d1/1": "CD", "d2/0": "HELLO", "d2/1": "OK", "d3/0": "PQ"}
     assert dict(changed.outputs("length")) == {

@@ -28,7 +28,7 @@ from ..cli.common import (
     run_or_exit,
     usage_error,
 )
-from ..docs.cli import corpus, print_skipped
+from ..docs.cli import corpus, print_gone, print_skipped
 from ..errors import ConveyorError
 from ..optional import require
 
@@ -98,6 +98,7 @@ def dataset(
                          gpus=gpus, address=address, progress=not quiet)
 
     def written() -> None:
+        print_gone(result)
         print_skipped(result)
         made = dict(result.outputs("export"))
         if "export" in made:

@@ -18,14 +18,16 @@ member, makes the whole archive fail with :class:`UnsafeArchive`, since an
 archive built to escape is not one to trust in part.
 
 Every item carries a ``stamp`` of what it was made from (size and mtime of a
-file, CRC or size and time of a member), and :func:`input_items` stamps the
-run's inputs with a digest of a folder's listing: conveyor reuses a finished
-input only while it is unchanged, so a file edited in place, or added to a
-folder, is found by the next run. A folder is one input: when anything in it
-changes, its documents are processed again (the other inputs are reused).
-An archive that cannot be read fails its ``unpack`` item alone; the folder's
-other files go on. An encrypted RAR member fails alone (conveyor takes no
-passwords); a RAR whose file names are encrypted fails whole. RAR's stored
+file, CRC or size and time of a member). :func:`input_items` walks a folder on
+the driver, lazily and in sorted order, and makes each file under it an input
+of its own, keyed by its path and stamped by its size and mtime, as a remote
+prefix's objects are by URL and ETag: a rerun on the folder processes only the
+files added or changed since, reuses the rest, and drops what came of a file
+no longer there (:class:`~conveyor.items.Listing`). An empty folder is an
+error as it is listed. An archive that cannot be read fails its ``unpack``
+item alone; the folder's other files go on. An encrypted RAR member fails
+alone (conveyor takes no passwords); a RAR whose file names are encrypted
+fails whole. RAR's stored
 members are read by rarfile itself, its compressed ones through a RAR tool on
 PATH (``unar``, installed by ``scripts/system-deps.sh``, or unrar, 7z, bsdtar).
 
@@ -51,7 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, NamedTuple
 
-from ..items import Item
+from ..errors import InputError
+from ..items import Item, Listing
 from ..optional import require
 from ..resources import format_size
 from .errors import ArchiveError, ArchiveLimit, UnsafeArchive
@@ -172,28 +175,52 @@ def _stamp(path: str) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def input_items(paths: list[str]) -> Iterator[Item]:
-    """The run's inputs for ``paths``, lazily: keyed by path, stamped with what is there
-    now; a URL is an object or a prefix whose every object is an input of its own
-    (:func:`.remote.remote_items`)."""
-    import hashlib
+def input_items(paths: list[str]) -> Listing:
+    """The run's inputs for ``paths``, lazily: a file keyed by its path and stamped with
+    its size and mtime; a folder walked on the driver in sorted order, each file under it
+    an input of its own (keyed ``folder/sub/doc.pdf``); a URL an object or a prefix whose
+    every object is an input of its own (:func:`.remote.remote_items`). The folders are
+    the listing's roots: a rerun drops what came of a file no longer in its folder.
 
+    Raises (as the listing is read):
+        InputError: a folder holds no file, or one under it cannot be listed.
+    """
+    folders = [os.path.normpath(p) for p in paths if not is_remote(p) and os.path.isdir(p)]
+    return Listing(_inputs(paths), folders)
+
+
+def _inputs(paths: list[str]) -> Iterator[Item]:
     for raw in paths:
         if is_remote(raw):
             yield from remote_items(raw)
-            continue
-        path = os.path.normpath(raw)
-        if os.path.isdir(path):
-            h = hashlib.blake2b(digest_size=12)
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames.sort()
-                for name in sorted(filenames):  # every file: each is a document or a skip
-                    full = os.path.join(dirpath, name)
-                    h.update(f"{os.path.relpath(full, path)}\0{_stamp(full)}\0".encode())
-            stamp = h.hexdigest()
+        elif os.path.isdir(raw):
+            yield from _folder_items(os.path.normpath(raw))
         else:
-            stamp = _stamp(path)
-        yield Item(path, {"path": path, "stamp": stamp})
+            path = os.path.normpath(raw)
+            yield Item(path, {"path": path, "stamp": _stamp(path)})
+
+
+def _folder_items(root: str) -> Iterator[Item]:
+    """Every file under ``root``, depth first in name order."""
+    def unlisted(exc: OSError) -> None:  # os.walk would leave the folder out, silently
+        raise InputError(f"cannot list the folder {exc.filename}: {exc.strerror}")
+
+    found = False
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
+        dirnames.sort()
+        for name in sorted(filenames):  # every file: each is a document or a skip
+            found = True
+            yield _folder_file(os.path.normpath(os.path.join(dirpath, name)))
+    if not found:
+        raise InputError(f"no files in the folder {root}")
+
+
+def _folder_file(path: str) -> Item:
+    try:
+        stamp = _stamp(path)
+    except OSError as exc:  # a dangling link: its expand fails alone, saying so
+        stamp = f"unreadable: {exc.strerror}"
+    return Item(path, {"path": path, "stamp": stamp})
 
 
 def is_document(value: dict[str, Any]) -> bool:

@@ -134,6 +134,7 @@ def _report(result: Any, quiet: bool) -> None:
                           highlight=False, markup=False)
 
     def summary() -> None:
+        print_gone(result)
         print_skipped(result)
         index_made()
 
@@ -141,6 +142,15 @@ def _report(result: Any, quiet: bool) -> None:
 
 
 SKIPPED_SHOWN = 10
+
+
+def print_gone(result: Any) -> None:
+    """The files no longer in a folder given again, whose results this run dropped."""
+    gone = (result.inputs or {}).get("gone", 0)
+    if gone:
+        console.print(f"{gone} file(s) gone from their folder since the last run, their "
+                      f"results dropped (e.g. {', '.join(result.inputs['gone_keys'][:3])})",
+                      highlight=False, markup=False)
 
 
 def print_skipped(result: Any) -> None:

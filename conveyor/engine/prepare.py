@@ -4,7 +4,8 @@ In order: rows a dead driver left ``running`` go back to ``pending``; stages
 that were removed are dropped; stages whose fingerprint changed (or that are
 forced, or new) are recomputed together with everything below them, their
 rows made again from their upstreams' finished outputs; the inputs are added
-(unchanged ones keep everything derived from them, changed ones start over);
+(unchanged ones keep everything derived from them, changed ones start over,
+those gone from a listed place are dropped: :class:`~conveyor.items.Listing`);
 failed items get a fresh set of retries. All of it is one atomic group: a
 crash or a Ctrl-C while preparing leaves the ledger as it was.
 """
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import codec
 from ..errors import RunInterrupted
-from ..items import input_items
+from ..items import Listing, input_items
 from ..ledger.base import KeyCollision, Ledger
 from ..observe.events import EventLog
 from ..origin import origin_of
@@ -66,9 +67,13 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
     if inputs is not None:
         report = ledger.add_inputs(root, ((key, store.put(data, digest))
                                           for key, data, digest in _watch(inputs, interrupted)))
+        listed = inputs if isinstance(inputs, Listing) else Listing(())
+        gone = [k for k in report.missing if listed.covers(k)]
+        missing = [k for k in report.missing if not listed.covers(k)]
+        ledger.drop_inputs(root, gone)
         summary = {"added": report.added, "changed": report.changed,
-                   "unchanged": report.unchanged, "missing": len(report.missing),
-                   "missing_keys": report.missing[:20]}
+                   "unchanged": report.unchanged, "missing": len(missing),
+                   "missing_keys": missing[:20], "gone": len(gone), "gone_keys": gone[:20]}
         events.emit("inputs", **summary)
         ledger.set_meta("inputs", json.dumps(summary))
     if retry is None:

@@ -236,6 +236,12 @@ class Ledger(ABC):
         """
 
     @abstractmethod
+    def drop_inputs(self, stage: str, keys: list[str]) -> int:
+        """Remove the input rows of ``stage`` keyed ``keys``, their values and everything
+        derived from them (an input that is gone, not merely left out). Returns the rows
+        removed."""
+
+    @abstractmethod
     def reset_stage(self, stage: str) -> int:
         """Every row of ``stage`` back to ``pending``, attempts cleared.
 

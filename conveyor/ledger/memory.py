@@ -158,6 +158,15 @@ class MemoryLedger(Ledger):
         missing = sorted(k for (s, k) in self._by_key if s == stage and k not in given)
         return InputReport(added, changed, len(given) - added - changed, missing)
 
+    def drop_inputs(self, stage: str, keys: list[str]) -> int:
+        rows = [self._by_key[(stage, k)] for k in keys if (stage, k) in self._by_key]
+        self._drop_derived(rows)
+        for row_id in rows:
+            input_id = self._rows[row_id]["input_id"]
+            self._delete_row(row_id)
+            self._delete_output(input_id)
+        return len(rows)
+
     def reset_stage(self, stage: str) -> int:
         rows = self._stage_rows(stage)
         self._drop_derived(r["id"] for r in rows)

@@ -258,6 +258,17 @@ class SqliteLedger(SqliteReads, Ledger):
                 raise error from None
             raise
 
+    def drop_inputs(self, stage: str, keys: list[str]) -> int:
+        db = self._write()
+        rows = [row for chunk in sql.chunks(keys) for row in db.execute(
+            f"SELECT id, input_id FROM items WHERE stage=? AND key IN ({sql.marks(len(chunk))})",
+            (stage, *chunk))]
+        self._drop_derived([row_id for row_id, _ in rows])
+        for row_id, input_id in rows:
+            db.execute("DELETE FROM items WHERE id=?", (row_id,))
+            db.execute("DELETE FROM outputs WHERE id=?", (input_id,))
+        return len(rows)
+
     def reset_stage(self, stage: str) -> int:
         db = self._write()
         ids = [i for (i,) in db.execute("SELECT id FROM items WHERE stage=?", (stage,))]

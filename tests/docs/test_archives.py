@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rar_writer import Entry, rar5
 
+from conveyor import Item
 from conveyor.docs.archives import DEFAULT_LIMITS, Limits, expand_to, input_items
 from conveyor.docs.corpus import text_pdf
 from conveyor.docs.errors import ArchiveError, UnsafeArchive
@@ -144,16 +145,27 @@ def test_missing_input_is_a_clear_error(tmp_path):
         list(expand_to(str(tmp_path / "nope"), tmp_path / "out"))
 
 
-def test_input_stamps_change_when_a_folder_changes(tmp_path):
+def test_a_folder_lists_each_file_as_an_input_stamped_by_size_and_mtime(tmp_path):
     folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "a.pdf").write_bytes(PDF_A)
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.pdf").write_bytes(PDF_A)
     first = list(input_items([str(folder)]))
     assert list(input_items([str(folder)])) == first
+    a = os.path.join(str(folder), "sub", "a.pdf")
+    assert [item.key for item in first] == [a] and first[0].value["path"] == a
     (folder / "b.pdf").write_bytes(PDF_B)
-    second = list(input_items([str(folder)]))
-    assert second[0].key == first[0].key == os.path.normpath(str(folder))
-    assert second[0].value["stamp"] != first[0].value["stamp"]
+    second = input_items([str(folder)])
+    assert second.roots == (str(folder),)
+    assert list(second) == [Item(str(folder / "b.pdf"), file_input(folder / "b.pdf")),
+                            first[0]]  # sorted, depth first: a's input is unchanged
+    os.utime(folder / "sub" / "a.pdf", ns=(1, 1))
+    assert list(input_items([str(folder)]))[1].value["stamp"] != first[0].value["stamp"]
+
+
+def file_input(path: Path) -> dict[str, str]:
+    """A file's input value: its path and its size and mtime."""
+    st = path.stat()
+    return {"path": str(path), "stamp": f"{st.st_size}-{st.st_mtime_ns}"}
 
 
 def _files_under(folder: Path) -> dict[str, int]:

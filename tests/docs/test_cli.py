@@ -64,7 +64,7 @@ def test_docs_with_a_broken_file_exits_1_and_lists_it_with_its_reason(docs_run):
     assert proc.stderr.splitlines()[-2:] == [
         "1 item(s) failed:", f"  {folder / 'locked.pdf'} (inspect): {ENCRYPTED}"]
     assert counts_table(proc.stdout) == {
-        "expand": [1, 0, 0, 0, 0], "unpack": [0, 0, 0, 0, 0], "skipped": [0, 0, 0, 0, 0],
+        "expand": [3, 0, 0, 0, 0], "unpack": [0, 0, 0, 0, 0], "skipped": [0, 0, 0, 0, 0],
         "inspect": [2, 0, 1, 0, 0], "extract": [2, 0, 0, 0, 0],
         "ocr_pages": [0, 0, 0, 0, 0], "ocr": [0, 0, 0, 0, 0], "chunk": [2, 0, 0, 0, 0],
         "embed": [2, 0, 0, 0, 0], "index": [1, 0, 0, 0, 0]}

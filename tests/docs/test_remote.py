@@ -115,8 +115,9 @@ def test_a_remote_prefix_runs_and_a_rerun_takes_only_the_late_object_then_the_ch
     second = conveyor(*args, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     after = ended(run_dir)
-    assert inputs_summary(run_dir) | {"missing_keys": []} == {
-        "added": 1, "changed": 0, "unchanged": 3, "missing": 0, "missing_keys": []}
+    assert inputs_summary(run_dir) | {"missing_keys": [], "gone_keys": []} == {
+        "added": 1, "changed": 0, "unchanged": 3, "missing": 0, "missing_keys": [], "gone": 0,
+        "gone_keys": []}
     rerun = {row for row in after if after[row] != before.get(row)}
     assert {stage for stage, key in rerun if key != bees and not key.startswith(bees + "/")} \
         == {"index"}
