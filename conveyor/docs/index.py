@@ -86,6 +86,7 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
     index_tmp = folder / f".{INDEX_FILE}.tmp"
     rows = 0
     docs: set[str] = set()
+    backends: set[str] = set()
     block: list[dict[str, Any]] = []
     with pq.ParquetWriter(table_tmp, schema) as writer:
         def flush() -> None:
@@ -108,6 +109,7 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
                 "vector": np.asarray(vectors.row(chunk["vectors"], chunk["row"])),
             })
             docs.add(chunk["doc"])
+            backends.add(chunk.get("backend", "torch"))  # outputs from before backends: torch
             rows += 1
             if len(block) >= BLOCK:
                 flush()
@@ -117,7 +119,7 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
     os.replace(index_tmp, folder / INDEX_FILE)
     info = {"index": str(folder / INDEX_FILE), "table": str(folder / TABLE_FILE),
             "chunks": rows, "documents": len(docs), "dim": DIM, "metric": "cos",
-            "model": MODEL_NAME}
+            "model": MODEL_NAME, "backend": ",".join(sorted(backends))}
     (folder / "index.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

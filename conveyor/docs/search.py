@@ -1,7 +1,9 @@
 """Searching a finished run: ``search(run_dir, "query", k=5)``.
 
-The query is embedded by the same model as the chunks (:mod:`.model`), the
-usearch index is memory-mapped, and the hits' rows are read from the chunk
+The query is embedded by the same model as the chunks (:mod:`.model`), on
+the backend the index records (``torch`` for an index from before backends
+were recorded; ``auto`` where its chunks were embedded by both), the usearch
+index is memory-mapped, and the hits' rows are read from the chunk
 table. A hit::
 
     {"score": 0.71, "text": "...", "path": "corpus/bundle.zip", "member": "tides.pdf",
@@ -49,13 +51,23 @@ def index_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(device: str | None) -> Any:
-    return load_model(device)
+def _model(device: str | None, backend: str) -> Any:
+    return load_model(device, backend)
+
+
+def query_backend(info: dict[str, Any]) -> str:
+    """The backend that embedded an index's chunks, or ``"auto"`` for a mix."""
+    recorded = info.get("backend", "torch")
+    return recorded if recorded in ("torch", "onnx") else "auto"
 
 
 def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
-           device: str | None = None) -> list[dict[str, Any]]:
-    """The ``k`` chunks closest to ``query``, best first; see the module docstring."""
+           device: str | None = None, backend: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` chunks closest to ``query``, best first; see the module docstring.
+
+    ``backend`` (default: the index's, see :func:`query_backend`) embeds the
+    query; ``onnx`` runs on the CPU whatever ``device`` would default to.
+    """
     import pyarrow.parquet as pq
     from usearch.index import Index
 
@@ -67,7 +79,10 @@ def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
     index = Index.restore(info["index"], view=True)
     if index is None:
         raise IndexMissing(f"{info['index']} is not a usearch index")
-    vector = encode(_model(device), [query])[0]
+    backend = backend or query_backend(info)
+    if backend == "onnx" and device is None:
+        device = "cpu"
+    vector = encode(_model(device, backend), [query])[0]
     matches = index.search(vector, min(k, info["chunks"]))
     table = pq.read_table(info["table"], columns=_HIT_COLUMNS)
     hits = []
