@@ -22,9 +22,9 @@ follow the worker's pinned thread count (``CONVEYOR_THREADS``, else
 ``OMP_NUM_THREADS``, else ORT's default of every core). Vectors agree with
 PyTorch's to a cosine of 0.9999+ (tests/docs/test_onnx.py checks >= 0.99).
 
-Weights stay float32: int8 dynamic quantisation embeds 1.3-1.5x faster here
-but moves some vectors to a cosine of 0.96-0.97 from PyTorch's, under the
-0.99 bar (``benchmarks/docs_onnx.py`` measures both).
+Weights stay float32: int8 dynamic quantisation (per-channel) embeds about
+1.6x faster here but moves some vectors to a cosine of 0.976 from PyTorch's,
+under the 0.99 bar (``benchmarks/docs_onnx.py`` measures both).
 """
 
 from __future__ import annotations
