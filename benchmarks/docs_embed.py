@@ -2,11 +2,13 @@
 
 Both embed the same chunks of about 1,000 characters with all-MiniLM-L6-v2
 on the CPU. The peer is the plain call a user would write in one process,
-``model.encode(texts, batch_size=32)`` with torch using every core (model
+``model.encode(texts, batch_size=32)`` on PyTorch using every core (model
 loaded first, not timed). conveyor runs the ``embed`` stage exactly as
 ``build_pipeline(embed_gpus=0)`` declares it (one CPU and one thread per
-worker, batches of 32) over one item per chunk; its time includes starting
-the workers and loading the model in each. Target: ratio >= 0.9.
+worker, batches of 32, the default backend: ONNX Runtime on the CPU) over one
+item per chunk; its time includes starting the workers and loading the model
+in each (the ONNX export is cached before, as after any first run).
+Target: ratio >= 0.9.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ def main() -> None:
     texts = chunks(count)
     cores = detect_cpus()
     torch.set_num_threads(max(1, int(cores)))
-    model = load_model("cpu")
+    load_model("cpu", backend="onnx")  # exports to the cache now if it is not there yet
+    model = load_model("cpu", backend="torch")
     encode(model, texts[:8])  # warm up
     _, peer_s = timed(lambda: encode(model, texts, batch_size=32))
-    del model
+    model = None  # freed before the pipeline's workers load theirs
 
     declared = build_pipeline(embed_gpus=0)["embed"]
     pipe = Pipeline("bench-embed")
@@ -62,6 +65,7 @@ def main() -> None:
            chars_per_chunk=round(sum(map(len, texts)) / count), cpus=cores, device="cpu",
            conveyor_chunks_per_s=round(ours, 2),
            peer=f"sentence-transformers alone, one process, torch threads={int(cores)}",
+           backend="auto",
            peer_chunks_per_s=round(peer, 2), ratio=round(ours / peer, 3), target_ratio=0.9,
            conveyor_s=round(ours_s, 2), peer_s=round(peer_s, 2))
 

@@ -1,13 +1,19 @@
 """The ``embed`` stage: chunks in, vectors out, a batch at a time, model loaded once.
 
 The model (all-MiniLM-L6-v2, or the one :meth:`Embed.using` names) is
-loaded in :meth:`Embed.setup`, once per worker process, on the worker's device (see :mod:`conveyor.docs.model`). Vectors do not travel as
+loaded in :meth:`Embed.setup`, once per worker process, on the worker's
+device and with the backend ``CONVEYOR_EMBED_BACKEND`` names (``auto``, the
+default; ``torch``; ``onnx``: see :mod:`conveyor.docs.model`). Each output
+records the model and the backend that embedded it, and the index the
+backends of its chunks, so that :func:`conveyor.docs.search.search` embeds
+queries with the same ones. Vectors do not travel as
 JSON (384 floats are ~8 KB of text per chunk): each batch writes one
 float32 ``.npy`` file under the first item's artifact folder, named by a
 digest of the batch's texts so a rerun never overwrites a file other items
 still point to, and each output carries the file and its row::
 
-    {...chunk fields..., "vectors": "<path>.npy", "row": 3, "model": "..."}
+    {...chunk fields..., "vectors": "<path>.npy", "row": 3, "model": "...", "device": "cpu",
+     "backend": "onnx"}
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .model import MODEL_NAME, encode, load_model, model_ref, pick_device
+from .model import MODEL_NAME, backend_of, encode, load_model, model_ref, pick_device
+
+BACKEND_VAR = "CONVEYOR_EMBED_BACKEND"
 
 
 def write_vectors(folder: Path, texts: list[str], vectors: Any) -> str:
@@ -52,11 +60,14 @@ class Embed:
 
     def setup(self) -> None:
         self.device = pick_device()
-        self.model = load_model(self.device, self.model_id)
+        self.model = load_model(self.device, self.model_id,
+                                backend=os.environ.get(BACKEND_VAR) or "auto")
+        self.backend = backend_of(self.model)
 
     def __call__(self, chunks: list[dict[str, Any]], ctx: Any) -> list[dict[str, Any]]:
         texts = [c["text"] for c in chunks]
         vectors = encode(self.model, texts, batch_size=len(texts))
         path = write_vectors(ctx.item_dir(ctx.keys[0]), texts, vectors)
-        return [{**c, "vectors": path, "row": i, "model": self.model_id, "device": self.device}
+        return [{**c, "vectors": path, "row": i, "model": self.model_id, "device": self.device,
+                 "backend": self.backend}
                 for i, c in enumerate(chunks)]

@@ -105,6 +105,7 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
     index_tmp = folder / f".{INDEX_FILE}.tmp"
     rows = 0
     docs: set[str] = set()
+    backends: set[str] = set()
     block: list[dict[str, Any]] = []
     with pq.ParquetWriter(table_tmp, schema) as writer:
         def flush() -> None:
@@ -127,6 +128,7 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
                 "vector": np.asarray(vectors.row(chunk["vectors"], chunk["row"])),
             })
             docs.add(chunk["doc"])
+            backends.add(chunk.get("backend", "torch"))  # outputs from before backends: torch
             rows += 1
             if len(block) >= BLOCK:
                 flush()
@@ -135,7 +137,8 @@ def build_index(chunks: Iterable[dict[str, Any]], folder: str | os.PathLike[str]
     os.replace(table_tmp, folder / TABLE_FILE)
     os.replace(index_tmp, folder / INDEX_FILE)
     info = {"index": str(folder / INDEX_FILE), "table": str(folder / TABLE_FILE),
-            "chunks": rows, "documents": len(docs), "dim": dim, "metric": "cos", **made}
+            "chunks": rows, "documents": len(docs), "dim": dim, "metric": "cos", **made,
+            "backend": ",".join(sorted(backends))}
     (folder / "index.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

@@ -15,11 +15,22 @@ path, or the name), and refuses one that is not on this machine.
 Which device: CUDA when the process may see a device (``CUDA_VISIBLE_DEVICES``
 is unset or names one — conveyor sets it to the worker's granted devices, and
 to ``""`` for a stage that declared no GPU) and torch finds one; CPU otherwise.
+
+Which backend: ``"torch"`` (sentence-transformers on PyTorch), ``"onnx"``
+(ONNX Runtime on the CPU, the model exported once and cached: see
+:mod:`.onnx_model`) or ``"auto"``, the default: ONNX on the CPU where
+onnxruntime imports and the model exports, PyTorch on CUDA. On the CPU both
+embed at about the same rate
+(``benchmarks/docs_onnx.py``), but an ONNX worker starts without importing
+torch: about 1 s and 210 MB against 9-17 s and 560 MB on PyTorch. ``auto``
+falls back to PyTorch with a warning when the export fails; a forced
+``onnx`` raises instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +41,9 @@ from .errors import DocsError, ModelError
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 _SHIPPED = {MODEL_NAME, "all-MiniLM-L6-v2"}
+BACKENDS = ("auto", "torch", "onnx")
+
+log = logging.getLogger(__name__)
 
 
 def model_path() -> str:
@@ -138,22 +152,72 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(device: str | None = None, model: str | None = None) -> Any:
+def onnx_available() -> bool:
+    """Whether onnxruntime imports here (it ships with the ``docs`` extra)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``"torch"`` or ``"onnx"`` for ``backend`` on ``device``; see the module docstring."""
+    if backend not in BACKENDS:
+        raise DocsError(f"unknown embedding backend {backend!r}; choose one of "
+                        f"{', '.join(BACKENDS)}")
+    if backend == "onnx" and device != "cpu":
+        raise DocsError(f"the onnx embedding backend runs on the CPU only, not {device!r}; "
+                        f"use backend 'torch' or 'auto' on a GPU")
+    if backend == "onnx" and not onnx_available():
+        raise DocsError("the onnx embedding backend needs onnxruntime: "
+                        "pip install 'conveyor[docs]', or use backend 'torch'")
+    if backend == "auto":
+        return "onnx" if device == "cpu" and onnx_available() else "torch"
+    return backend
+
+
+def load_model(device: str | None = None, model: str | None = None,
+               backend: str = "auto") -> Any:
     """``model`` (None: all-MiniLM-L6-v2; see :func:`model_ref`) on ``device`` (default:
-    :func:`pick_device`), offline."""
-    _offline()
+    :func:`pick_device`) with ``backend``, offline; :func:`backend_of` tells which
+    backend it got."""
+    _offline()  # the ONNX export loads weights too
+    device = device or pick_device()
+    folder = model_folder(model)
+    chosen = resolve_backend(backend, device)
+    if chosen == "onnx":
+        from .onnx_model import OnnxEncoder, OnnxExportError
+
+        try:
+            return OnnxEncoder(folder)
+        except OnnxExportError as exc:
+            if backend == "onnx":
+                raise
+            log.warning("embedding with PyTorch instead of ONNX Runtime: %s", exc)
+    return _load_torch(device, folder)
+
+
+def backend_of(model: Any) -> str:
+    """``"onnx"`` or ``"torch"``: the backend a :func:`load_model` result runs on."""
+    return getattr(model, "backend", "torch")
+
+
+def _load_torch(device: str, folder: str) -> Any:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in every worker's log
 
-    return SentenceTransformer(model_folder(model), device=device or pick_device())
+    return SentenceTransformer(folder, device=device)
 
 
 def encode(model: Any, texts: list[str], batch_size: int = 32) -> Any:
     """Unit-length float32 vectors, one row per text (cosine similarity = dot product)."""
     import numpy as np
 
+    if backend_of(model) == "onnx":
+        return model.encode(texts, batch_size=batch_size)
     vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                            convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)

@@ -2,7 +2,9 @@
 
 The query is embedded by the same model as the chunks, the one the index
 records (:mod:`.model`; the shipped MiniLM for an index that records none),
-the usearch index is memory-mapped, and the hits' rows are read from the chunk
+on the backend the index records (``torch`` for an index from before backends
+were recorded; ``auto`` where its chunks were embedded by both), the usearch
+index is memory-mapped, and the hits' rows are read from the chunk
 table. A hit::
 
     {"score": 0.71, "text": "...", "path": "corpus/bundle.zip", "member": "tides.pdf",
@@ -50,13 +52,23 @@ def index_info(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(device: str | None, model: str) -> Any:
-    return load_model(device, model)
+def _model(device: str | None, model: str, backend: str) -> Any:
+    return load_model(device, model, backend=backend)
+
+
+def query_backend(info: dict[str, Any]) -> str:
+    """The backend that embedded an index's chunks, or ``"auto"`` for a mix."""
+    recorded = info.get("backend", "torch")
+    return recorded if recorded in ("torch", "onnx") else "auto"
 
 
 def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
-           device: str | None = None) -> list[dict[str, Any]]:
-    """The ``k`` chunks closest to ``query``, best first; see the module docstring."""
+           device: str | None = None, backend: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` chunks closest to ``query``, best first; see the module docstring.
+
+    ``backend`` (default: the index's, see :func:`query_backend`) embeds the
+    query; ``onnx`` runs on the CPU whatever ``device`` would default to.
+    """
     import pyarrow.parquet as pq
     from usearch.index import Index
 
@@ -69,8 +81,11 @@ def search(run_dir: str | os.PathLike[str], query: str, k: int = 5,
     if index is None:
         raise IndexMissing(f"{info['index']} is not a usearch index")
     model = info.get("model", MODEL_NAME)
+    backend = backend or query_backend(info)
+    if backend == "onnx" and device is None:
+        device = "cpu"
     try:
-        vector = encode(_model(device, model), [query])[0]
+        vector = encode(_model(device, model, backend), [query])[0]
     except ModelError as exc:
         raise ModelError(f"the index in {run_dir} was built with model {model}, which "
                          f"cannot be loaded: {exc}") from None

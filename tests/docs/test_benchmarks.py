@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("name,rate", [("docs_extract", "pages_per_s"),
                                        ("docs_ocr", "pages_per_s"),
-                                       ("docs_embed", "chunks_per_s")])
+                                       ("docs_embed", "chunks_per_s"),
+                                       ("docs_onnx", "chunks_per_s")])
 def test_benchmark_quick_prints_one_json_line(name, rate):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), "HF_HUB_OFFLINE": "1"}

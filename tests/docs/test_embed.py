@@ -65,6 +65,7 @@ def test_embed_stage_writes_unit_vectors_to_a_file_per_batch(tmp_path):
     sims = vectors @ vectors.T
     assert sims[0, 2] > sims[0, 1] and sims[1, 3] > sims[1, 2]  # cat~kitten, stocks~shares
     assert {o["device"] for o in outs.values()} == {"cpu"}
+    assert {o["backend"] for o in outs.values()} == {"onnx"}  # auto, on the CPU
     assert len({o["vectors"] for o in outs.values()}) == 2  # batches of 4 and 1
 
 
@@ -72,7 +73,8 @@ def test_importing_conveyor_docs_imports_no_heavy_library():
     code = ("import sys, conveyor.docs, conveyor.docs.cli, conveyor.docs.demo, "
             "conveyor.docs.corpus; conveyor.docs.build_pipeline(); "
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'pypdfium2', "
-            "'rapidocr_onnxruntime', 'pyarrow', 'usearch', 'reportlab', 'numpy') "
+            "'rapidocr_onnxruntime', 'onnxruntime', 'onnx', 'tokenizers', 'pyarrow', 'usearch', "
+            "'reportlab', 'numpy') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
