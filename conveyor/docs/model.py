@@ -187,6 +187,7 @@ def load_model(device: str | None = None, model: str | None = None,
     folder = model_folder(model)
     chosen = resolve_backend(backend, device)
     if chosen == "onnx":
+        # onnxruntime and tokenizers load only where the ONNX backend runs
         from .onnx_model import OnnxEncoder, OnnxExportError
 
         try:
