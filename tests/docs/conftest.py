@@ -67,7 +67,7 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from conveyor.docs.model import load_model
 
-    model = load_model("cpu")
+    model = load_model("cpu", backend="torch")  # a SentenceTransformer, to add a layer to
     torch.manual_seed(0)
     model.append(Dense(384, SMALL_DIM, bias=False))
     model.max_seq_length = SMALL_SEQ
