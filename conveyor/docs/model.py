@@ -19,12 +19,12 @@ to ``""`` for a stage that declared no GPU) and torch finds one; CPU otherwise.
 Which backend: ``"torch"`` (sentence-transformers on PyTorch), ``"onnx"``
 (ONNX Runtime on the CPU, the model exported once and cached: see
 :mod:`.onnx_model`) or ``"auto"``, the default: ONNX on the CPU where
-onnxruntime imports and the model exports, PyTorch on CUDA. On the CPU both
-embed at about the same rate
-(``benchmarks/docs_onnx.py``), but an ONNX worker starts without importing
-torch: about 1 s and 210 MB against 9-17 s and 560 MB on PyTorch. ``auto``
-falls back to PyTorch with a warning when the export fails; a forced
-``onnx`` raises instead.
+onnxruntime imports and the model is one the export writes (a transformer
+with mean pooling; another, e.g. with a Dense layer, embeds on PyTorch),
+PyTorch on CUDA. An ONNX worker starts without importing torch: about 1 s
+and 210 MB against 9-17 s and 560 MB on PyTorch (``benchmarks/docs_onnx.py``
+measures both backends' speed). ``auto`` falls back to PyTorch with a
+warning when an export fails; a forced ``onnx`` raises instead.
 """
 
 from __future__ import annotations
@@ -188,14 +188,18 @@ def load_model(device: str | None = None, model: str | None = None,
     chosen = resolve_backend(backend, device)
     if chosen == "onnx":
         # onnxruntime and tokenizers load only where the ONNX backend runs
-        from .onnx_model import OnnxEncoder, OnnxExportError
+        from .onnx_model import OnnxEncoder, OnnxExportError, unexportable
 
-        try:
-            return OnnxEncoder(folder)
-        except OnnxExportError as exc:
-            if backend == "onnx":
-                raise
-            log.warning("embedding with PyTorch instead of ONNX Runtime: %s", exc)
+        reason = unexportable(folder)
+        if reason and backend == "onnx":
+            raise OnnxExportError(reason)
+        if not reason:  # else a model the export cannot write (a Dense layer): torch, quietly
+            try:
+                return OnnxEncoder(folder)
+            except OnnxExportError as exc:
+                if backend == "onnx":
+                    raise
+                log.warning("embedding with PyTorch instead of ONNX Runtime: %s", exc)
     return _load_torch(device, folder)
 
 

@@ -118,6 +118,18 @@ def _export_into(model_dir: str, tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def unexportable(model_dir: str) -> str | None:
+    """Why the export would not represent this model (None: it would): see
+    :func:`_pooling_is_mean`."""
+    try:
+        if not _pooling_is_mean(Path(model_dir)):
+            return (f"{model_dir}: only a transformer with mean pooling (and "
+                    f"normalisation) exports to ONNX here")
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{model_dir} is not a sentence-transformers model folder: {exc}"
+    return None
+
+
 def _pooling_is_mean(model_dir: Path) -> bool:
     """Whether the sentence-transformers model is what the export writes: a transformer
     in the model's own folder, pooled by the mean of its tokens, then at most normalised
@@ -144,13 +156,9 @@ def export(model_dir: str, dest: Path) -> None:
     ONNX Runtime fuses it into its ``Attention`` kernel.
     """
     folder = Path(model_dir)
-    try:
-        if not _pooling_is_mean(folder):
-            raise OnnxExportError(f"{model_dir}: only a transformer with mean pooling (and "
-                                  f"normalisation) exports to ONNX here")
-    except (OSError, ValueError, KeyError) as exc:
-        raise OnnxExportError(f"{model_dir} is not a sentence-transformers model folder: "
-                              f"{exc}") from None
+    reason = unexportable(model_dir)
+    if reason:
+        raise OnnxExportError(reason)
     import warnings
 
     import torch

@@ -122,7 +122,7 @@ def test_a_model_with_a_layer_after_its_pooling_embeds_on_torch_with_that_layer(
         model.load_model("cpu", str(small_model), backend="onnx")
     with caplog.at_level(logging.WARNING, logger="conveyor.docs.model"):
         auto = model.load_model("cpu", str(small_model))
-    assert model.backend_of(auto) == "torch" and "instead of ONNX Runtime" in caplog.text
+    assert model.backend_of(auto) == "torch" and caplog.text == ""  # by design, not a failure
     assert model.encode(auto, ["owls hunt at night"]).shape == (1, 128)
 
 
