@@ -31,7 +31,10 @@ errors = Console(stderr=True)
 DETACH_OPTION = "--detach"
 DETACH_HELP = ("Run in the background, outliving this terminal: print the run dir and the "
                "driver's pid and return (then: conveyor status|attach|stop RUN_DIR).")
-DETACH_WAIT = 5.0  # seconds --detach waits to see its driver hold the run (or fail at once)
+# The most --detach waits to see its driver hold the run or fail at once. It returns as soon
+# as either happens (a couple of seconds); a loaded machine can take longer than that to
+# import, and a driver that failed after --detach returned would be reported by nobody.
+DETACH_WAIT = 60.0
 
 
 def print_counts(result: RunResult) -> None:
