@@ -85,15 +85,17 @@ class Classify:
     """Zero-shot topics: the nearest topic description in MiniLM's embedding space."""
 
     def setup(self) -> None:
-        from conveyor.docs.model import load_model
+        # encode: unit vectors from either backend (ONNX on a CPU, PyTorch on CUDA)
+        from conveyor.docs.model import encode, load_model
 
         self.model = load_model()
         self.names = list(TOPICS)
-        self.topics = self.model.encode(list(TOPICS.values()), normalize_embeddings=True)
+        self.topics = encode(self.model, list(TOPICS.values()))
 
     def __call__(self, batch: list[Prepared]) -> list[Scored]:
-        vectors = self.model.encode([p.text for p in batch], batch_size=len(batch),
-                                    normalize_embeddings=True)
+        from conveyor.docs.model import encode  # imported by setup already
+
+        vectors = encode(self.model, [p.text for p in batch], batch_size=len(batch))
         scores = vectors @ self.topics.T
         return [Scored(id=p.id, topic=self.names[int(row.argmax())], score=float(row.max()),
                        words=p.words)

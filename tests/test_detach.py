@@ -46,8 +46,9 @@ def conveyor(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def flat(text: str) -> str:
-    """Text as one line: rich wraps what it prints to the terminal's width."""
-    return " ".join(text.split())
+    """Text as one line: rich wraps what it prints to the terminal's width, inside the
+    box it draws around an error (the driver's log has typer's)."""
+    return " ".join(text.translate(str.maketrans("", "", "│╭╮╰╯─")).split())
 
 
 def eventually(check: Callable[[], object], what: str, timeout: float = 90.0) -> None:
