@@ -14,21 +14,10 @@ from rar_writer import Entry, rar5
 
 from conveyor import Item
 from conveyor.docs.archives import DEFAULT_LIMITS, Limits, expand_to, input_items
-from conveyor.docs.corpus import text_pdf
 from conveyor.docs.errors import ArchiveError, UnsafeArchive
-from conveyor.docs.extract import extract
 from conveyor.docs.profile import inspect
 
-PDF_A = text_pdf([["Alpha document about glaciers and ice sheets."]])
-PDF_B = text_pdf([["Beta document about lighthouses and their keepers."]])
-
-
-def _items(source: Path, out: Path) -> dict[str, dict]:
-    return {key: value for key, value in expand_to(str(source), out)}
-
-
-def _text(value: dict) -> str:
-    return extract(inspect(value))["pages"][0]["text"]
+from .samples import PDF_A, PDF_B, expanded, first_page, zipped
 
 
 def test_zip_members_are_items_keyed_archive_slash_member(tmp_path):
@@ -38,17 +27,17 @@ def test_zip_members_are_items_keyed_archive_slash_member(tmp_path):
         zf.writestr("sub/dir/b.PDF", PDF_B)
         zf.writestr("readme.txt", "not a pdf")
         zf.writestr("sub/", "")
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/a.pdf", f"{archive}/readme.txt",
                              f"{archive}/sub/dir/b.PDF"]
     assert items[f"{archive}/readme.txt"]["skipped"] == "not a document: text"
     a = items[f"{archive}/a.pdf"]
     assert a["archive"] == str(archive) and a["member"] == "a.pdf"
     assert Path(a["path"]).is_relative_to(tmp_path / "out")
-    assert _text(a) == "Alpha document about glaciers and ice sheets."
-    assert _text(items[f"{archive}/sub/dir/b.PDF"]).startswith("Beta document")
+    assert first_page(a) == "Alpha document about glaciers and ice sheets."
+    assert first_page(items[f"{archive}/sub/dir/b.PDF"]).startswith("Beta document")
     # Stable: expanding again gives the same keys and values.
-    assert _items(archive, tmp_path / "out") == items
+    assert expanded(archive, tmp_path / "out") == items
 
 
 @pytest.mark.parametrize("suffix,mode", [(".tar", "w"), (".tar.gz", "w:gz"), (".tgz", "w:gz")])
@@ -59,9 +48,9 @@ def test_tar_members(tmp_path, suffix, mode):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/b.pdf", f"{archive}/x/a.pdf"]
-    assert _text(items[f"{archive}/x/a.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/x/a.pdf"]).startswith("Alpha document")
 
 
 def test_7z_members(tmp_path):
@@ -71,10 +60,10 @@ def test_7z_members(tmp_path):
     with py7zr.SevenZipFile(archive, "w") as zf:
         zf.writestr(PDF_A, "docs/a.pdf")
         zf.writestr(PDF_B, "b.pdf")
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/b.pdf", f"{archive}/docs/a.pdf"]
-    assert _text(items[f"{archive}/docs/a.pdf"]).startswith("Alpha document")
-    assert _text(items[f"{archive}/b.pdf"]).startswith("Beta document")
+    assert first_page(items[f"{archive}/docs/a.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/b.pdf"]).startswith("Beta document")
 
 
 @pytest.mark.parametrize("name", ["../evil.pdf", "a/../../evil.pdf", "/tmp/evil.pdf",
@@ -129,7 +118,7 @@ def test_folder_walk_isolates_a_bad_archive(tmp_path):
     (folder / "notes.txt").write_text("skipped, and said so")
     with zipfile.ZipFile(folder / "evil.zip", "w") as zf:
         zf.writestr("../evil.pdf", PDF_B)
-    items = _items(folder, tmp_path / "out")
+    items = expanded(folder, tmp_path / "out")
     assert sorted(items) == [str(folder / "evil.zip"), str(folder / "notes.txt"),
                              str(folder / "sub" / "a.pdf")]
     assert items[str(folder / "notes.txt")]["skipped"] == "not a document: text"
@@ -137,7 +126,7 @@ def test_folder_walk_isolates_a_bad_archive(tmp_path):
     assert "path traversal refused" in bad["error"]
     with pytest.raises(ArchiveError, match="path traversal refused"):
         inspect(bad)
-    assert _text(items[str(folder / "sub" / "a.pdf")]).startswith("Alpha document")
+    assert first_page(items[str(folder / "sub" / "a.pdf")]).startswith("Alpha document")
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
@@ -185,15 +174,15 @@ def test_a_zip_bomb_member_fails_alone_at_the_ratio_limit_and_leaves_nothing(tmp
         zf.writestr("b.pdf", PDF_B)
     compressed = zipfile.ZipFile(archive).getinfo("zeros.pdf").compress_size
     assert compressed * DEFAULT_LIMITS.ratio < 200 * 2**20
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/{n}" for n in ("a.pdf", "b.pdf", "zeros.pdf")]
     bomb = items[f"{archive}/zeros.pdf"]
     assert bomb["error"] == (f"{archive}: member 'zeros.pdf' expands more than 100:1, over "
                              f"the compression ratio limit (a zip bomb?)")
     with pytest.raises(ArchiveError, match="compression ratio limit"):
         inspect(bomb)
-    assert _text(items[f"{archive}/a.pdf"]).startswith("Alpha document")
-    assert _text(items[f"{archive}/b.pdf"]).startswith("Beta document")
+    assert first_page(items[f"{archive}/a.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/b.pdf"]).startswith("Beta document")
     assert sorted(_files_under(tmp_path / "out")) == ["members/a.pdf", "members/b.pdf"]
 
 
@@ -215,7 +204,7 @@ def test_member_and_archive_size_limits_cut_off_one_member_each(tmp_path, fmt):
         "a.pdf": None, "c.pdf": None,
         "d.pdf": f"{archive}: member 'd.pdf' takes the archive over its size limit "
                  f"(2 MiB uncompressed in all)"}
-    assert _text(items[f"{archive}/a.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/a.pdf"]).startswith("Alpha document")
     assert _files_under(tmp_path / "out") == {"members/a.pdf": len(PDF_A),
                                               "members/c.pdf": 2**20}
 
@@ -243,27 +232,20 @@ def _write(archive: Path, fmt: str, members: dict[str, bytes]) -> None:
 def test_archives_inside_archives_open_to_the_depth_limit(tmp_path):
     """A zip holding a tar.gz holding a zip: every level's PDF comes out, keyed by the
     whole chain; a fourth level fails alone, naming the nesting limit."""
-    def zipped(members: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for name, data in members.items():
-                zf.writestr(name, data)
-        return buf.getvalue()
-
     level4 = zipped({"deepest.pdf": PDF_A})
     level3 = zipped({"c.pdf": PDF_B, "four.zip": level4})
     tar = tmp_path / "two.tar.gz"
     _write(tar, "tar.gz", {"b/b.pdf": PDF_A, "three.zip": level3})
     archive = tmp_path / "one.zip"
     _write(archive, "zip", {"a.pdf": PDF_B, "inner/two.tar.gz": tar.read_bytes()})
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     two, three = f"{archive}/inner/two.tar.gz", f"{archive}/inner/two.tar.gz/three.zip"
     assert sorted(items) == sorted([f"{archive}/a.pdf", f"{two}/b/b.pdf", f"{three}/c.pdf",
                                     f"{three}/four.zip"])
     assert items[f"{three}/c.pdf"]["member"] == "inner/two.tar.gz/three.zip/c.pdf"
     assert items[f"{three}/c.pdf"]["archive"] == str(archive)
-    assert _text(items[f"{three}/c.pdf"]).startswith("Beta document")
-    assert _text(items[f"{two}/b/b.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{three}/c.pdf"]).startswith("Beta document")
+    assert first_page(items[f"{two}/b/b.pdf"]).startswith("Alpha document")
     assert items[f"{three}/four.zip"]["error"] == (
         f"{three}/four.zip: an archive nested 4 deep, over the nesting limit (3)")
     # the nested archives themselves are gone once their members are out
@@ -274,7 +256,7 @@ def test_archives_inside_archives_open_to_the_depth_limit(tmp_path):
 def test_a_broken_archive_inside_an_archive_fails_alone(tmp_path):
     archive = tmp_path / "outer.zip"
     _write(archive, "zip", {"a.pdf": PDF_A, "broken.zip": b"PK\x03\x04 not really"})
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert items[f"{archive}/a.pdf"].get("error") is None
     assert items[f"{archive}/broken.zip"]["error"].startswith(
         f"{archive}/broken.zip: cannot read the zip archive")
@@ -290,7 +272,7 @@ def test_what_a_file_is_goes_by_its_content_and_the_rest_is_skipped_with_a_reaso
                                           "empty.bin": b""})
     (folder / "tool.exe").write_bytes(b"MZ\x90\x00" + bytes(100))
     (folder / "blob").write_bytes(bytes(range(256)) * 4)
-    items = _items(folder, tmp_path / "out")
+    items = expanded(folder, tmp_path / "out")
     bundle = folder / "bundle.dat"
     assert {k: v.get("skipped") for k, v in items.items()} == {
         str(folder / "scan-0001"): None,
@@ -299,7 +281,7 @@ def test_what_a_file_is_goes_by_its_content_and_the_rest_is_skipped_with_a_reaso
         f"{bundle}/photo.png": "not a document: a PNG image",
         str(folder / "tool.exe"): "not a document: a Windows executable",
         str(folder / "blob"): "not a document: binary data of an unknown kind"}
-    assert _text(items[str(folder / "scan-0001")]).startswith("Alpha document")
-    assert _text(items[f"{bundle}/b.pdf"]).startswith("Beta document")
+    assert first_page(items[str(folder / "scan-0001")]).startswith("Alpha document")
+    assert first_page(items[f"{bundle}/b.pdf"]).startswith("Beta document")
     # what was skipped inside an archive is not left on disk
     assert sorted(_files_under(tmp_path / "out")) == ["bundle.dat/members/b.pdf"]

@@ -13,35 +13,17 @@ from typing import Any
 
 from conveyor import Item, Pipeline, open_run
 from conveyor.docs.archives import input_items
-from conveyor.docs.corpus import text_pdf
-from conveyor.docs.pipeline import add_reading_stages, build_pipeline
+from conveyor.docs.pipeline import add_reading_stages
 
-OWLS = "Owls hunt at night using sharp hearing."
-TIDES = "Tides rise and fall twice a day, pulled by the moon."
-BEES = "Bees carry nectar back to the hive, where it slowly turns into honey."
-GLACIERS = "Glaciers carve valleys as the ice flows slowly downhill under its own weight."
-
-
-def pdf(text: str) -> bytes:
-    return text_pdf([[text]], first_title=False)
+from .samples import (BEES, GLACIERS, OWLS, TIDES, ended, page_text, pdf, rerun_rows,
+                      run_folder)
 
 
 def run(folder: Path, run_dir: Path) -> dict[str, Any]:
     """The docs pipeline on ``folder`` in the driver's process; the run's input summary."""
-    with build_pipeline(embed_gpus=0).run(input_items([str(folder)]), run_dir=run_dir,
-                                          executor="inline") as result:
+    with run_folder(folder, run_dir) as result:
         assert result.ok, list(result.failures())
         return json.loads(result.ledger.get_meta("inputs"))
-
-
-def ended(run_dir: Path) -> dict[tuple[str, str], Any]:
-    """When each (stage, key) row last finished: a row run again ends later."""
-    with open_run(run_dir) as result:
-        return {(r["stage"], r["key"]): r["ended"] for r in result.ledger.rows()}
-
-
-def rerun_rows(before: dict, after: dict) -> set[tuple[str, str]]:
-    return {row for row in after if after[row] != before.get(row)}
 
 
 def indexed(run_dir: Path) -> set[str]:
@@ -92,8 +74,7 @@ def test_a_rerun_on_a_folder_processes_only_the_added_the_changed_and_drops_the_
     assert {("expand", owls), ("inspect", owls), ("expand", tides), ("extract", tides)} \
         <= rerun
     with open_run(run_dir) as result:
-        assert "pulls hardest" in " ".join(
-            page["text"] for page in dict(result.outputs("extract"))[tides]["pages"])
+        assert "pulls hardest" in page_text(dict(result.outputs("extract"))[tides])
 
     # One file deleted: reported gone (not missing: an input not given is kept), its rows
     # and its chunks in the index dropped; the other documents are not processed again.
@@ -127,8 +108,7 @@ def test_a_run_dir_that_had_the_folder_as_one_input_takes_its_files_without_coll
         assert (result.inputs["added"], result.inputs["gone_keys"]) == (2, [str(folder)])
         assert sorted(dict(result.outputs("expand"))) == [
             str(folder / "owls.pdf"), str(folder / "tides.pdf")]
-        assert OWLS in " ".join(page["text"] for page in dict(
-            result.outputs("extract"))[str(folder / "owls.pdf")]["pages"])
+        assert OWLS in page_text(dict(result.outputs("extract"))[str(folder / "owls.pdf")])
 
 
 def test_an_empty_folder_is_a_usage_error_and_a_dangling_link_fails_alone(tmp_path):
@@ -151,5 +131,4 @@ def test_an_empty_folder_is_a_usage_error_and_a_dangling_link_fails_alone(tmp_pa
         gone = str(empty / "sub" / "gone.pdf")
         assert [(r["stage"], r["key"], r["error"]) for r in result.failures()] == [
             ("expand", gone, f"FileNotFoundError: no such file or folder: {gone}")]
-        assert OWLS in " ".join(page["text"] for page in dict(
-            result.outputs("extract"))[str(empty / "owls.pdf")]["pages"])
+        assert OWLS in page_text(dict(result.outputs("extract"))[str(empty / "owls.pdf")])

@@ -7,13 +7,12 @@ import os
 import pytest
 
 from conveyor import open_run
-from conveyor.docs.archives import input_items
 from conveyor.docs.corpus import char_error_rate, text_pdf
-from conveyor.docs.pipeline import build_pipeline
 from conveyor.docs.search import search
 from conveyor.observe.events import read_events
 
 from .conftest import SMALL_DIM, doc_by_file, source_of
+from .samples import assert_failures, run_folder, zipped
 
 
 def test_demo_succeeds(demo_run):
@@ -134,9 +133,7 @@ def test_inline_executor_run_with_bad_inputs(tmp_path):
                                                  "slowly downhill under its own weight."]]))
     (folder / "empty.pdf").write_bytes(b"")
     (folder / "notes.pdf").write_text("meeting notes, saved with the wrong extension")
-    pipe = build_pipeline(embed_gpus=0)
-    result = pipe.run(input_items([str(folder)]), run_dir=tmp_path / "run", executor="inline")
-    with result:
+    with run_folder(folder, tmp_path / "run") as result:
         errors = {os.path.basename(r["key"]): r["error"] for r in result.failures()}
         assert errors == {"empty.pdf": "BadDocument: empty file",
                           "notes.pdf": errors["notes.pdf"]}
@@ -150,40 +147,28 @@ def test_a_hostile_folder_loses_nothing_silently(tmp_path):
     """A zip bomb, archives inside archives, a broken archive and a file that is not a
     document, beside a good PDF: each ends as a document, a failure with its reason, or a
     skip with its reason, and the run's counts say so."""
-    import io
     import zipfile
-
-    def zipped(members: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name, data in members.items():
-                zf.writestr(name, data)
-        return buf.getvalue()
 
     folder = tmp_path / "in"
     folder.mkdir()
     glaciers = text_pdf([["Glaciers carve valleys as the ice flows slowly downhill."]])
     lighthouse = text_pdf([["A lighthouse keeper trims the lamp wick every evening."]])
     (folder / "good.pdf").write_bytes(glaciers)
-    (folder / "nested.zip").write_bytes(zipped({"inner.zip": zipped({"deep.pdf": lighthouse}),
-                                                 "readme.txt": b"see inside"}))
+    inner = zipped({"deep.pdf": lighthouse}, zipfile.ZIP_DEFLATED)
+    (folder / "nested.zip").write_bytes(zipped({"inner.zip": inner, "readme.txt": b"see inside"},
+                                               zipfile.ZIP_DEFLATED))
     with zipfile.ZipFile(folder / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
         with zf.open("zeros.pdf", "w") as member:
             for _ in range(200):
                 member.write(bytes(2**20))
     (folder / "broken.zip").write_bytes(b"PK\x03\x04 cut short")
     (folder / "notes.txt").write_text("meeting notes")
-    result = build_pipeline(embed_gpus=0).run(input_items([str(folder)]),
-                                              run_dir=tmp_path / "run", executor="inline")
-    with result:
-        failures = {(r["stage"], r["key"][len(str(folder)) + 1:]): r["error"]
-                    for r in result.failures()}
-        assert failures == {
+    with run_folder(folder, tmp_path / "run") as result:
+        assert_failures(result, folder, equal={
             ("inspect", "bomb.zip/zeros.pdf"):
                 f"ArchiveError: {folder}/bomb.zip: member 'zeros.pdf' expands more than "
-                f"100:1, over the compression ratio limit (a zip bomb?)",
-            ("unpack", "broken.zip"): failures[("unpack", "broken.zip")]}
-        assert "cannot read the zip archive" in failures[("unpack", "broken.zip")]
+                f"100:1, over the compression ratio limit (a zip bomb?)"},
+            containing={("unpack", "broken.zip"): "cannot read the zip archive"})
         assert {k[len(str(folder)) + 1:]: v["reason"]
                 for k, v in result.outputs("skipped")} == {
             "notes.txt": "not a document: text",
@@ -209,9 +194,7 @@ def test_another_model_or_chunking_recomputes_only_what_it_changes(tmp_path, sma
 
     def run(**options) -> tuple[list[str], dict]:
         seen = len(list(read_events(run_dir)))
-        result = build_pipeline(embed_gpus=0, **options).run(
-            input_items([str(folder)]), run_dir=run_dir, executor="inline")
-        with result:
+        with run_folder(folder, run_dir, **options) as result:
             assert result.ok
             info = result.output("index")
         reset = sorted(e["stage"] for e in list(read_events(run_dir))[seen:]

@@ -14,14 +14,13 @@ import pytest
 import rarfile
 from rar_writer import Entry, rar4, rar5
 
-from conveyor.docs.archives import expand_to, input_items
+from conveyor.docs.archives import expand_to
 from conveyor.docs.corpus import text_pdf
 from conveyor.docs.errors import ArchiveError, UnsafeArchive
-from conveyor.docs.extract import extract
 from conveyor.docs.profile import inspect
 
-PDF_A = text_pdf([["Alpha document about glaciers and ice sheets."]])
-PDF_B = text_pdf([["Beta document about lighthouses and their keepers."]])
+from .samples import PDF_A, PDF_B, assert_failures, expanded, first_page, run_folder
+
 WRITERS = {"rar4": rar4, "rar5": rar5}
 FOLDERS = [Entry("a", kind="dir"), Entry("a/b", kind="dir"), Entry("a/b/doc.pdf", PDF_A),
            Entry("c/doc2.pdf", PDF_B), Entry("c/readme.txt", b"see the PDFs")]
@@ -30,14 +29,6 @@ FOLDERS = [Entry("a", kind="dir"), Entry("a/b", kind="dir"), Entry("a/b/doc.pdf"
 def _rar(path: Path, fmt: str, entries: list[Entry], **kw) -> Path:
     path.write_bytes(WRITERS[fmt](entries, **kw))
     return path
-
-
-def _items(source: Path, out: Path) -> dict[str, dict]:
-    return {key: value for key, value in expand_to(str(source), out)}
-
-
-def _text(value: dict) -> str:
-    return extract(inspect(value))["pages"][0]["text"]
 
 
 def _tool(name: str) -> str:
@@ -79,16 +70,16 @@ def test_the_writer_makes_archives_the_rar_tools_read(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["rar4", "rar5"])
 def test_rar_members_in_folders_are_items_keyed_archive_slash_member(tmp_path, fmt):
     archive = _rar(tmp_path / "x.rar", fmt, FOLDERS)
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/a/b/doc.pdf", f"{archive}/c/doc2.pdf",
                              f"{archive}/c/readme.txt"]
     doc = items[f"{archive}/a/b/doc.pdf"]
     assert doc["archive"] == str(archive) and doc["member"] == "a/b/doc.pdf"
     assert doc["stamp"].startswith("crc") and Path(doc["path"]).is_relative_to(tmp_path)
-    assert _text(doc) == "Alpha document about glaciers and ice sheets."
-    assert _text(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
+    assert first_page(doc) == "Alpha document about glaciers and ice sheets."
+    assert first_page(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
     assert items[f"{archive}/c/readme.txt"]["skipped"] == "not a document: text"
-    assert _items(archive, tmp_path / "out") == items  # stable
+    assert expanded(archive, tmp_path / "out") == items  # stable
 
 
 @pytest.mark.parametrize("fmt", ["rar4", "rar5"])
@@ -102,12 +93,12 @@ def test_solid_archives(tmp_path, monkeypatch, fmt, reader):
             "UNRAR_TOOL", "UNAR_TOOL", "SEVENZIP_TOOL", "SEVENZIP2_TOOL")  # not bsdtar:
         # libarchive reads no solid RAR
     archive = _rar(tmp_path / "solid.rar", fmt, FOLDERS, solid=True)
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/a/b/doc.pdf", f"{archive}/c/doc2.pdf",
                              f"{archive}/c/readme.txt"]
     assert all(v.get("error") is None for v in items.values())
-    assert _text(items[f"{archive}/a/b/doc.pdf"]).startswith("Alpha document")
-    assert _text(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
+    assert first_page(items[f"{archive}/a/b/doc.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
 
 
 @pytest.mark.parametrize("fmt", ["rar4", "rar5"])
@@ -124,9 +115,9 @@ def test_a_link_pointing_outside_refuses_the_archive(tmp_path, fmt, target):
     with pytest.raises(UnsafeArchive, match="member 'passwd.pdf' is a link"):
         list(expand_to(str(archive), tmp_path / "out"))
     assert list(tmp_path.rglob("doc.pdf")) == []
-    items = _items(folder, tmp_path / "out2")
+    items = expanded(folder, tmp_path / "out2")
     assert "member 'passwd.pdf' is a link (refused" in items[str(archive)]["error"]
-    assert _text(items[str(folder / "good.pdf")]).startswith("Beta document")
+    assert first_page(items[str(folder / "good.pdf")]).startswith("Beta document")
 
 
 def test_a_rar5_hard_link_is_refused_like_tars(tmp_path):
@@ -152,13 +143,13 @@ def test_an_encrypted_member_fails_alone_naming_the_password(tmp_path, fmt):
     archive = _rar(tmp_path / "locked.rar", fmt, [Entry("open.pdf", PDF_A),
                                                   Entry("sub/secret.pdf", PDF_B,
                                                         encrypted=True)])
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     secret = items[f"{archive}/sub/secret.pdf"]
     assert secret["error"] == (f"{archive}: member 'sub/secret.pdf' is encrypted: "
                                f"extracting it needs a password, and conveyor takes none")
     with pytest.raises(ArchiveError, match="needs a password"):
         inspect(secret)
-    assert _text(items[f"{archive}/open.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/open.pdf"]).startswith("Alpha document")
     assert not (tmp_path / "out" / "members" / "sub" / "secret.pdf").exists()
 
 
@@ -182,10 +173,10 @@ def test_compressed_members_are_decoded_by_the_system_tool(tmp_path, solid):
         Entry("c/doc2.pdf", PDF_B, compressed=True)], solid=solid)
     assert [i.compress_type for i in rarfile.RarFile(archive).infolist()] == [
         rarfile.RAR_M3, rarfile.RAR_M3 if solid else rarfile.RAR_M0, rarfile.RAR_M3]
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert all(v.get("error") is None for v in items.values())
-    assert _text(items[f"{archive}/a/doc.pdf"]).startswith("Alpha document")
-    assert _text(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
+    assert first_page(items[f"{archive}/a/doc.pdf"]).startswith("Alpha document")
+    assert first_page(items[f"{archive}/c/doc2.pdf"]).startswith("Beta document")
     assert [Path(items[f"{archive}/{m}"]["path"]).read_bytes()
             for m in ("a/doc.pdf", "b.pdf", "c/doc2.pdf")] == [PDF_A, PDF_B, PDF_B]
 
@@ -211,20 +202,19 @@ def test_a_rar_inside_a_zip_is_opened_and_found_by_its_content(tmp_path):
         zf.writestr("b.pdf", PDF_B)
         zf.writestr("inner/bundle.rar", inner)
         zf.writestr("inner/bundle.bin", rar5([Entry("x/doc.pdf", PDF_B)]))  # by content
-    items = _items(archive, tmp_path / "out")
+    items = expanded(archive, tmp_path / "out")
     assert sorted(items) == [f"{archive}/b.pdf", f"{archive}/inner/bundle.bin/x/doc.pdf",
                              f"{archive}/inner/bundle.rar/scans/doc.pdf"]
     doc = items[f"{archive}/inner/bundle.rar/scans/doc.pdf"]
     assert doc["archive"] == str(archive) and doc["member"] == "inner/bundle.rar/scans/doc.pdf"
-    assert _text(doc).startswith("Alpha document")
-    assert _text(items[f"{archive}/inner/bundle.bin/x/doc.pdf"]).startswith("Beta document")
+    assert first_page(doc).startswith("Alpha document")
+    assert first_page(items[f"{archive}/inner/bundle.bin/x/doc.pdf"]).startswith("Beta document")
 
 
 def test_rar_archives_through_the_whole_pipeline(tmp_path):
     """RAR4 and RAR5 (solid, a member compressed) beside each other in a folder: their
     PDFs are indexed and found, the encrypted member and the archive with a link fail
     with their reasons, and nothing else fails."""
-    from conveyor.docs.pipeline import build_pipeline
     from conveyor.docs.search import search
 
     folder = tmp_path / "in"
@@ -238,17 +228,12 @@ def test_rar_archives_through_the_whole_pipeline(tmp_path):
          solid=True)
     _rar(folder / "link.rar", "rar5", [Entry("doc.pdf", PDF_B),
                                        Entry("up.pdf", kind="symlink", target="../up.pdf")])
-    result = build_pipeline(embed_gpus=0).run(input_items([str(folder)]),
-                                              run_dir=tmp_path / "run", executor="inline")
-    with result:
-        failures = {(r["stage"], r["key"][len(str(folder)) + 1:]): r["error"]
-                    for r in result.failures()}
-        assert failures == {
+    with run_folder(folder, tmp_path / "run") as result:
+        assert_failures(result, folder, equal={
             ("inspect", "five.rar/a/secret.pdf"):
                 f"ArchiveError: {folder}/five.rar: member 'a/secret.pdf' is encrypted: "
-                f"extracting it needs a password, and conveyor takes none",
-            ("unpack", "link.rar"): failures[("unpack", "link.rar")]}
-        assert "member 'up.pdf' is a link (refused" in failures[("unpack", "link.rar")]
+                f"extracting it needs a password, and conveyor takes none"},
+            containing={("unpack", "link.rar"): "member 'up.pdf' is a link (refused"})
         assert result.output("index")["documents"] == 2
     hits = search(tmp_path / "run", "who looks after the lamp of a lighthouse", k=1)
     assert hits[0]["path"] == str(folder / "five.rar")

@@ -5,14 +5,12 @@ object stamped by its ETag, downloaded by the ``expand`` worker."""
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,28 +18,13 @@ import pytest
 
 from conveyor import Pipeline, open_run
 from conveyor.docs.archives import input_items
-from conveyor.docs.corpus import text_pdf
 from conveyor.docs.errors import RemoteInputError
 from conveyor.docs.pipeline import add_reading_stages
 from conveyor.docs.remote import download, is_remote
 from conveyor.docs.search import search
 
-OWLS = "Owls hunt at night using sharp hearing."
-TIDES = "Tides rise and fall twice a day, pulled by the moon."
-BEES = "Bees carry nectar back to the hive, where it slowly turns into honey."
-GLACIERS = "Glaciers carve valleys as the ice flows slowly downhill under its own weight."
-
-
-def pdf(text: str) -> bytes:
-    return text_pdf([[text]], first_title=False)
-
-
-def zipped(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+from .samples import (BEES, GLACIERS, OWLS, TIDES, ended, page_text, pdf, rerun_rows,
+                      zipped)
 
 
 def conveyor(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -49,19 +32,9 @@ def conveyor(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**os.environ, "COLUMNS": "250", **env})
 
 
-def ended(run_dir: Path) -> dict[tuple[str, str], Any]:
-    """When each (stage, key) row last finished: a row run again ends later."""
-    with open_run(run_dir) as result:
-        return {(r["stage"], r["key"]): r["ended"] for r in result.ledger.rows()}
-
-
 def inputs_summary(run_dir: Path) -> dict[str, Any]:
     with open_run(run_dir) as result:
         return json.loads(result.ledger.get_meta("inputs"))
-
-
-def text(page_set: dict[str, Any]) -> str:
-    return " ".join(page["text"] for page in page_set["pages"])
 
 
 def top_hit(run_dir: Path, query: str) -> dict[str, Any]:
@@ -118,7 +91,7 @@ def test_a_remote_prefix_runs_and_a_rerun_takes_only_the_late_object_then_the_ch
     assert inputs_summary(run_dir) | {"missing_keys": [], "gone_keys": []} == {
         "added": 1, "changed": 0, "unchanged": 3, "missing": 0, "missing_keys": [], "gone": 0,
         "gone_keys": []}
-    rerun = {row for row in after if after[row] != before.get(row)}
+    rerun = rerun_rows(before, after)
     assert {stage for stage, key in rerun if key != bees and not key.startswith(bees + "/")} \
         == {"index"}
     assert {("expand", bees), ("inspect", bees), ("extract", bees)} <= rerun
@@ -131,12 +104,12 @@ def test_a_remote_prefix_runs_and_a_rerun_takes_only_the_late_object_then_the_ch
     assert third.returncode == 0, third.stderr[-3000:]
     after = ended(run_dir)
     assert inputs_summary(run_dir)["changed"] == 1
-    rerun = {row for row in after if after[row] != before.get(row)}
+    rerun = rerun_rows(before, after)
     assert {stage for stage, key in rerun if key != owls and not key.startswith(owls + "/")} \
         == {"index"}
     assert {("expand", owls), ("inspect", owls), ("extract", owls)} <= rerun
     with open_run(run_dir) as result:
-        assert "swallow mice" in text(dict(result.outputs("extract"))[owls])
+        assert "swallow mice" in page_text(dict(result.outputs("extract"))[owls])
 
 
 def reading_pipeline() -> Pipeline:
@@ -158,7 +131,7 @@ def test_an_object_gone_before_its_download_fails_alone_with_the_reason(s3, tmp_
         assert [(r["stage"], r["key"], r["error"]) for r in result.failures()] == [
             ("expand", f"s3://{bucket}/c/b.pdf",
              f"RemoteInputError: no such object or prefix: s3://{bucket}/c/b.pdf")]
-        assert OWLS in text(dict(result.outputs("extract"))[f"s3://{bucket}/c/a.pdf"])
+        assert OWLS in page_text(dict(result.outputs("extract"))[f"s3://{bucket}/c/a.pdf"])
 
 
 def test_urls_that_name_nothing_or_cannot_be_reached_are_usage_errors(s3, tmp_path):
@@ -257,4 +230,4 @@ def test_an_http_url_is_an_input_and_a_body_over_the_limit_is_cut_off_as_it_stre
     assert list((tmp_path / "cut").iterdir()) == []  # the partial file is gone
     with reading_pipeline().run([item], run_dir=tmp_path / "run", executor="inline") as result:
         assert result.ok
-        assert OWLS in text(dict(result.outputs("extract"))[url])
+        assert OWLS in page_text(dict(result.outputs("extract"))[url])
