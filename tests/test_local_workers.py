@@ -278,9 +278,9 @@ def test_queues_between_stages_are_bounded(run_dir, tmp_path, monkeypatch):
 
     The consumer's first call waits until the producer has filled the queue to its
     bound, so the bound is reached by construction; no call may ever see more."""
-    import conveyor.engine.loop
+    import conveyor.engine.backpressure
 
-    monkeypatch.setattr(conveyor.engine.loop, "QUEUE_LIMIT", 20)
+    monkeypatch.setattr(conveyor.engine.backpressure, "QUEUE_LIMIT", 20)
     ledger_path = str(run_dir / "ledger.db")
     first = tmp_path / "first-slow-call"
     pipe = Pipeline("backpressure")

@@ -7,6 +7,7 @@
                                     └─ loop.Engine ◀── serve.Service (the other front end)
                                          │ turn(): scheduler.plan / lease_order (pure policy)
                                          │         workerpool: start, lease, stop workers
+                                         │         backpressure: queue fill, room to take more
                                          │         watchdog: timeouts, RAM limits
                                          ▼
                                     executors ──▶ workers ──▶ records ──▶ ledger
@@ -17,8 +18,8 @@ close, finished), the batch-run front end (:mod:`.batch`), input
 preparation and rerun planning (:mod:`.prepare`, :mod:`.fingerprint`), the
 scheduling policy (:mod:`.scheduler`), live workers and their CPU leases
 (:mod:`.workerpool`), reduces, groups and side inputs (:mod:`.barriers`),
-per-stage state (:mod:`.state`), fusion of linear chains (:mod:`.fusion`),
-the watchdog and the run lock.
+queue backpressure (:mod:`.backpressure`), per-stage state (:mod:`.state`),
+fusion of linear chains (:mod:`.fusion`), the watchdog and the run lock.
 
 It may import the top-level modules (pipeline, resources, store, items,
 codec, errors, rundir, origin), :mod:`conveyor.ledger`,

@@ -20,7 +20,7 @@ one worker (:mod:`conveyor.engine.fusion`). Each :meth:`Engine.turn`:
    starts or stops workers to match, within the budget (:mod:`.workerpool`);
 3. hands out CPU leases, most urgent group first (:mod:`.scheduler`);
 4. tops up every leased worker's window of tasks from the ledger, deepest
-   stage first, except where the downstream queue is full (backpressure);
+   stage first, except where the downstream queue is full (:mod:`.backpressure`);
 5. polls the executor and records what came back in one ledger call per
    message: outputs and the rows they were routed to, retries after a
    back-off, failures with their tracebacks, a dead worker's current task
@@ -55,6 +55,7 @@ from ..result import SETUPS
 from ..store import Store
 from ..worker.protocol import Running
 from ..worker.runner import StageSpec, WorkerSpec
+from .backpressure import Backpressure
 from .barriers import Barriers
 from .front import FrontEnd
 from .fusion import fuse
@@ -65,9 +66,7 @@ from .workerpool import Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
 CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
-QUEUE_LIMIT = 1000  # pending items a stage may hold before its upstreams are throttled
-QUEUE_SECONDS = 2.0  # a queue holding this much of its stage's work counts as full
-WINDOW_BYTES = 64 * 2**20  # ... and at most this many bytes of inline inputs
+WINDOW_BYTES = 64 * 2**20  # a worker's window holds at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
 
@@ -99,6 +98,7 @@ class Engine:
         self._watchdog: Watchdog
         self._observer: Observer
         self._barriers: Barriers
+        self._pressure: Backpressure
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -122,6 +122,7 @@ class Engine:
         self._barriers = Barriers(self.pipeline, self.stages, self.run_dir, self.store)
         self._barriers.open(ledger, events)
         self._barriers.on_spill = self._observer.spilled
+        self._pressure = Backpressure(self.stages, self.groups, self._barriers)
 
     @property
     def ledger(self) -> Ledger:
@@ -466,7 +467,7 @@ class Engine:
             held = self._barriers.held(head)
             if held:
                 ready = 0
-            in_fill = 1.0 if not head.stage.upstream else self._fill(head)
+            in_fill = 1.0 if not head.stage.upstream else self._pressure.fill(head)
             cap = self._cost.workers_fed(g.service, len(g.members))
             if g.head.concurrency is not None:
                 cap = min(cap or g.head.concurrency, g.head.concurrency)
@@ -474,36 +475,11 @@ class Engine:
                 name=name, resources=g.head.resources, ready=ready, running=g.running,
                 workers=len(self._pool.of(name)), service=g.service,
                 batch=g.head.batch_size or 1, cap=cap, depth=head.depth,
-                throttled=self._room(g) <= 0, floor=g.head.min_workers,
-                expected=not g.pending and not held and not g.head.barrier and self._fed(g),
-                in_fill=in_fill, out_fill=self._out_fill(g))
+                throttled=self._pressure.room(g) <= 0, floor=g.head.min_workers,
+                expected=(not g.pending and not held and not g.head.barrier
+                          and self._pressure.fed(g)),
+                in_fill=in_fill, out_fill=self._pressure.out_fill(g))
         return loads
-
-    def _fill(self, state: StageState) -> float:
-        """How full a stage's queue is, 0..1, measured in time: full is QUEUE_SECONDS of its
-        work (at least two windows, at most QUEUE_LIMIT items)."""
-        group = self.groups[state.group]
-        full = QUEUE_LIMIT / 4 if state.service is None else QUEUE_SECONDS / state.service
-        full = min(QUEUE_LIMIT, max(full, 2 * group.window))
-        return min(1.0, state.pending / full)
-
-    def _out_fill(self, group: GroupState) -> float:
-        return max((self._fill(self.stages[d]) for d in group.members[-1].downstream
-                    if not self._barriers.waiting(d)), default=0.0)
-
-    def _room(self, group: GroupState) -> int:
-        """How many more items the group may take before its downstream queues are full.
-
-        Items in flight count against the room: each will land downstream.
-        """
-        queued = [self.stages[d].pending for d in group.members[-1].downstream
-                  if not self._barriers.waiting(d)]
-        return QUEUE_LIMIT - max(queued, default=0) - group.running
-
-    def _fed(self, group: GroupState) -> bool:
-        """Whether work may still arrive: something above the group is pending or running."""
-        head = group.members[0]
-        return any(self.stages[a].pending or self.stages[a].running for a in head.ancestors)
 
     def _reconcile(self, loads: dict[str, Load], now: float) -> None:
         """Start and stop workers to match the plan's targets.
@@ -529,7 +505,7 @@ class Engine:
             if alive <= group.head.min_workers:
                 return True  # kept warm
             if not (self.front.open_ended or group.pending or group.running
-                    or self._fed(group)):
+                    or self._pressure.fed(group)):
                 return False  # nothing left for it to do
             if alive <= targets[worker.group]:
                 return True
@@ -539,7 +515,7 @@ class Engine:
                 return now - worker.idle_since < group.head.idle_timeout
             idle_limit = self.front.idle_seconds
             if group.setup_cost > idle_limit and (group.pending or group.running
-                                                  or self._fed(group)):
+                                                  or self._pressure.fed(group)):
                 return True
             return now - worker.idle_since < idle_limit
 
@@ -561,7 +537,7 @@ class Engine:
                 # Top up by at least half a window, so claims and messages stay chunky.
                 if not worker.can_take_work or want < max(1, window // 2):
                     continue
-                want = min(want, self._room(group))
+                want = min(want, self._pressure.room(group))
                 if want <= 0:
                     break
                 claims = self._claim(group, want, worker, now)
