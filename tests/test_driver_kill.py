@@ -36,8 +36,11 @@ PIPELINES = Path(__file__).parent / "pipelines"
 RUNNER = ("import sys; sys.path.insert(0, {pipelines!r}); import counted; "
           "counted.pipe.run(counted.inputs({n}), run_dir=sys.argv[1], cpus=2)")
 N = 3000
-# (what each kill waits for, last-stage rows this driver must have recorded first)
-KILLS = [("sync", 0), ("done", 150), ("sync", 150), ("done", 150), ("sync", 150)]
+# (what each kill waits for, last-stage rows this driver must have recorded first). A
+# driver's first sync commits the ledger's schema on a first run; on a resume, its
+# preparation: the rows the dead driver left running made pending, the inputs compared.
+KILLS = [("sync", 0), ("done", 150), ("sync", 150), ("sync", 0), ("done", 150),
+         ("sync", 150)]
 # fsync and fdatasync, by machine: SQLite syncs the WAL with one of them on each commit
 SYNCS = {"x86_64": {74, 75}, "aarch64": {82, 83}}.get(platform.machine())
 
