@@ -14,7 +14,8 @@ and not at the next (done rows lost), outputs recorded twice (duplicated),
 executions logged after a kill of a row committed done before it
 (re-executions of done items), the other repeated executions (re-executions
 of items in flight at a kill: allowed), the drivers' wall time from the first
-start to the end (kills and restarts included) and items/s. Target (issue
+start to the end (kills and restarts included) and items/s, and the seconds
+each start took to take in the inputs (from the run's events). Target (issue
 22): 0 lost, 0 duplicated, 0 re-executions of done items. The peer, same
 process run: the same items run once without a kill.
 """
@@ -36,6 +37,7 @@ import psutil
 from common import emit, machine, parser
 
 from conveyor import Item, Pipeline, open_run
+from conveyor.observe.events import read_events
 
 BENCHMARKS = str(Path(__file__).resolve().parent)
 # fsync and fdatasync, by machine: SQLite syncs the WAL with one of them on each commit
@@ -207,6 +209,14 @@ def main() -> None:
                 redone += 1
             position += len(line)
     in_flight = sum(runs.values()) - len(runs) - redone
+    # what each start spent taking the inputs in again (a resume compares all of them)
+    prepare, starts, began = [], 0, None
+    for event in read_events(run_dir):
+        if event["event"] == "run_start":
+            starts, began = starts + 1, event["t"]
+        elif event["event"] == "inputs" and began is not None:
+            prepare.append(event["t"] - began)
+            began = None
 
     clean_dir = base / "clean"  # the peer: the same items, not killed
     begun = time.perf_counter()
@@ -218,7 +228,8 @@ def main() -> None:
     emit("killdriver", items=n, kills=kills, kills_landed=landed, lost=lost,
          done_rows_lost=vanished, duplicated_outputs=duplicated, reexecuted_done=redone,
          reexecuted_in_flight=in_flight, executions=sum(runs.values()),
-         wall_s=round(wall, 2), items_per_s=round(n / wall, 1),
+         wall_s=round(wall, 2), items_per_s=round(n / wall, 1), starts=starts,
+         prepare_s_per_start=round(sum(prepare) / len(prepare), 2),
          uninterrupted_s=round(clean, 2), uninterrupted_items_per_s=round(n / clean, 1),
          target={"lost": 0, "duplicated_outputs": 0, "reexecuted_done": 0})
 
