@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -85,12 +86,24 @@ def syncing_wal(pid: int) -> bool:
     return False
 
 
-def start_driver(run_dir: Path, log: Path, stderr: Path) -> subprocess.Popen:
+@pytest.fixture
+def drivers() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:  # a failed test leaves no driver behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def start_driver(drivers: list[subprocess.Popen], run_dir: Path, log: Path,
+                 stderr: Path) -> subprocess.Popen:
     code = RUNNER.format(pipelines=str(PIPELINES), n=N)
     with open(stderr, "w") as err:
-        return subprocess.Popen([sys.executable, "-c", code, str(run_dir)],
-                                env={**os.environ, "COUNTED_LOG": str(log)},
-                                stdout=subprocess.DEVNULL, stderr=err)
+        drivers.append(subprocess.Popen([sys.executable, "-c", code, str(run_dir)],
+                                        env={**os.environ, "COUNTED_LOG": str(log)},
+                                        stdout=subprocess.DEVNULL, stderr=err))
+    return drivers[-1]
 
 
 def gone(pid: int) -> bool:
@@ -127,7 +140,7 @@ def kill_on(event: str, gain: int, proc: subprocess.Popen, ledger: Path, stderr:
 
 
 def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_done(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, drivers):
     monkeypatch.syspath_prepend(str(PIPELINES))
     import counted
 
@@ -140,7 +153,7 @@ def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_do
     for k, (event, gain) in enumerate(KILLS):
         stderr = tmp_path / f"driver{k}.err"
         before = last_done(ledger)
-        proc = start_driver(run_dir, log, stderr)
+        proc = start_driver(drivers, run_dir, log, stderr)
         kill_on(event, gain, proc, ledger, stderr, before)
         offset = log.stat().st_size if log.exists() else 0
         done = done_rows(ledger)
@@ -151,7 +164,7 @@ def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_do
         at_kills.append(sum(stage == "third" for stage, _ in done))
 
     stderr = tmp_path / "final.err"
-    proc = start_driver(run_dir, log, stderr)
+    proc = start_driver(drivers, run_dir, log, stderr)
     assert proc.wait(timeout=300) == 0, stderr.read_text()[-2000:]
 
     # nothing lost, nothing recorded twice: each input has exactly its one output
