@@ -38,7 +38,7 @@ lock:
 	./scripts/lock.sh
 
 bench: venv
-	for b in hetero cpu3 overhead first rerun memory groups dedupe dataset; do $(PY) benchmarks/$$b.py; done
+	for b in hetero cpu3 overhead first rerun memory groups killdriver dedupe dataset; do $(PY) benchmarks/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .venv-latest runs .pytest_cache

@@ -32,6 +32,9 @@ EXPECTED = {
     "dedupe": {"docs", "true_pairs", "docs_per_s", "conveyor", "datatrove_docs_per_s",
                "datatrove", "ratio"},
     "docs_expand": {"archives", "per_archive_docs_per_s", "single_item_docs_per_s", "ratio"},
+    "killdriver": {"kills_landed", "lost", "done_rows_lost", "duplicated_outputs",
+                   "reexecuted_done", "reexecuted_in_flight", "items_per_s",
+                   "uninterrupted_items_per_s"},
     "serve": {"batched", "unbatched", "batching_speedup", "direct_p50_ms", "overhead_ms",
               "ratio"},
 }
@@ -61,6 +64,10 @@ def check_benchmark(name: str, tmp_path: Path, *args: str) -> list[dict]:
         assert record["bench"] == name
         if name == "groups":  # the killed partition, and only it, ran again
             assert record["partitions_run_twice"] == [record["killed_partition"]]
+        if name == "killdriver":  # the guarantee holds at any size
+            assert record["kills_landed"] >= 1
+            assert record["lost"] == record["done_rows_lost"] == 0
+            assert record["duplicated_outputs"] == record["reexecuted_done"] == 0
         assert EXPECTED[name] <= set(record), set(record)
         assert record["machine"]["cpus"] >= 1 and record["date"]
     return lines
