@@ -10,6 +10,7 @@ process is used by the executor as it is). Its tests carry the ``ray`` marker:
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -46,6 +47,17 @@ def executor(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[subprocess.Popen]]:
+    """Driver processes a test starts (it appends them); a failed test leaves none behind."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- object storage: a real S3 API server -------------------------------------------------

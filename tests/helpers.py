@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import os
+import platform
+import signal
 import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
+from typing import Callable
+
+import psutil
+import pytest
+
+from conveyor.errors import LedgerError
+from conveyor.ledger import SqliteLedger
 
 
 def read_log(path: Path) -> list[str]:
@@ -102,3 +113,104 @@ def _drop(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+# -- killing a driver at a moment chosen by an event ---------------------------------------------
+
+# fsync and fdatasync, by machine: SQLite syncs the WAL with one of them on each commit
+WAL_SYNCS = {"x86_64": {74, 75}, "aarch64": {82, 83}}.get(platform.machine())
+needs_wal_syncs = pytest.mark.skipif(
+    WAL_SYNCS is None or not Path("/proc/self/task").is_dir(),
+    reason="needs Linux's /proc/PID/task/*/syscall on x86_64 or aarch64")
+
+
+def done_count(ledger: Path, stage: str) -> int:
+    """Rows ``stage`` has committed done, as any reader sees them."""
+    try:
+        with SqliteLedger(ledger, readonly=True) as view:
+            return view.counts().get(stage, {}).get("done", 0)
+    except LedgerError:  # the driver has not created the ledger's tables yet
+        return 0
+
+
+def done_rows(ledger: Path) -> set[tuple[str, str]]:
+    """The (stage, key) rows committed done (or routed out: never to run), as any reader sees them."""
+    try:
+        with SqliteLedger(ledger, readonly=True) as view:
+            return {(r["stage"], r["key"]) for r in view.rows()
+                    if r["status"] in ("done", "routed-out")}
+    except LedgerError:
+        return set()
+
+
+def syncing_wal(pid: int) -> bool:
+    """Whether a thread of ``pid`` is blocked in an fsync of the ledger's WAL right now."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as fh:
+                call = fh.read().split()
+            if len(call) < 2 or not call[0].isdigit() or int(call[0]) not in WAL_SYNCS:
+                continue
+            if os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}").endswith("ledger.db-wal"):
+                return True
+        except OSError:  # the thread or the descriptor went away meanwhile
+            continue
+    return False
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(check: Callable[[], bool], what: str, proc: subprocess.Popen, stderr: Path,
+             pause: float) -> None:
+    """Poll ``check`` until it holds; fail if the driver ``proc`` ends first."""
+    while not check():
+        if proc.poll() is not None:
+            pytest.fail(f"the driver ended (exit {proc.returncode}) before {what}:\n"
+                        f"{stderr.read_text()[-2000:]}")
+        time.sleep(pause)
+
+
+def kill_driver(proc: subprocess.Popen, stderr: Path, sync: bool) -> None:
+    """SIGKILL the driver ``proc`` (if ``sync``, once it is inside a commit's fsync of the
+    ledger's WAL), then wait until its workers are gone too."""
+    if sync:  # a sync lasts a millisecond or so: look without pausing
+        wait_for(lambda: syncing_wal(proc.pid), "a commit was caught", proc, stderr, pause=0)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60  # a guard: they die with it (PDEATHSIG) at once
+    while not all(gone(w.pid) for w in workers):
+        assert time.monotonic() < deadline, "the killed driver's workers outlived it"
+        time.sleep(0.01)
+
+
+def log_offset(log: Path) -> int:
+    """The execution log's length: lines past it were written later."""
+    return log.stat().st_size if log.exists() else 0
+
+
+def executions(log: Path, done_at: dict[tuple[str, str], int]
+               ) -> tuple[dict[tuple[str, str], int], list[tuple[str, str]]]:
+    """Count each (stage, key)'s executions in ``log`` (lines "stage key ..."), and list
+    those that ran at or past the offset ``done_at`` gives for their row: the log's
+    length when the row was first seen committed done."""
+    runs: dict[tuple[str, str], int] = {}
+    redone = []
+    position = 0
+    for line in log.read_bytes().splitlines(keepends=True):
+        stage, key = line.decode().split()[:2]
+        runs[(stage, key)] = runs.get((stage, key), 0) + 1
+        if position >= done_at.get((stage, key), position + 1):
+            redone.append((stage, key))
+        position += len(line)
+    return runs, redone

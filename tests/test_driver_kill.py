@@ -18,20 +18,14 @@ that set is a violation.
 from __future__ import annotations
 
 import os
-import platform
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Iterator
-
-import psutil
-import pytest
 
 from conveyor import open_run
-from conveyor.errors import LedgerError
 from conveyor.ledger import SqliteLedger
+from helpers import (done_count, done_rows, executions, kill_driver, log_offset,
+                     needs_wal_syncs, wait_for)
 
 PIPELINES = Path(__file__).parent / "pipelines"
 RUNNER = ("import sys; sys.path.insert(0, {pipelines!r}); import counted; "
@@ -42,58 +36,8 @@ N = 3000
 # preparation: the rows the dead driver left running made pending, the inputs compared.
 KILLS = [("sync", 0), ("done", 150), ("sync", 150), ("sync", 0), ("done", 150),
          ("sync", 150)]
-# fsync and fdatasync, by machine: SQLite syncs the WAL with one of them on each commit
-SYNCS = {"x86_64": {74, 75}, "aarch64": {82, 83}}.get(platform.machine())
 
-pytestmark = pytest.mark.skipif(
-    SYNCS is None or not Path("/proc/self/task").is_dir(),
-    reason="needs Linux's /proc/PID/task/*/syscall on x86_64 or aarch64")
-
-
-def last_done(ledger: Path) -> int:
-    """Rows the last stage has committed done, as any reader sees them."""
-    try:
-        with SqliteLedger(ledger, readonly=True) as view:
-            return view.counts().get("third", {}).get("done", 0)
-    except LedgerError:  # the driver has not created the ledger's tables yet
-        return 0
-
-
-def done_rows(ledger: Path) -> set[tuple[str, str]]:
-    try:
-        with SqliteLedger(ledger, readonly=True) as view:
-            return {(r["stage"], r["key"]) for r in view.rows() if r["status"] == "done"}
-    except LedgerError:
-        return set()
-
-
-def syncing_wal(pid: int) -> bool:
-    """Whether a thread of ``pid`` is blocked in an fsync of the ledger's WAL right now."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/syscall") as fh:
-                call = fh.read().split()
-            if len(call) < 2 or not call[0].isdigit() or int(call[0]) not in SYNCS:
-                continue
-            if os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}").endswith("ledger.db-wal"):
-                return True
-        except OSError:  # the thread or the descriptor went away meanwhile
-            continue
-    return False
-
-
-@pytest.fixture
-def drivers() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:  # a failed test leaves no driver behind
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+pytestmark = needs_wal_syncs
 
 
 def start_driver(drivers: list[subprocess.Popen], run_dir: Path, log: Path,
@@ -106,37 +50,13 @@ def start_driver(drivers: list[subprocess.Popen], run_dir: Path, log: Path,
     return drivers[-1]
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_for(check, what: str, proc: subprocess.Popen, stderr: Path, pause: float) -> None:
-    """Poll ``check`` until it holds; fail if the driver ends first."""
-    while not check():
-        if proc.poll() is not None:
-            pytest.fail(f"the driver ended (exit {proc.returncode}) before {what}:\n"
-                        f"{stderr.read_text()[-2000:]}")
-        time.sleep(pause)
-
-
 def kill_on(event: str, gain: int, proc: subprocess.Popen, ledger: Path, stderr: Path,
             before: int) -> None:
     """SIGKILL the driver once the last stage has ``gain`` more done rows than ``before``
     and, for a ``sync`` kill, once it is inside a commit's fsync of the WAL."""
-    wait_for(lambda: last_done(ledger) >= before + gain,
+    wait_for(lambda: done_count(ledger, "third") >= before + gain,
              f"{gain} more rows were done", proc, stderr, pause=0.005)
-    if event == "sync":  # a sync lasts a millisecond or so: look without pausing
-        wait_for(lambda: syncing_wal(proc.pid), "a commit was caught", proc, stderr, pause=0)
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 60  # a guard: they die with it (PDEATHSIG) at once
-    while not all(gone(w.pid) for w in workers):
-        assert time.monotonic() < deadline, "the killed driver's workers outlived it"
-        time.sleep(0.01)
+    kill_driver(proc, stderr, sync=event == "sync")
 
 
 def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_done(
@@ -152,10 +72,10 @@ def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_do
     at_kills: list[int] = []  # last-stage rows done at each kill
     for k, (event, gain) in enumerate(KILLS):
         stderr = tmp_path / f"driver{k}.err"
-        before = last_done(ledger)
+        before = done_count(ledger, "third")
         proc = start_driver(drivers, run_dir, log, stderr)
         kill_on(event, gain, proc, ledger, stderr, before)
-        offset = log.stat().st_size if log.exists() else 0
+        offset = log_offset(log)
         done = done_rows(ledger)
         lost += sorted(previous - done)
         for row in done - previous:
@@ -180,15 +100,7 @@ def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_do
         assert view.integrity_check() == "ok"
 
     # nothing committed done before a kill ran again after it
-    runs: dict[tuple[str, str], int] = {}
-    redone = []
-    position = 0
-    for line in log.read_bytes().splitlines(keepends=True):
-        stage, key, _ = line.decode().split()
-        runs[(stage, key)] = runs.get((stage, key), 0) + 1
-        if position >= done_at.get((stage, key), position + 1):
-            redone.append((stage, key))
-        position += len(line)
+    runs, redone = executions(log, done_at)
     assert redone == []
     assert len(runs) == 3 * N  # every row ran, and was logged
     assert at_kills[-1] > 0.1 * N, "too little was done at the kills to test anything"
