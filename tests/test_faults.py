@@ -1,8 +1,8 @@
 """Fault tolerance with real processes and real signals.
 
-A driver killed with SIGKILL at random moments, then resumed, must end with
-exactly the outputs of an uninterrupted run, lose nothing, and never run
-again an item that was already recorded done. Workers that die (killed,
+A driver killed with SIGKILL at moments chosen by events, then resumed, must
+end with exactly the outputs of an uninterrupted run, lose nothing, and never
+run again an item that was already recorded done. Workers that die (killed,
 segfault, os._exit, past their RAM, past their timeout) cost their current
 item one attempt with the reason recorded, and the run goes on.
 """
@@ -10,9 +10,7 @@ item one attempt with the reason recorded, and the run goes on.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,13 +18,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 
 from conveyor import Item, Pipeline, RunLockedError, open_run
 from conveyor.observe.events import read_events
 from conveyor.ledger import SqliteLedger
-from helpers import append_log, read_log
+from helpers import (append_log, done_count, done_rows, executions, kill_driver, log_offset,
+                     needs_wal_syncs, read_log, wait_for)
 
 PIPELINES = Path(__file__).parent / "pipelines"
 RUNNER = textwrap.dedent("""
@@ -35,45 +33,33 @@ RUNNER = textwrap.dedent("""
     import faulty
     faulty.pipe.run(faulty.inputs({n}), run_dir=sys.argv[1], cpus=2)
 """)
+N = 40  # documents; each splits into 3 parts, which work and finish; one total
+ROWS = {"split": N, "work": 3 * N, "finish": 3 * N}
+# (what each kill waits for, the stage whose done rows it counts, how many more this
+# driver must have recorded first). Each killed driver holds the reduce in flight
+# (FAULT_HOLD), so none can finish before its kill: the last kill lands there. A
+# driver's first sync commits the ledger's schema on a first run; on a resume, its
+# preparation.
+KILLS = [("sync", "split", 0), ("done", "split", 10), ("sync", "work", 20),
+         ("done", "finish", 30), ("sync", "finish", 0), ("reduce", "finish", 0)]
 
 
-def start_driver(run_dir: Path, log: Path, n: int) -> subprocess.Popen:
-    code = RUNNER.format(pipelines=str(PIPELINES), n=n)
-    env = {**os.environ, "FAULT_LOG": str(log), "FAULT_SLEEP": "0.03"}
-    return subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_driver(drivers: list[subprocess.Popen], run_dir: Path, log: Path, stderr: Path,
+                 hold: bool) -> subprocess.Popen:
+    code = RUNNER.format(pipelines=str(PIPELINES), n=N)
+    env = {**os.environ, "FAULT_LOG": str(log), "FAULT_SLEEP": "0.03",
+           "FAULT_HOLD": "1" if hold else "0"}
+    with open(stderr, "w") as err:
+        drivers.append(subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=err))
+    return drivers[-1]
 
 
-def done_rows(run_dir: Path) -> set[tuple[str, str]]:
-    db = sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True)
-    try:
-        return {(s, k) for s, k in db.execute(
-            "SELECT stage, key FROM items WHERE status IN ('done', 'routed-out')")}
-    except sqlite3.OperationalError:  # killed before the schema was committed
-        return set()
-    finally:
-        db.close()
-
-
-def executions(log: Path) -> list[tuple[str, str, int, float]]:
-    rows = []
-    for line in read_log(log):
-        stage, key, pid, t = line.split()
-        rows.append((stage, key, int(pid), float(t)))
-    return rows
-
-
-def gone(pid: int, within: float) -> bool:
-    """Whether the process exits within ``within`` seconds (a zombie counts as gone)."""
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
+def reduce_called(log: Path, since: int) -> bool:
+    """Whether the reduce logged a call past offset ``since`` of the execution log."""
+    with open(log, "rb") as fh:
+        fh.seek(since)
+        return b"\ntotal total " in b"\n" + fh.read()
 
 
 def outputs(run_dir: Path) -> dict[str, dict]:
@@ -81,56 +67,62 @@ def outputs(run_dir: Path) -> dict[str, dict]:
         return {stage: dict(result.outputs(stage)) for stage in result.stages}
 
 
-def test_kill_minus_9_anywhere_loses_nothing_and_repeats_nothing_done(tmp_path):
-    n = 40
+@needs_wal_syncs
+def test_kill_minus_9_anywhere_loses_nothing_and_repeats_nothing_done(tmp_path, drivers):
     clean_dir, clean_log = tmp_path / "clean", tmp_path / "clean.log"
-    proc = start_driver(clean_dir, clean_log, n)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    proc = start_driver(drivers, clean_dir, clean_log, tmp_path / "clean.err", hold=False)
+    assert proc.wait(timeout=120) == 0, (tmp_path / "clean.err").read_text()[-2000:]
     expected = outputs(clean_dir)
-    assert expected["total"]["total"]["n"] == 3 * n
+    assert expected["total"]["total"]["n"] == 3 * N
 
     run_dir, log = tmp_path / "killed", tmp_path / "killed.log"
-    rng = random.Random(20261123)
-    kills = []  # (time of the kill, what was done at that moment)
-    while True:
-        proc = start_driver(run_dir, log, n)
-        delay = rng.uniform(0.3, 1.2)
-        try:
-            code = proc.wait(timeout=delay)
-            break  # it finished before the kill
-        except subprocess.TimeoutExpired:
-            pass
-        workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        killed_at = time.time()
-        kills.append((killed_at, done_rows(run_dir)))
-        for pid in workers:  # they die with their driver: no orphans
-            assert gone(pid, within=5)
-        if len(kills) >= 6:
-            proc = start_driver(run_dir, log, n)
-            code = proc.wait(timeout=120)
-            break
-    assert code == 0, proc.stderr.read().decode()[-2000:]
-    assert len(kills) >= 3, "the run finished before enough kills landed"
+    ledger = run_dir / "ledger.db"
+    done_at: dict[tuple[str, str], int] = {}  # row -> log length when first seen done
+    lost: list[tuple[str, str]] = []
+    previous: set[tuple[str, str]] = set()
+    at_kills: list[list[int]] = []  # split, work, finish rows done at each kill
+    for k, (event, stage, gain) in enumerate(KILLS):
+        stderr = tmp_path / f"driver{k}.err"
+        target = min(done_count(ledger, stage) + gain, ROWS[stage])
+        started_at = log_offset(log)
+        proc = start_driver(drivers, run_dir, log, stderr, hold=True)
+        wait_for(lambda: done_count(ledger, stage) >= target,
+                 f"{stage} had {target} rows done", proc, stderr, pause=0.005)
+        if event == "reduce":  # in flight: its call logged, and held
+            wait_for(lambda: log.exists() and reduce_called(log, started_at),
+                     "the reduce was called", proc, stderr, pause=0.005)
+        kill_driver(proc, stderr, sync=event == "sync")
+        offset = log_offset(log)
+        done = done_rows(ledger)
+        lost += sorted(previous - done)
+        for row in done - previous:
+            done_at[row] = offset
+        previous = done
+        at_kills.append([sum(s == name for s, _ in done) for name in ROWS])
+    # the last kill caught the reduce in flight: all its input done, itself not
+    assert sum(s == "finish" for s, _ in previous) == 3 * N
+    assert ("total", "total") not in previous
+
+    stderr = tmp_path / "final.err"
+    proc = start_driver(drivers, run_dir, log, stderr, hold=False)
+    assert proc.wait(timeout=120) == 0, stderr.read_text()[-2000:]
 
     # nothing lost, nothing duplicated: exactly the uninterrupted outputs
     assert outputs(run_dir) == expected
-    with SqliteLedger(run_dir / "ledger.db") as ledger:
-        assert ledger.integrity_check() == "ok"
-        counts = ledger.counts()
+    assert lost == []
+    with SqliteLedger(ledger) as view:
+        assert view.integrity_check() == "ok"
+        counts = view.counts()
     assert all(set(c) <= {"done", "routed-out"} for c in counts.values()), counts
 
-    # nothing that was done at a kill ran again afterwards
-    redone = [(stage, key) for killed_at, done in kills
-              for stage, key, _, t in executions(log) if t > killed_at and (stage, key) in done]
+    # nothing committed done before a kill ran again after it
+    runs, redone = executions(log, done_at)
     assert redone == []
-    runs = {}
-    for stage, key, _, _ in executions(log):
-        runs[(stage, key)] = runs.get((stage, key), 0) + 1
+    assert len(runs) == sum(ROWS.values()) + 1  # every row ran (the reduce too), and was logged
+    assert runs[("total", "total")] >= 2  # in flight at the last kill, run again after it
     extra = sum(n - 1 for n in runs.values())
-    print(f"\nkills survived: {len(kills)}, items lost: 0, re-executions of done items: "
-          f"{len(redone)}, re-executions of items in flight at a kill: {extra}")
+    print(f"\nkills survived: {len(KILLS)}, at {at_kills} (split, work, finish) done; items "
+          f"lost: 0, re-executions of done items: 0, of items in flight at a kill: {extra}")
 
 
 # -- worker faults --------------------------------------------------------------------------------
@@ -274,24 +266,21 @@ def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
 
 # -- the run lock -------------------------------------------------------------------------------
 
-def test_a_second_driver_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
-    run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    env_sleep = {**os.environ, "FAULT_SLEEP": "0.5"}
-    code = RUNNER.format(pipelines=str(PIPELINES), n=20)
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)],
-                              env={**env_sleep, "FAULT_LOG": str(log)})
-    deadline = time.time() + 30
-    while not (run_dir / "lock").exists() or not (run_dir / "lock").read_text():
-        assert time.time() < deadline
-        time.sleep(0.05)
+def test_a_second_driver_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, drivers):
+    run_dir, stderr = tmp_path / "run", tmp_path / "holder.err"
+    # it holds the reduce, so it cannot finish (and let the lock go) before it is killed
+    holder = start_driver(drivers, run_dir, tmp_path / "run.log", stderr, hold=True)
+    lock = run_dir / "lock"
+    wait_for(lambda: lock.exists() and bool(lock.read_text()), "it wrote its lock",
+             holder, stderr, pause=0.05)
     sys.path.insert(0, str(PIPELINES))
     import faulty
 
     with pytest.raises(RunLockedError, match=f"pid {holder.pid} on .* since "):
-        faulty.pipe.run(faulty.inputs(20), run_dir=run_dir)
+        faulty.pipe.run(faulty.inputs(N), run_dir=run_dir)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    faulty.pipe.run(faulty.inputs(20), run_dir=run_dir)  # the dead driver's lock is stale
+    faulty.pipe.run(faulty.inputs(N), run_dir=run_dir)  # the dead driver's lock is stale
     starts = [e for e in read_events(run_dir) if e["event"] == "run_start"]
     assert starts[-1]["took_over"]["pid"] == holder.pid
 

@@ -1,16 +1,21 @@
 """A pipeline for fault-injection tests: every call is logged, so re-execution is visible.
 
 Each stage appends "stage key pid time" to $FAULT_LOG before returning; items
-take a little time so that a kill lands in the middle of work.
+take a little time so that a kill lands in the middle of work. With
+``FAULT_HOLD=1`` the reduce, once logged, never returns: a driver that holds
+it cannot finish, so a test can kill it at any point it waits for, the reduce
+in flight included.
 """
 
 import os
+import threading
 import time
 
 from conveyor import Item, Pipeline
 
 LOG = os.environ.get("FAULT_LOG", "/dev/null")
 SLEEP = float(os.environ.get("FAULT_SLEEP", "0.02"))
+HOLD = os.environ.get("FAULT_HOLD") == "1"
 
 pipe = Pipeline("faulty")
 
@@ -50,6 +55,8 @@ def finish(parts, ctx):
 def total(parts):
     parts = list(parts)
     log("total", "total")
+    if HOLD:  # until the test kills the driver, and this worker with it
+        threading.Event().wait()
     return {"n": len(parts), "sum": sum(p["final"] for p in parts)}
 
 
