@@ -369,11 +369,13 @@ def test_kill_9_of_the_driver_in_the_group_phase_then_resume(run_dir, tmp_path):
     log = tmp_path / "calls.log"
     env = {**os.environ, "GROUP_LOG": str(log)}
     code = RUNNER.format(pipelines=str(PIPELINES))
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
+    # the last partition to start holds the run open: it cannot finish before the kill
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)],
+                            env={**env, "GROUP_HOLD": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while proc.poll() is None and not _done_partitions(run_dir):
-        time.sleep(0.02)  # until a partition is recorded done (the driver is still running)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    while not _done_partitions(run_dir):  # until a partition is recorded done
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = _done_partitions(run_dir)
