@@ -27,7 +27,8 @@ PIPELINE = textwrap.dedent("""
         if LOG:
             with open(LOG, "a") as fh:
                 fh.write(word + "\\n")
-        time.sleep(float(os.environ.get("CLI_TEST_SLEEP", "0")))
+        while word == os.environ.get("CLI_TEST_HOLD"):  # never returns: the run can't end
+            time.sleep(0.05)
         if word == "bad":
             raise ValueError("bad word")
         return word.upper()
@@ -106,14 +107,15 @@ def test_definition_and_usage_errors_exit_2(module, run_dir, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_cleanly_and_the_same_command_resumes(signum, module, run_dir, tmp_path):
     log = tmp_path / "calls.log"
-    env = {"CLI_TEST_LOG": str(log), "CLI_TEST_SLEEP": "0.1"}
+    env = {"CLI_TEST_LOG": str(log)}
     words = [f"w{i:02d}" for i in range(40)]
     args = ["run", f"{module}:pipe", *words, "--run-dir", str(run_dir), "-q", "--cpus", "1"]
+    # the last word's call never returns, so the run is still going when the signal comes
     proc = subprocess.Popen([sys.executable, "-m", "conveyor", *args],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(log.read_text().splitlines() if log.exists() else []) < 8:
+                            env={**os.environ, **env, "CLI_TEST_HOLD": "w39"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while len(log.read_text().splitlines() if log.exists() else []) < 8:
+        assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
