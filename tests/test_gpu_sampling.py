@@ -52,7 +52,7 @@ def sampled_run(run_dir: Path, allocate_mib: int = 0):
     """One item on one worker of a ``gpus=1`` stage, in benchmark mode. The item waits
     until a tick in events.jsonl has sampled its own worker (found by its pid in
     ``worker_start``), then returns that sample; with ``allocate_mib`` it holds that
-    much CUDA memory (torch) meanwhile, and returns the first sample taken after it."""
+    much CUDA memory (torch) meanwhile, and returns a sample taken after it."""
     pipe = Pipeline("gpu-sampling")
 
     @pipe.stage(gpus=1, cpus=1)
@@ -66,14 +66,19 @@ def sampled_run(run_dir: Path, allocate_mib: int = 0):
         since = time.time()
         me = None
         while True:
+            later = 0  # ticks of this worker stamped after ``since``
             for e in read_events(run_dir):
                 if e["event"] == "worker_start" and e["pid"] == os.getpid():
                     me = str(e["worker"])
                 elif (me is not None and e["event"] == "tick" and e["t"] > since
                       and me in e["workers"]):
-                    del block
-                    return {"worker": me, "sample": e["workers"][me],
-                            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                    # A tick is stamped once sampled: the first stamped after ``since``
+                    # may have sampled before it, the next one sampled after that one.
+                    later += 1
+                    if later == 2:
+                        del block
+                        return {"worker": me, "sample": e["workers"][me],
+                                "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
             time.sleep(0.05)
 
     return pipe.run([Item("only", 1)], run_dir=run_dir, cpus=2, gpus=1, bench=True)
