@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -285,16 +286,29 @@ def test_a_second_driver_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path,
     assert starts[-1]["took_over"]["pid"] == holder.pid
 
 
+def waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` (of this process) is inside ``function`` right now."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_a_dead_drivers_lock_still_held_by_its_dying_child_is_taken_over(tmp_path):
     # The holder dies while a child it forked still holds the lock's descriptor (as a
-    # worker between fork and exec does); the lock frees when the child goes.
+    # worker between fork and exec does); the lock frees when the child goes, which is
+    # once the new driver is seen waiting for it.
+    release = tmp_path / "release"
     code = textwrap.dedent(f"""
         import os, time
         from conveyor.engine.lock import RunLock
         lock = RunLock({str(tmp_path)!r}).acquire()
         os.set_inheritable(lock._fd, True)
-        if os.fork() == 0:
-            time.sleep(1.5)  # the child outlives its parent, holding the descriptor
+        if os.fork() == 0:  # the child outlives its parent, holding the descriptor
+            while not os.path.exists({str(release)!r}):
+                time.sleep(0.01)
             os._exit(0)
         os._exit(0)
     """)
@@ -302,7 +316,17 @@ def test_a_dead_drivers_lock_still_held_by_its_dying_child_is_taken_over(tmp_pat
     assert holder.wait(timeout=60) == 0
     from conveyor.engine.lock import RunLock
 
-    lock = RunLock(tmp_path).acquire()  # within DEAD_HOLDER_WAIT, not refused
+    taken: list = []
+    acquirer = threading.Thread(target=lambda: taken.append(RunLock(tmp_path).acquire()))
+    acquirer.start()
+    try:
+        while not waiting_in(acquirer, "_wait_for"):  # it found the holder dead, the lock held
+            assert acquirer.is_alive(), "acquire ended without waiting for the child"
+            time.sleep(0.001)
+    finally:
+        release.touch()
+        acquirer.join()
+    (lock,) = taken  # within DEAD_HOLDER_WAIT, not refused
     try:
         assert lock.previous["pid"] == holder.pid
     finally:
