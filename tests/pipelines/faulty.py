@@ -1,6 +1,6 @@
 """A pipeline for fault-injection tests: every call is logged, so re-execution is visible.
 
-Each stage appends "stage key pid time" to $FAULT_LOG before returning; items
+Each stage appends "stage key pid" to $FAULT_LOG before returning; items
 take a little time so that a kill lands in the middle of work. With
 ``FAULT_HOLD=1`` the reduce, once logged, never returns: a driver that holds
 it cannot finish, so a test can kill it at any point it waits for, the reduce
@@ -23,7 +23,7 @@ pipe = Pipeline("faulty")
 def log(stage: str, key: str) -> None:
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{stage} {key} {os.getpid()} {time.time()}\n".encode())
+        os.write(fd, f"{stage} {key} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
 
