@@ -76,6 +76,11 @@ INSERT_GATHER = "INSERT INTO gathers(stage, value_id, gkey, part) VALUES(?, ?, ?
 ROW_COLUMNS = ("id, stage, key, status, attempts, input_id, not_before, error, traceback, "
                 "worker, started, ended, n_out, out_key, out_data, out_ref, out_digest, out_size")
 INSERT_ITEM = f"INSERT INTO items({ROW_COLUMNS}) VALUES({','.join('?' * 18)})"
+# A rerun's inputs against a stage's rows: the chunk's keys as one JSON array, looked up
+# in the (stage, key) index (CROSS JOIN keeps that order: SQLite would rather scan the
+# stage's rows once per key).
+PROBE_INPUTS = ("SELECT j.key, i.id, i.input_id, i.input_digest FROM json_each(?) j "
+                "CROSS JOIN items i ON i.stage = ? AND i.key = j.value")
 INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")
 UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "

@@ -38,6 +38,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import codec
 from ..errors import IllegalTransition, LedgerError
 from ..store import Stored
 from . import sql
@@ -53,6 +54,8 @@ from .base import (
     transition,
 )
 from .sqlite_reads import SqliteReads
+
+INPUT_CHUNK = 5000  # inputs taken in per statement group
 
 
 class SqliteLedger(SqliteReads, Ledger):
@@ -92,7 +95,8 @@ class SqliteLedger(SqliteReads, Ledger):
                 self._db.executescript(
                     "CREATE TEMP TABLE frontier(id INTEGER PRIMARY KEY);"
                     "CREATE TEMP TABLE doomed_values(id INTEGER PRIMARY KEY);"
-                    "CREATE TEMP TABLE doomed_items(id INTEGER PRIMARY KEY);")
+                    "CREATE TEMP TABLE doomed_items(id INTEGER PRIMARY KEY);"
+                    "CREATE TEMP TABLE seen(id INTEGER PRIMARY KEY, chunk INTEGER);")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
         self._in_tx = False
@@ -160,56 +164,95 @@ class SqliteLedger(SqliteReads, Ledger):
         db = self._write()
         if db.execute("SELECT 1 FROM items WHERE stage=? LIMIT 1", (stage,)).fetchone() is None:
             return self._add_first_inputs(stage, inputs)
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS given("
-                   "key TEXT PRIMARY KEY, data BLOB, ref TEXT, digest TEXT, size INTEGER)")
-        db.execute("DELETE FROM temp.given")
-        chunk: list[tuple[str, bytes | None, str | None, str | None, int]] = []
-        for key, value in inputs:
-            chunk.append((key, value.data, value.ref, value.digest, value.size))
-            if len(chunk) >= 5000:
-                self._stage_inputs(chunk)
-                chunk = []
-        self._stage_inputs(chunk)
-        total = db.execute("SELECT count(*) FROM temp.given").fetchone()[0]
+        db.execute("DELETE FROM temp.seen")
+        counts = [0, 0, 0]  # added, changed, unchanged
+        chunk: list[tuple[str, Stored]] = []
+        number = 0
+        for item in inputs:
+            chunk.append(item)
+            if len(chunk) >= INPUT_CHUNK:
+                self._compare_inputs(stage, chunk, number, counts)
+                chunk, number = [], number + 1
+        if chunk:
+            self._compare_inputs(stage, chunk, number, counts)
+        added, changed, unchanged = counts
+        total = added + changed + unchanged
         if total == 0:
             return InputReport(0, 0, 0, [])
-        before = db.execute("SELECT coalesce(max(id), 0) FROM outputs").fetchone()[0]
-        db.execute(
-            "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
-            "SELECT NULL, 0, g.key, g.data, g.ref, g.digest, g.size FROM temp.given g "
-            "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.stage=? AND i.key=g.key)",
-            (stage,))
-        added = db.execute(
-            "INSERT INTO items(stage, key, status, input_id, input_digest) "
-            "SELECT ?, o.key, 'pending', o.id, o.digest FROM outputs o WHERE o.id > ?",
-            (stage, before)).rowcount
-        changed = db.execute(
-            "SELECT i.id, i.input_id, i.key, g.data, g.ref, g.digest, g.size FROM items i "
-            "JOIN temp.given g ON g.key = i.key WHERE i.stage=? AND i.input_digest != g.digest",
-            (stage,)).fetchall()
-        self._drop_derived([row[0] for row in changed])  # one pass for all of them
-        for item_id, old_input, key, data, ref, dig, size in changed:
-            db.execute("DELETE FROM outputs WHERE id=?", (old_input,))
-            new_input = db.execute(
-                "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
-                "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (key, data, ref, dig, size)).lastrowid
-            db.execute(
-                f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
-                f"error=NULL, traceback=NULL, not_before=NULL, {sql.CLEAR_OUTPUT} WHERE id=?",
-                (new_input, dig, item_id))
         (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
         missing = [] if rows == total else [k for (k,) in db.execute(
             "SELECT key FROM items i WHERE stage=? AND NOT EXISTS "
-            "(SELECT 1 FROM temp.given g WHERE g.key = i.key) ORDER BY key", (stage,))]
-        db.execute("DELETE FROM temp.given")
-        return InputReport(added, len(changed), total - added - len(changed), missing)
+            "(SELECT 1 FROM temp.seen s WHERE s.id = i.id) ORDER BY key", (stage,))]
+        db.execute("DELETE FROM temp.seen")
+        return InputReport(added, changed, unchanged, missing)
+
+    def _compare_inputs(self, stage: str, chunk: list[tuple[str, Stored]], number: int,
+                        counts: list[int]) -> None:
+        """One chunk of a rerun's inputs against the rows ``stage`` holds; adds to
+        ``counts`` (added, changed, unchanged).
+
+        The chunk's keys are looked up in one statement; an unchanged input
+        costs no write but its row id in ``temp.seen`` (which finds repeated
+        keys and, at the end, the rows no longer given). ``number`` orders the
+        chunks, so that a repeated key is named where it is first repeated.
+        """
+        db = self._db
+        found = {pos: row for pos, *row in db.execute(sql.PROBE_INPUTS, (
+            codec.encode([key for key, _ in chunk]), stage))}
+        fresh: list[tuple[str, Stored]] = []
+        seen: list[tuple[int, int]] = []
+        changed: list[tuple[int, int, str, Stored]] = []
+        for pos, (key, value) in enumerate(chunk):
+            row = found.get(pos)
+            if row is None:
+                fresh.append((key, value))
+                continue
+            row_id, input_id, digest = row
+            seen.append((row_id, number))
+            if digest != value.digest:
+                changed.append((row_id, input_id, key, value))
+        try:
+            db.executemany("INSERT INTO temp.seen VALUES(?, ?)", seen)
+        except sqlite3.IntegrityError:
+            held = {i for (i,) in db.execute("SELECT id FROM temp.seen WHERE chunk < ?",
+                                             (number,))}
+            ids = {chunk[pos][0]: row[0] for pos, row in found.items()}
+            error = sql.duplicate_key((key for key, _ in chunk),
+                                      lambda key: ids.get(key) in held)
+            if error is not None:
+                raise error from None
+            raise
+        if fresh:
+            (before,) = db.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()
+            (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
+            self._insert_inputs(
+                [(next_id + n, None, 0, key, v.data, v.ref, v.digest, v.size)
+                 for n, (key, v) in enumerate(fresh)],
+                [(stage, key, "pending", next_id + n, v.digest)
+                 for n, (key, v) in enumerate(fresh)])
+            db.execute("INSERT INTO temp.seen SELECT id, ? FROM items WHERE id > ?",
+                       (number, before))
+        self._drop_derived([row[0] for row in changed])  # one pass for the chunk
+        for item_id, old_input, key, v in changed:
+            db.execute("DELETE FROM outputs WHERE id=?", (old_input,))
+            new_input = db.execute(
+                "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
+                "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (key, v.data, v.ref, v.digest, v.size)
+            ).lastrowid
+            db.execute(
+                f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
+                f"error=NULL, traceback=NULL, not_before=NULL, {sql.CLEAR_OUTPUT} WHERE id=?",
+                (new_input, v.digest, item_id))
+        counts[0] += len(fresh)
+        counts[1] += len(changed)
+        counts[2] += len(seen) - len(changed)
 
     def _add_first_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]
                           ) -> InputReport:
         """A stage's first inputs: written straight into their rows, in chunks.
 
-        With nothing to compare against, the staging table a rerun needs is
-        skipped; that halves the cost of starting a large run.
+        With nothing to compare against, no key is looked up: that halves the
+        cost of starting a large run.
         """
         added = 0
         values: list[tuple[Any, ...]] = []
@@ -220,7 +263,7 @@ class SqliteLedger(SqliteReads, Ledger):
                            value.size))
             rows.append((stage, key, "pending", next_id, value.digest))
             next_id += 1
-            if len(rows) >= 5000:
+            if len(rows) >= INPUT_CHUNK:
                 added += self._insert_inputs(values, rows)
                 values, rows = [], []
         added += self._insert_inputs(values, rows)
@@ -242,21 +285,6 @@ class SqliteLedger(SqliteReads, Ledger):
                 raise error from None
             raise
         return len(rows)
-
-    def _stage_inputs(self, chunk: list[tuple[str, bytes | None, str | None, str | None, int]]
-                      ) -> None:
-        if not chunk:
-            return
-        before = self._db.execute("SELECT coalesce(max(rowid), 0) FROM temp.given").fetchone()[0]
-        try:
-            self._db.executemany("INSERT INTO temp.given VALUES(?, ?, ?, ?, ?)", chunk)
-        except sqlite3.IntegrityError:
-            error = sql.duplicate_key((row[0] for row in chunk), lambda key: self._db.execute(
-                "SELECT 1 FROM temp.given WHERE key=? AND rowid <= ?",
-                (key, before)).fetchone() is not None)
-            if error is not None:
-                raise error from None
-            raise
 
     def drop_inputs(self, stage: str, keys: list[str]) -> int:
         db = self._write()
