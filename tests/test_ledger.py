@@ -129,6 +129,21 @@ def test_a_rerun_across_chunks_counts_changed_new_and_missing(ledger):
     assert [c.key for c in claims][-3:] == ["n0", "n1", "n2"]  # new rows come last
 
 
+@pytest.mark.parametrize("order", ["same", "reversed", "shuffled"])
+def test_a_rerun_finds_its_inputs_in_any_order(ledger, order):
+    """The SQLite ledger reads a rerun's rows in the order they were first given and looks
+    up only the keys that are not there: any order finds every row."""
+    first = [(f"k{i}", value(i)) for i in range(11000)]
+    ledger.add_inputs("a", first)
+    again = {"same": first, "reversed": first[::-1],
+             "shuffled": sorted(first, key=lambda kv: hash(kv[0]) % 7)}[order]
+    given = [(k, value("new") if k == "k123" else v) for k, v in again if k != "k77"]
+    report = ledger.add_inputs("a", [*given, ("n", value(0))])
+    assert (report.added, report.changed, report.unchanged, report.missing) == \
+        (1, 1, 10998, ["k77"])
+    assert ledger.counts() == {"a": {"pending": 11001}}
+
+
 def test_a_changed_input_drops_what_was_derived_from_it(ledger):
     ledger.add_inputs("a", [("x", value(1))])
     run_one(ledger, "a", [Output("x", value(10), ("b",))])

@@ -81,6 +81,10 @@ INSERT_ITEM = f"INSERT INTO items({ROW_COLUMNS}) VALUES({','.join('?' * 18)})"
 # stage's rows once per key).
 PROBE_INPUTS = ("SELECT j.key, i.id, i.input_id, i.input_digest FROM json_each(?) j "
                 "CROSS JOIN items i ON i.stage = ? AND i.key = j.value")
+# ... and the stage's next rows in id order, read straight from the table (``+stage``:
+# not through the (stage, key) index, which would sort them).
+NEXT_INPUTS = ("SELECT id, key, input_id, input_digest FROM items "
+               "WHERE +stage = ? AND id > ? ORDER BY id LIMIT ?")
 INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")
 UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "

@@ -34,6 +34,7 @@ reruns, barriers) in :mod:`.sqlite_reads`.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
@@ -166,15 +167,13 @@ class SqliteLedger(SqliteReads, Ledger):
             return self._add_first_inputs(stage, inputs)
         db.execute("DELETE FROM temp.seen")
         counts = [0, 0, 0]  # added, changed, unchanged
-        chunk: list[tuple[str, Stored]] = []
-        number = 0
-        for item in inputs:
-            chunk.append(item)
-            if len(chunk) >= INPUT_CHUNK:
-                self._compare_inputs(stage, chunk, number, counts)
-                chunk, number = [], number + 1
-        if chunk:
-            self._compare_inputs(stage, chunk, number, counts)
+        given = iter(inputs)
+        after: int | None = 0
+        for number in itertools.count():
+            chunk = list(itertools.islice(given, INPUT_CHUNK))
+            if not chunk:
+                break
+            after = self._compare_inputs(stage, chunk, number, after, counts)
         added, changed, unchanged = counts
         total = added + changed + unchanged
         if total == 0:
@@ -187,18 +186,18 @@ class SqliteLedger(SqliteReads, Ledger):
         return InputReport(added, changed, unchanged, missing)
 
     def _compare_inputs(self, stage: str, chunk: list[tuple[str, Stored]], number: int,
-                        counts: list[int]) -> None:
+                        after: int | None, counts: list[int]) -> int | None:
         """One chunk of a rerun's inputs against the rows ``stage`` holds; adds to
-        ``counts`` (added, changed, unchanged).
+        ``counts`` (added, changed, unchanged) and returns where the next chunk's
+        window starts (see :meth:`_find_inputs`).
 
-        The chunk's keys are looked up in one statement; an unchanged input
-        costs no write but its row id in ``temp.seen`` (which finds repeated
-        keys and, at the end, the rows no longer given). ``number`` orders the
-        chunks, so that a repeated key is named where it is first repeated.
+        An unchanged input costs no write but its row id in ``temp.seen``
+        (which finds repeated keys and, at the end, the rows no longer given).
+        ``number`` orders the chunks, so that a repeated key is named where it
+        is first repeated.
         """
         db = self._db
-        found = {pos: row for pos, *row in db.execute(sql.PROBE_INPUTS, (
-            codec.encode([key for key, _ in chunk]), stage))}
+        found, after = self._find_inputs(stage, chunk, after)
         fresh: list[tuple[str, Stored]] = []
         seen: list[tuple[int, int]] = []
         changed: list[tuple[int, int, str, Stored]] = []
@@ -246,6 +245,40 @@ class SqliteLedger(SqliteReads, Ledger):
         counts[0] += len(fresh)
         counts[1] += len(changed)
         counts[2] += len(seen) - len(changed)
+        return after
+
+    def _find_inputs(self, stage: str, chunk: list[tuple[str, Stored]], after: int | None
+                     ) -> tuple[dict[int, tuple[int, int, str]], int | None]:
+        """The rows ``stage`` holds for the keys of ``chunk``, by position in the chunk:
+        (row id, input value id, input digest); and where the next window starts.
+
+        Inputs given again mostly come in the order they were first given, which
+        is the order of their rows: so the stage's next rows after ``after``, read
+        in id order (a sequential read), are tried first, and only the keys not
+        among them are looked up in the (stage, key) index, a random read each,
+        several times dearer. A window that comes back short has reached the end
+        of the table: the following chunks use the index alone (``after`` None),
+        so the windows read the table at most once in all.
+        """
+        db = self._db
+        found: dict[int, tuple[int, int, str]] = {}
+        rest = range(len(chunk))
+        if after is not None:
+            rows = db.execute(sql.NEXT_INPUTS, (stage, after, len(chunk))).fetchall()
+            window = {key: (row_id, input_id, digest) for row_id, key, input_id, digest in rows}
+            after = rows[-1][0] if len(rows) == len(chunk) else None
+            rest = []
+            for pos, (key, _) in enumerate(chunk):
+                row = window.get(key)
+                if row is None:
+                    rest.append(pos)
+                else:
+                    found[pos] = row
+        if rest:
+            for n, *row in db.execute(sql.PROBE_INPUTS, (
+                    codec.encode([chunk[pos][0] for pos in rest]), stage)):
+                found[rest[n]] = tuple(row)
+        return found, after
 
     def _add_first_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]
                           ) -> InputReport:
