@@ -144,6 +144,16 @@ def test_a_rerun_finds_its_inputs_in_any_order(ledger, order):
     assert ledger.counts() == {"a": {"pending": 11001}}
 
 
+def test_a_rerun_in_the_first_order_finds_the_one_changed_value(ledger):
+    first = [(f"k{i}", value(i)) for i in range(11000)]
+    ledger.add_inputs("a", first)
+    report = ledger.add_inputs("a", [(k, value("x") if k == "k6001" else v) for k, v in first])
+    assert (report.added, report.changed, report.unchanged, report.missing) == \
+        (0, 1, 10999, [])
+    claims = {c.key: codec.decode(c.data) for c in ledger.claim("a", 20000, "w", 1.0)}
+    assert len(claims) == 11000 and claims["k6001"] == "x" and claims["k6000"] == 6000
+
+
 def test_a_changed_input_drops_what_was_derived_from_it(ledger):
     ledger.add_inputs("a", [("x", value(1))])
     run_one(ledger, "a", [Output("x", value(10), ("b",))])

@@ -79,11 +79,11 @@ INSERT_ITEM = f"INSERT INTO items({ROW_COLUMNS}) VALUES({','.join('?' * 18)})"
 # A rerun's inputs against a stage's rows: the chunk's keys as one JSON array, looked up
 # in the (stage, key) index (CROSS JOIN keeps that order: SQLite would rather scan the
 # stage's rows once per key).
-PROBE_INPUTS = ("SELECT j.key, i.id, i.input_id, i.input_digest FROM json_each(?) j "
+PROBE_INPUTS = ("SELECT i.id, i.input_id, i.input_digest, j.key FROM json_each(?) j "
                 "CROSS JOIN items i ON i.stage = ? AND i.key = j.value")
 # ... and the stage's next rows in id order, read straight from the table (``+stage``:
 # not through the (stage, key) index, which would sort them).
-NEXT_INPUTS = ("SELECT id, key, input_id, input_digest FROM items "
+NEXT_INPUTS = ("SELECT id, input_id, input_digest, key FROM items "
                "WHERE +stage = ? AND id > ? ORDER BY id LIMIT ?")
 INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")

@@ -201,21 +201,19 @@ class SqliteLedger(SqliteReads, Ledger):
         fresh: list[tuple[str, Stored]] = []
         seen: list[tuple[int, int]] = []
         changed: list[tuple[int, int, str, Stored]] = []
-        for pos, (key, value) in enumerate(chunk):
-            row = found.get(pos)
+        for (key, value), row in zip(chunk, found):
             if row is None:
                 fresh.append((key, value))
                 continue
-            row_id, input_id, digest = row
-            seen.append((row_id, number))
-            if digest != value.digest:
-                changed.append((row_id, input_id, key, value))
+            seen.append((row[0], number))
+            if row[2] != value.digest:
+                changed.append((row[0], row[1], key, value))
         try:
             db.executemany("INSERT INTO temp.seen VALUES(?, ?)", seen)
         except sqlite3.IntegrityError:
             held = {i for (i,) in db.execute("SELECT id FROM temp.seen WHERE chunk < ?",
                                              (number,))}
-            ids = {chunk[pos][0]: row[0] for pos, row in found.items()}
+            ids = {key: row[0] for (key, _), row in zip(chunk, found) if row is not None}
             error = sql.duplicate_key((key for key, _ in chunk),
                                       lambda key: ids.get(key) in held)
             if error is not None:
@@ -248,36 +246,34 @@ class SqliteLedger(SqliteReads, Ledger):
         return after
 
     def _find_inputs(self, stage: str, chunk: list[tuple[str, Stored]], after: int | None
-                     ) -> tuple[dict[int, tuple[int, int, str]], int | None]:
-        """The rows ``stage`` holds for the keys of ``chunk``, by position in the chunk:
-        (row id, input value id, input digest); and where the next window starts.
+                     ) -> tuple[list[tuple[Any, ...] | None], int | None]:
+        """The row ``stage`` holds for each key of ``chunk`` (or None): its id, input
+        value id and input digest first; and where the next window starts.
 
         Inputs given again mostly come in the order they were first given, which
         is the order of their rows: so the stage's next rows after ``after``, read
-        in id order (a sequential read), are tried first, and only the keys not
-        among them are looked up in the (stage, key) index, a random read each,
-        several times dearer. A window that comes back short has reached the end
-        of the table: the following chunks use the index alone (``after`` None),
-        so the windows read the table at most once in all.
+        in id order (a sequential read), are tried first; where their keys are
+        the chunk's, in order, nothing is looked up. Only keys not among them are
+        looked up in the (stage, key) index, a random read each, several times
+        dearer. A window that comes back short has reached the end of the table:
+        the following chunks use the index alone (``after`` None), so the windows
+        read the table at most once in all.
         """
         db = self._db
-        found: dict[int, tuple[int, int, str]] = {}
-        rest = range(len(chunk))
+        keys = [key for key, _ in chunk]
+        found: list[tuple[Any, ...] | None] = [None] * len(chunk)
         if after is not None:
             rows = db.execute(sql.NEXT_INPUTS, (stage, after, len(chunk))).fetchall()
-            window = {key: (row_id, input_id, digest) for row_id, key, input_id, digest in rows}
             after = rows[-1][0] if len(rows) == len(chunk) else None
-            rest = []
-            for pos, (key, _) in enumerate(chunk):
-                row = window.get(key)
-                if row is None:
-                    rest.append(pos)
-                else:
-                    found[pos] = row
+            if [row[3] for row in rows] == keys:
+                return rows, after
+            window = {row[3]: row for row in rows}
+            found = [window.get(key) for key in keys]
+        rest = [pos for pos, row in enumerate(found) if row is None]
         if rest:
-            for n, *row in db.execute(sql.PROBE_INPUTS, (
-                    codec.encode([chunk[pos][0] for pos in rest]), stage)):
-                found[rest[n]] = tuple(row)
+            for row in db.execute(sql.PROBE_INPUTS, (codec.encode([keys[p] for p in rest]),
+                                                     stage)):
+                found[rest[row[3]]] = row
         return found, after
 
     def _add_first_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]
