@@ -85,6 +85,9 @@ PROBE_INPUTS = ("SELECT i.id, i.input_id, i.input_digest, j.key FROM json_each(?
 # not through the (stage, key) index, which would sort them).
 NEXT_INPUTS = ("SELECT id, input_id, input_digest, key FROM items "
                "WHERE +stage = ? AND id > ? ORDER BY id LIMIT ?")
+# ... and the rows found, marked seen in one statement (a JSON array of their ids binds
+# once, where one row per id costs five times as much).
+MARK_SEEN = "INSERT INTO temp.seen SELECT value, ? FROM json_each(?)"
 INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")
 UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "

@@ -199,17 +199,17 @@ class SqliteLedger(SqliteReads, Ledger):
         db = self._db
         found, after = self._find_inputs(stage, chunk, after)
         fresh: list[tuple[str, Stored]] = []
-        seen: list[tuple[int, int]] = []
+        seen: list[int] = []
         changed: list[tuple[int, int, str, Stored]] = []
         for (key, value), row in zip(chunk, found):
             if row is None:
                 fresh.append((key, value))
                 continue
-            seen.append((row[0], number))
+            seen.append(row[0])
             if row[2] != value.digest:
                 changed.append((row[0], row[1], key, value))
         try:
-            db.executemany("INSERT INTO temp.seen VALUES(?, ?)", seen)
+            db.execute(sql.MARK_SEEN, (number, codec.encode(seen)))
         except sqlite3.IntegrityError:
             held = {i for (i,) in db.execute("SELECT id FROM temp.seen WHERE chunk < ?",
                                              (number,))}
