@@ -21,7 +21,10 @@ from pathlib import Path
 
 import psutil
 
+import pytest
+
 from conveyor import Item, Pipeline, open_run
+from conveyor.errors import RunInterrupted
 from helpers import append_log, read_log
 
 
@@ -163,6 +166,27 @@ FILES_MODULE = textwrap.dedent('''
 RUNNER = "import sys, filespipe; filespipe.pipe.run(filespipe.inputs(int(sys.argv[2])), " \
          "run_dir=sys.argv[1], cpus=2)"
 N = 120
+
+
+def test_a_signal_while_a_rerun_reads_its_inputs_keeps_nothing_of_them(run_dir, tmp_path):
+    """README, "Reruns": inputs are taken in as one group. SIGINT while a rerun reads them
+    (after 6,000 of 8,000: past the first chunk the ledger compares) stops the run with
+    none of them recorded: the run directory holds the first run's inputs, all done."""
+    pipe = words_pipeline(tmp_path / "calls.log")
+    first = [Item(f"d{i}", f"w{i}") for i in range(3)]
+    assert pipe.run(first, run_dir=run_dir, executor="inline").ok
+
+    def inputs():
+        for i in range(8000):
+            if i == 6000:
+                os.kill(os.getpid(), signal.SIGINT)  # the driver's handler only notes it
+            yield Item(f"d{i}", f"w{i}" if i < 3 else f"new {i}")
+
+    with pytest.raises(RunInterrupted, match="while reading inputs; nothing was recorded"):
+        pipe.run(inputs(), run_dir=run_dir, executor="inline")
+    with open_run(run_dir) as result:
+        assert result.counts["split"] == {"pending": 0, "running": 0, "done": 3, "failed": 0,
+                                          "routed-out": 0}
 
 
 def done_keys(run_dir: Path, stage: str) -> set[str]:

@@ -98,6 +98,62 @@ def test_rerun_inputs_unchanged_changed_missing(ledger):
     assert rows["y"]["status"] == "pending"
 
 
+@pytest.mark.parametrize("repeat", ["k3", "k6500", "new"])
+def test_a_rerun_finds_a_repeated_key_across_chunks(ledger, repeat):
+    """A rerun compares its inputs chunk by chunk (5,000 at a time in SQLite): a key given
+    again in a later chunk is refused whether it was held before (k3), changed (k6500) or
+    is new to this run."""
+    ledger.add_inputs("a", [(f"k{i}", value(i)) for i in range(7000)])
+    ledger.commit()
+    inputs = [(f"k{i}", value(-i if i == 6500 else i)) for i in range(7000)]
+    inputs.insert(10, ("new", value("n")))
+    again = ("new", value("n")) if repeat == "new" else (repeat, value(0))
+    with pytest.raises(InputError, match=f"duplicate input key '{repeat}'"):
+        ledger.add_inputs("a", [*inputs, again])
+
+
+def test_a_rerun_across_chunks_counts_changed_new_and_missing(ledger):
+    ledger.add_inputs("a", [(f"k{i}", value(i)) for i in range(12000)])
+    done = run_one(ledger, "a", [Output("k0", value("K"), ("b",))])
+    inputs = [(f"k{i}", value(-i if i % 1000 == 999 else i)) for i in range(12000)
+              if i not in (5, 11001)]
+    inputs[6000:6000] = [(f"n{i}", value(i)) for i in range(3)]
+    report = ledger.add_inputs("a", inputs)
+    assert (report.added, report.changed, report.unchanged) == (3, 12, 12000 - 2 - 12)
+    assert report.missing == ["k11001", "k5"]
+    rows = {r["key"]: r for r in ledger.rows("a")}
+    assert rows["k0"]["status"] == "done" and rows["k0"]["id"] == done
+    assert rows["k999"]["status"] == "pending" and "n2" in rows
+    claims = ledger.claim("a", 20000, "w", 2.0)
+    assert codec.decode(next(c for c in claims if c.key == "k1999").data) == -1999
+    assert [c.key for c in claims][-3:] == ["n0", "n1", "n2"]  # new rows come last
+
+
+@pytest.mark.parametrize("order", ["same", "reversed", "shuffled"])
+def test_a_rerun_finds_its_inputs_in_any_order(ledger, order):
+    """The SQLite ledger reads a rerun's rows in the order they were first given and looks
+    up only the keys that are not there: any order finds every row."""
+    first = [(f"k{i}", value(i)) for i in range(11000)]
+    ledger.add_inputs("a", first)
+    again = {"same": first, "reversed": first[::-1],
+             "shuffled": sorted(first, key=lambda kv: hash(kv[0]) % 7)}[order]
+    given = [(k, value("new") if k == "k123" else v) for k, v in again if k != "k77"]
+    report = ledger.add_inputs("a", [*given, ("n", value(0))])
+    assert (report.added, report.changed, report.unchanged, report.missing) == \
+        (1, 1, 10998, ["k77"])
+    assert ledger.counts() == {"a": {"pending": 11001}}
+
+
+def test_a_rerun_in_the_first_order_finds_the_one_changed_value(ledger):
+    first = [(f"k{i}", value(i)) for i in range(11000)]
+    ledger.add_inputs("a", first)
+    report = ledger.add_inputs("a", [(k, value("x") if k == "k6001" else v) for k, v in first])
+    assert (report.added, report.changed, report.unchanged, report.missing) == \
+        (0, 1, 10999, [])
+    claims = {c.key: codec.decode(c.data) for c in ledger.claim("a", 20000, "w", 1.0)}
+    assert len(claims) == 11000 and claims["k6001"] == "x" and claims["k6000"] == 6000
+
+
 def test_a_changed_input_drops_what_was_derived_from_it(ledger):
     ledger.add_inputs("a", [("x", value(1))])
     run_one(ledger, "a", [Output("x", value(10), ("b",))])

@@ -23,7 +23,7 @@ from ..observe.events import EventLog
 from ..origin import origin_of
 from ..pipeline import Pipeline
 from ..stage import group_of
-from ..store import Store
+from ..store import Store, Stored
 from ..validation import boundary
 from .fingerprint import fingerprints
 
@@ -65,8 +65,7 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
         if pipeline.routes(name):
             ledger.refresh_routed(name)
     if inputs is not None:
-        report = ledger.add_inputs(root, ((key, store.put(data, digest))
-                                          for key, data, digest in _watch(inputs, interrupted)))
+        report = ledger.add_inputs(root, _watch(inputs, store, interrupted))
         listed = inputs if isinstance(inputs, Listing) else Listing(())
         gone = [k for k in report.missing if listed.covers(k)]
         missing = [k for k in report.missing if not listed.covers(k)]
@@ -83,15 +82,16 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
     return fps
 
 
-def _watch(inputs: Iterable[Any], interrupted: Callable[[], str | None]
-           ) -> Iterator[tuple[str, bytes, str]]:
-    """The inputs as (key, bytes, digest), stopping with nothing kept if a signal arrives."""
-    for item in input_items(inputs):
+def _watch(inputs: Iterable[Any], store: Store, interrupted: Callable[[], str | None]
+           ) -> Iterator[tuple[str, Stored]]:
+    """The inputs as (key, stored value), stopping with nothing kept if a signal arrives."""
+    put = store.put
+    for key, data, digest in input_items(inputs):
         why = interrupted()
         if why is not None:
             raise RunInterrupted(f"interrupted by {why} while reading inputs; nothing was "
                                  f"recorded")
-        yield item
+        yield key, put(data, digest)
 
 
 def reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,

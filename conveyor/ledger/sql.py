@@ -76,6 +76,18 @@ INSERT_GATHER = "INSERT INTO gathers(stage, value_id, gkey, part) VALUES(?, ?, ?
 ROW_COLUMNS = ("id, stage, key, status, attempts, input_id, not_before, error, traceback, "
                 "worker, started, ended, n_out, out_key, out_data, out_ref, out_digest, out_size")
 INSERT_ITEM = f"INSERT INTO items({ROW_COLUMNS}) VALUES({','.join('?' * 18)})"
+# A rerun's inputs against a stage's rows: the chunk's keys as one JSON array, looked up
+# in the (stage, key) index (CROSS JOIN keeps that order: SQLite would rather scan the
+# stage's rows once per key).
+PROBE_INPUTS = ("SELECT i.id, i.input_id, i.input_digest, j.key FROM json_each(?) j "
+                "CROSS JOIN items i ON i.stage = ? AND i.key = j.value")
+# ... and the stage's next rows in id order, read straight from the table (``+stage``:
+# not through the (stage, key) index, which would sort them).
+NEXT_INPUTS = ("SELECT id, input_id, input_digest, key FROM items "
+               "WHERE +stage = ? AND id > ? ORDER BY id LIMIT ?")
+# ... and the rows found, marked seen in one statement (a JSON array of their ids binds
+# once, where one row per id costs five times as much).
+MARK_SEEN = "INSERT INTO temp.seen SELECT value, ? FROM json_each(?)"
 INSERT_OUTPUT = ("INSERT INTO outputs(id, item_id, seq, key, data, ref, digest, size) "
                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)")
 UPDATE_ITEM = ("UPDATE items SET status=?, not_before=?, error=?, traceback=?, "

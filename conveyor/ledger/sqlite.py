@@ -34,10 +34,12 @@ reruns, barriers) in :mod:`.sqlite_reads`.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import codec
 from ..errors import IllegalTransition, LedgerError
 from ..store import Stored
 from . import sql
@@ -53,6 +55,8 @@ from .base import (
     transition,
 )
 from .sqlite_reads import SqliteReads
+
+INPUT_CHUNK = 5000  # inputs taken in per statement group
 
 
 class SqliteLedger(SqliteReads, Ledger):
@@ -92,7 +96,8 @@ class SqliteLedger(SqliteReads, Ledger):
                 self._db.executescript(
                     "CREATE TEMP TABLE frontier(id INTEGER PRIMARY KEY);"
                     "CREATE TEMP TABLE doomed_values(id INTEGER PRIMARY KEY);"
-                    "CREATE TEMP TABLE doomed_items(id INTEGER PRIMARY KEY);")
+                    "CREATE TEMP TABLE doomed_items(id INTEGER PRIMARY KEY);"
+                    "CREATE TEMP TABLE seen(id INTEGER PRIMARY KEY, chunk INTEGER);")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from None
         self._in_tx = False
@@ -160,56 +165,123 @@ class SqliteLedger(SqliteReads, Ledger):
         db = self._write()
         if db.execute("SELECT 1 FROM items WHERE stage=? LIMIT 1", (stage,)).fetchone() is None:
             return self._add_first_inputs(stage, inputs)
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS given("
-                   "key TEXT PRIMARY KEY, data BLOB, ref TEXT, digest TEXT, size INTEGER)")
-        db.execute("DELETE FROM temp.given")
-        chunk: list[tuple[str, bytes | None, str | None, str | None, int]] = []
-        for key, value in inputs:
-            chunk.append((key, value.data, value.ref, value.digest, value.size))
-            if len(chunk) >= 5000:
-                self._stage_inputs(chunk)
-                chunk = []
-        self._stage_inputs(chunk)
-        total = db.execute("SELECT count(*) FROM temp.given").fetchone()[0]
+        db.execute("DELETE FROM temp.seen")
+        counts = [0, 0, 0]  # added, changed, unchanged
+        given = iter(inputs)
+        after: int | None = 0
+        for number in itertools.count():
+            chunk = list(itertools.islice(given, INPUT_CHUNK))
+            if not chunk:
+                break
+            after = self._compare_inputs(stage, chunk, number, after, counts)
+        added, changed, unchanged = counts
+        total = added + changed + unchanged
         if total == 0:
             return InputReport(0, 0, 0, [])
-        before = db.execute("SELECT coalesce(max(id), 0) FROM outputs").fetchone()[0]
-        db.execute(
-            "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
-            "SELECT NULL, 0, g.key, g.data, g.ref, g.digest, g.size FROM temp.given g "
-            "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.stage=? AND i.key=g.key)",
-            (stage,))
-        added = db.execute(
-            "INSERT INTO items(stage, key, status, input_id, input_digest) "
-            "SELECT ?, o.key, 'pending', o.id, o.digest FROM outputs o WHERE o.id > ?",
-            (stage, before)).rowcount
-        changed = db.execute(
-            "SELECT i.id, i.input_id, i.key, g.data, g.ref, g.digest, g.size FROM items i "
-            "JOIN temp.given g ON g.key = i.key WHERE i.stage=? AND i.input_digest != g.digest",
-            (stage,)).fetchall()
-        self._drop_derived([row[0] for row in changed])  # one pass for all of them
-        for item_id, old_input, key, data, ref, dig, size in changed:
-            db.execute("DELETE FROM outputs WHERE id=?", (old_input,))
-            new_input = db.execute(
-                "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
-                "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (key, data, ref, dig, size)).lastrowid
-            db.execute(
-                f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
-                f"error=NULL, traceback=NULL, not_before=NULL, {sql.CLEAR_OUTPUT} WHERE id=?",
-                (new_input, dig, item_id))
         (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
         missing = [] if rows == total else [k for (k,) in db.execute(
             "SELECT key FROM items i WHERE stage=? AND NOT EXISTS "
-            "(SELECT 1 FROM temp.given g WHERE g.key = i.key) ORDER BY key", (stage,))]
-        db.execute("DELETE FROM temp.given")
-        return InputReport(added, len(changed), total - added - len(changed), missing)
+            "(SELECT 1 FROM temp.seen s WHERE s.id = i.id) ORDER BY key", (stage,))]
+        db.execute("DELETE FROM temp.seen")
+        return InputReport(added, changed, unchanged, missing)
+
+    def _compare_inputs(self, stage: str, chunk: list[tuple[str, Stored]], number: int,
+                        after: int | None, counts: list[int]) -> int | None:
+        """One chunk of a rerun's inputs against the rows ``stage`` holds; adds to
+        ``counts`` (added, changed, unchanged) and returns where the next chunk's
+        window starts (see :meth:`_find_inputs`).
+
+        An unchanged input costs no write but its row id in ``temp.seen``
+        (which finds repeated keys and, at the end, the rows no longer given).
+        ``number`` orders the chunks, so that a repeated key is named where it
+        is first repeated.
+        """
+        db = self._db
+        found, after = self._find_inputs(stage, chunk, after)
+        fresh: list[tuple[str, Stored]] = []
+        seen: list[int] = []
+        changed: list[tuple[int, int, str, Stored]] = []
+        for (key, value), row in zip(chunk, found):
+            if row is None:
+                fresh.append((key, value))
+                continue
+            seen.append(row[0])
+            if row[2] != value.digest:
+                changed.append((row[0], row[1], key, value))
+        try:
+            db.execute(sql.MARK_SEEN, (number, codec.encode(seen)))
+        except sqlite3.IntegrityError:
+            held = {i for (i,) in db.execute("SELECT id FROM temp.seen WHERE chunk < ?",
+                                             (number,))}
+            ids = {key: row[0] for (key, _), row in zip(chunk, found) if row is not None}
+            error = sql.duplicate_key((key for key, _ in chunk),
+                                      lambda key: ids.get(key) in held)
+            if error is not None:
+                raise error from None
+            raise
+        if fresh:
+            (before,) = db.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()
+            (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
+            self._insert_inputs(
+                [(next_id + n, None, 0, key, v.data, v.ref, v.digest, v.size)
+                 for n, (key, v) in enumerate(fresh)],
+                [(stage, key, "pending", next_id + n, v.digest)
+                 for n, (key, v) in enumerate(fresh)])
+            db.execute("INSERT INTO temp.seen SELECT id, ? FROM items WHERE id > ?",
+                       (number, before))
+        self._drop_derived([row[0] for row in changed])  # one pass for the chunk
+        for item_id, old_input, key, v in changed:
+            db.execute("DELETE FROM outputs WHERE id=?", (old_input,))
+            new_input = db.execute(
+                "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
+                "VALUES(NULL, 0, ?, ?, ?, ?, ?)", (key, v.data, v.ref, v.digest, v.size)
+            ).lastrowid
+            db.execute(
+                f"UPDATE items SET status='pending', attempts=0, input_id=?, input_digest=?, "
+                f"error=NULL, traceback=NULL, not_before=NULL, {sql.CLEAR_OUTPUT} WHERE id=?",
+                (new_input, v.digest, item_id))
+        counts[0] += len(fresh)
+        counts[1] += len(changed)
+        counts[2] += len(seen) - len(changed)
+        return after
+
+    def _find_inputs(self, stage: str, chunk: list[tuple[str, Stored]], after: int | None
+                     ) -> tuple[list[tuple[Any, ...] | None], int | None]:
+        """The row ``stage`` holds for each key of ``chunk`` (or None): its id, input
+        value id and input digest first; and where the next window starts.
+
+        Inputs given again mostly come in the order they were first given, which
+        is the order of their rows: so the stage's next rows after ``after``, read
+        in id order (a sequential read), are tried first; where their keys are
+        the chunk's, in order, nothing is looked up. Only keys not among them are
+        looked up in the (stage, key) index, a random read each, several times
+        dearer. A window that comes back short has reached the end of the table:
+        the following chunks use the index alone (``after`` None), so the windows
+        read the table at most once in all.
+        """
+        db = self._db
+        keys = [key for key, _ in chunk]
+        found: list[tuple[Any, ...] | None] = [None] * len(chunk)
+        if after is not None:
+            rows = db.execute(sql.NEXT_INPUTS, (stage, after, len(chunk))).fetchall()
+            after = rows[-1][0] if len(rows) == len(chunk) else None
+            if [row[3] for row in rows] == keys:
+                return rows, after
+            window = {row[3]: row for row in rows}
+            found = [window.get(key) for key in keys]
+        rest = [pos for pos, row in enumerate(found) if row is None]
+        if rest:
+            for row in db.execute(sql.PROBE_INPUTS, (codec.encode([keys[p] for p in rest]),
+                                                     stage)):
+                found[rest[row[3]]] = row
+        return found, after
 
     def _add_first_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]
                           ) -> InputReport:
         """A stage's first inputs: written straight into their rows, in chunks.
 
-        With nothing to compare against, the staging table a rerun needs is
-        skipped; that halves the cost of starting a large run.
+        With nothing to compare against, no key is looked up: that halves the
+        cost of starting a large run.
         """
         added = 0
         values: list[tuple[Any, ...]] = []
@@ -220,7 +292,7 @@ class SqliteLedger(SqliteReads, Ledger):
                            value.size))
             rows.append((stage, key, "pending", next_id, value.digest))
             next_id += 1
-            if len(rows) >= 5000:
+            if len(rows) >= INPUT_CHUNK:
                 added += self._insert_inputs(values, rows)
                 values, rows = [], []
         added += self._insert_inputs(values, rows)
@@ -242,21 +314,6 @@ class SqliteLedger(SqliteReads, Ledger):
                 raise error from None
             raise
         return len(rows)
-
-    def _stage_inputs(self, chunk: list[tuple[str, bytes | None, str | None, str | None, int]]
-                      ) -> None:
-        if not chunk:
-            return
-        before = self._db.execute("SELECT coalesce(max(rowid), 0) FROM temp.given").fetchone()[0]
-        try:
-            self._db.executemany("INSERT INTO temp.given VALUES(?, ?, ?, ?, ?)", chunk)
-        except sqlite3.IntegrityError:
-            error = sql.duplicate_key((row[0] for row in chunk), lambda key: self._db.execute(
-                "SELECT 1 FROM temp.given WHERE key=? AND rowid <= ?",
-                (key, before)).fetchone() is not None)
-            if error is not None:
-                raise error from None
-            raise
 
     def drop_inputs(self, stage: str, keys: list[str]) -> int:
         db = self._write()
