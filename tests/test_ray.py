@@ -169,6 +169,42 @@ def test_a_fast_stage_runs_in_blocks_and_a_death_in_one_blames_only_its_item(
     assert {attempts[key] for key in lost} == {1}
 
 
+def test_on_one_node_actors_lend_their_cpus_between_calls(run_dir):
+    # As local workers do: within a one-CPU budget the actors of both stages live
+    # together (each reserves half a CPU with Ray) and take turns at the CPU lease.
+    pipe = Pipeline("ray-lend")
+
+    @pipe.stage(cpus=1)
+    def first(x):
+        time.sleep(0.01)
+        return x
+
+    @pipe.stage(after=first, cpus=1, env={"STAGE": "second"})  # not fused with first
+    def second(x):
+        time.sleep(0.01)
+        return x
+
+    result = pipe.run([Item(str(i), i) for i in range(100)], run_dir=run_dir,
+                      executor="ray", cpus=1)
+    assert result.ok and result.counts["second"]["done"] == 100
+    live: dict[int, str] = {}
+    leased: dict[int, float] = {}
+    together, most = False, 0.0
+    for e in read_events(run_dir):
+        if e["event"] == "worker_start":
+            live[e["worker"]] = e["group"]
+        elif e["event"] == "worker_exit":
+            live.pop(e["worker"], None)
+        elif e["event"] == "lease":
+            leased[e["worker"]] = e["cpus"]
+        elif e["event"] == "unlease":
+            leased.pop(e["worker"], None)
+        together |= set(live.values()) == {"first", "second"}
+        most = max(most, sum(leased.values()))
+    assert together, "the two stages' actors never lived at the same time"
+    assert most <= 1
+
+
 def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
     pipe = Pipeline("ray-broken-setup")
 

@@ -28,8 +28,17 @@ it, so none is blamed; the tasks become suspects, which go alone to an
 actor with nothing else in flight, where a death names the task that
 caused it.
 
-An actor reserves its CPUs for its whole life (``lends_cpu = False``) and may
-live on another machine, so it fsyncs the files it writes itself
+An actor's CPUs are lent per call as a local worker's are (``lends_cpu``)
+where the budget's CPUs fit on every node of the cluster, as on a single
+machine: the actor reserves with Ray only 1/LIVE_FACTOR of its CPUs, which
+is what the driver lets live workers declare, so Ray's own accounting
+still fits each node, and the driver's CPU leases keep the CPUs in use
+within the budget, which no node is smaller than. On a cluster of several
+nodes whose budget is their sum, a lease counted cluster-wide would not
+stop one node from being overcommitted, so each actor reserves all of its
+CPUs for its whole life. (Either way the budget's CPUs are taken to be the
+run's own, as the local executor takes the machine's.) An actor may live
+on another machine, so it fsyncs the files it writes itself
 (``same_machine = False``).
 Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
 see none, as local workers); the stage's ``env`` and the pinned thread counts
@@ -67,7 +76,7 @@ from ..worker import shipping
 from ..worker.meter import Usage, peak_rss
 from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
 from ..worker.runner import GroupRunner, WorkerSpec
-from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+from .base import LIVE_FACTOR, Event, Executor, Exited, Ready, Results, SetupFailed
 
 ray = require("ray", "ray", "the ray executor", ExecutorUnavailable)
 from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there now)
@@ -173,7 +182,6 @@ class RayExecutor(Executor):
     """Ray actors as workers; see the module docstring."""
 
     name = "ray"
-    lends_cpu = False
     same_machine = False
     knows_running = True
 
@@ -190,6 +198,7 @@ class RayExecutor(Executor):
         self._calls: dict[Any, int] = {}  # outstanding ref -> worker id
         self._suspects: set[int] = set()  # task ids in flight on an actor that died
         self._pace: dict[str, float] = {}  # group -> seconds per task (or batch), smoothed
+        self._lends: bool | None = None  # see lends_cpu
         self._events: list[Event] = []
         self._wake = threading.Event()
         self._next_id = 0
@@ -216,11 +225,28 @@ class RayExecutor(Executor):
         if self._actor_class is None:
             self._connect()
         total = ray.cluster_resources()
-        return Budget(cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
-                      ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
-                      devices=tuple(str(i) for i in range(
-                          gpus if gpus is not None else int(total.get("GPU", 0)))),
-                      custom=_custom_resources(total))
+        self.budget = Budget(
+            cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
+            ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
+            devices=tuple(str(i) for i in range(
+                gpus if gpus is not None else int(total.get("GPU", 0)))),
+            custom=_custom_resources(total))
+        return self.budget
+
+    @property
+    def lends_cpu(self) -> bool:  # type: ignore[override]
+        """Whether the budget's CPUs fit on every node (see the module docstring); decided
+        once, when the driver asks at the start of the run."""
+        if self._lends is None:
+            if self.address is None and not ray.is_initialized():
+                self._lends = True  # the one-node instance this starts, sized to the budget
+            else:
+                if self._actor_class is None:
+                    self._connect()
+                nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+                need = self.budget.cpus if self.budget else sum(nodes)
+                self._lends = bool(nodes) and min(nodes) >= need
+        return self._lends
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         if self._actor_class is None:
@@ -232,8 +258,12 @@ class RayExecutor(Executor):
         # The user's modules import as in the driver; in a stage's own environment the
         # driver's installed packages must not shadow the environment's versions.
         path = envs.forwarded_path(sys.path) if spec.python_env else list(sys.path)
+        # Lent CPUs: the driver lets live workers declare LIVE_FACTOR x the budget's CPUs
+        # and leases no more than the budget, so Ray holds the share that keeps its count
+        # of the live actors within the node.
+        cpus = res.cpus / LIVE_FACTOR if self.lends_cpu else res.cpus
         actor = self._actor_class.options(
-            num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
+            num_cpus=cpus, num_gpus=res.gpus, memory=res.ram or None,
             resources=dict(res.custom) or None,  # e.g. {"node_b": 1}: placed on such a node
             # A stage's requirements=/python= become Ray's pip/py_executable fields
             runtime_env={"env_vars": env_vars, **envs.runtime_env(spec.stages[0].stage)},
