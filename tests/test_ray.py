@@ -122,6 +122,99 @@ def test_without_retries_only_the_item_that_kills_its_actor_fails(run_dir):
     assert result.counts["fast"]["done"] == 200
 
 
+@pytest.mark.parametrize("poison", ["dies", "hangs"])
+def test_a_fast_stage_runs_in_blocks_and_a_death_in_one_blames_only_its_item(
+        run_dir, tmp_path, poison):
+    # Each call logs the Ray task it runs in: an actor call's id, seen from inside it.
+    # Once the stage's pace is known, many items share one actor call. The first item
+    # past k150 that runs after another in the same call becomes the poison (named in
+    # a file): it dies, or hangs past the timeout, there and wherever it runs again.
+    # The call takes the answers of the items it had run before the poison with it:
+    # those run again without being charged an attempt, and only the poison fails.
+    log, named = tmp_path / "calls.log", tmp_path / "poison"
+    pipe = Pipeline("ray-blocks")
+    previous = {}  # this actor's last call (the function is copied into each actor)
+
+    @pipe.stage(cpus=1, timeout=2)
+    def fast(value):
+        import ray
+
+        call = ray.get_runtime_context().get_task_id()
+        append_log(log, f"{value} {call}")
+        in_block = previous.get("call") == call
+        previous["call"] = call
+        if in_block and value >= "k150" and not named.exists():
+            try:
+                with open(named, "x") as fh:
+                    fh.write(value)
+            except FileExistsError:
+                pass  # another actor's item was first
+        if named.exists() and named.read_text() == value:
+            if poison == "dies":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(600)
+        return value
+
+    keys = [f"k{i:03d}" for i in range(300)]
+    result = pipe.run(keys, run_dir=run_dir, executor="ray", cpus=2)
+    assert named.exists(), "no item ran after another in the same actor call"
+    victim = named.read_text()
+    (failure,) = result.failures()
+    assert failure["key"] == victim and failure["attempts"] == 1
+    why = "worker died" if poison == "dies" else "timed out after 2 s"
+    assert why in failure["error"], failure["error"]
+    assert result.counts["fast"]["done"] == 299
+    calls = [line.split() for line in read_log(log)]
+    assert len({call for _, call in calls}) < len(calls), "items did not share actor calls"
+    died = next(i for i, (key, _) in enumerate(calls) if key == victim)
+    lost = {key for key, call in calls if call == calls[died][1] and key != victim}
+    assert lost  # it ran in a block, after these
+    again = {key for key, call in calls if key in lost and call != calls[died][1]}
+    assert again == lost  # their answers died with the actor: they ran again, elsewhere
+    db = sqlite3.connect(f"file:{run_dir / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        attempts = dict(db.execute("SELECT key, attempts FROM items WHERE status = 'done'"))
+    finally:
+        db.close()
+    assert {attempts[key] for key in lost} == {1}
+
+
+def test_on_one_node_actors_lend_their_cpus_between_calls(run_dir):
+    # As local workers do: within a one-CPU budget the actors of both stages live
+    # together (each reserves half a CPU with Ray) and take turns at the CPU lease.
+    pipe = Pipeline("ray-lend")
+
+    @pipe.stage(cpus=1)
+    def first(x):
+        time.sleep(0.01)
+        return x
+
+    @pipe.stage(after=first, cpus=1, env={"STAGE": "second"})  # not fused with first
+    def second(x):
+        time.sleep(0.01)
+        return x
+
+    result = pipe.run([Item(str(i), i) for i in range(100)], run_dir=run_dir,
+                      executor="ray", cpus=1)
+    assert result.ok and result.counts["second"]["done"] == 100
+    live: dict[int, str] = {}
+    leased: dict[int, float] = {}
+    together, most = False, 0.0
+    for e in read_events(run_dir):
+        if e["event"] == "worker_start":
+            live[e["worker"]] = e["group"]
+        elif e["event"] == "worker_exit":
+            live.pop(e["worker"], None)
+        elif e["event"] == "lease":
+            leased[e["worker"]] = e["cpus"]
+        elif e["event"] == "unlease":
+            leased.pop(e["worker"], None)
+        together |= set(live.values()) == {"first", "second"}
+        most = max(most, sum(leased.values()))
+    assert together, "the two stages' actors never lived at the same time"
+    assert most <= 1
+
+
 def test_a_broken_setup_fails_the_stage_items_with_its_reason(run_dir):
     pipe = Pipeline("ray-broken-setup")
 

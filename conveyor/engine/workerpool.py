@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..executors.base import Executor
+from ..executors.base import LIVE_FACTOR, Executor
 from ..ledger.base import Claim
 from ..observe.events import EventLog
 from ..resources import Budget, Grant, Pool, Resources
@@ -25,7 +25,6 @@ from ..worker.protocol import pinned_env
 from ..worker.runner import WorkerSpec
 from .scheduler import Load, lease_order, should_yield
 
-LIVE_FACTOR = 2  # live processes may declare this many times the CPUs (idle ones use none)
 QUANTUM = 0.2  # seconds a lease is held before a more urgent group may take it
 IDLE_SECONDS = 0.5  # an idle worker that is not wanted any more is stopped after this
 

@@ -17,6 +17,10 @@ from ..worker.meter import Usage
 from ..worker.protocol import Running
 from ..worker.runner import WorkerSpec
 
+#: Where an executor lends CPUs per task, its live workers may together declare this
+#: many times the budget's CPUs (idle ones use none; the leases held never exceed it).
+LIVE_FACTOR = 2
+
 
 class Ready(NamedTuple):
     """A worker finished ``setup()`` and is taking tasks."""
@@ -65,7 +69,8 @@ class Executor(ABC):
     #: Whether a worker can be killed from outside (timeouts, RAM limits).
     can_kill = True
     #: Whether an idle worker costs no CPU, so CPUs can be lent per task (see
-    #: conveyor.engine.workerpool); False where workers reserve CPUs for life (Ray actors).
+    #: conveyor.engine.workerpool); False where workers reserve CPUs for life (Ray actors
+    #: on a cluster of several nodes).
     lends_cpu = True
     #: Whether workers write the run directory on the driver's machine, so that one
     #: sync there before a commit makes their files durable (else they fsync each).

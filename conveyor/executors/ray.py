@@ -6,22 +6,40 @@
     ┌────────────────────────────────────┐           ┌──────────────────────────────┐
     │ start(): actor with num_cpus,      │           │ _Actor: a GroupRunner        │
     │   num_gpus, memory, runtime_env    │──setup()─▶│   setup() once               │
-    │ send(): one actor call per task    │──run()───▶│   run(tasks) -> records      │
-    │   (per batch in a batch stage)     │           │   (calls run in order)       │
+    │ send(): one actor call per block   │──run()───▶│   run(block) -> records      │
+    │   of tasks (or of batches)         │           │   (calls run in order)       │
     │ poll(): ray.wait on the calls' refs│◀──refs────│                              │
     └────────────────────────────────────┘           └──────────────────────────────┘
 
 The engine, scheduler and ledger are the local executor's; only where the
 code runs differs. A stage's custom resources (``resources={"node_b": 1}``)
-are the actor's, so Ray places it only on a node that declares them. Each
-task (or batch) is its own actor call, so the call
-at the head of a worker's queue is the one running. An actor that dies with
-one call in flight is blamed on that call. One that dies with several takes
-the answers of calls it had finished with it, so none is blamed: their tasks
-become suspects, which go alone to an actor with nothing else in flight,
-where a death names the task that caused it. An actor reserves
-its CPUs for its whole life (``lends_cpu = False``) and may live on another
-machine, so it fsyncs the files it writes itself (``same_machine = False``).
+are the actor's, so Ray places it only on a node that declares them.
+
+An actor call carries a *block*: the tasks (or, in a batch stage, the
+batches) sent to the worker at once, as many as make about BLOCK_SECONDS
+of work at the pace the group's calls have shown so far (one until it is
+known, so a slow stage keeps one task or one batch per call, and never
+more than a tenth of the stage's ``timeout``). Calls run in order, so the
+call at the head of a worker's queue is the one running. An actor that
+dies (or is killed for a timeout or its memory) in a call of one task or
+batch, with nothing else in flight, is blamed on that call. Otherwise
+which task it was is unknown: the answers of calls it had finished go with
+it, so none is blamed; the tasks become suspects, which go alone to an
+actor with nothing else in flight, where a death names the task that
+caused it.
+
+An actor's CPUs are lent per call as a local worker's are (``lends_cpu``)
+where the budget's CPUs fit on every node of the cluster, as on a single
+machine: the actor reserves with Ray only 1/LIVE_FACTOR of its CPUs, which
+is what the driver lets live workers declare, so Ray's own accounting
+still fits each node, and the driver's CPU leases keep the CPUs in use
+within the budget, which no node is smaller than. On a cluster of several
+nodes whose budget is their sum, a lease counted cluster-wide would not
+stop one node from being overcommitted, so each actor reserves all of its
+CPUs for its whole life. (Either way the budget's CPUs are taken to be the
+run's own, as the local executor takes the machine's.) An actor may live
+on another machine, so it fsyncs the files it writes itself
+(``same_machine = False``).
 Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
 see none, as local workers); the stage's ``env`` and the pinned thread counts
 travel in the actor's ``runtime_env``. An actor's stdout and stderr go to
@@ -58,13 +76,16 @@ from ..worker import shipping
 from ..worker.meter import Usage, peak_rss
 from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
 from ..worker.runner import GroupRunner, WorkerSpec
-from .base import Event, Executor, Exited, Ready, Results, SetupFailed
+from .base import LIVE_FACTOR, Event, Executor, Exited, Ready, Results, SetupFailed
 
 ray = require("ray", "ray", "the ray executor", ExecutorUnavailable)
 from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there now)
 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
 SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show
+BLOCK_SECONDS = 0.025  # the work one actor call holds, once the group's pace is known
+BLOCK_UNITS = 256  # ... in at most this many tasks (or batches)
+TIMEOUT_SHARE = 10  # ... and at most this fraction (1/10) of the stage's timeout
 _INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              configure_logging=False)
 
@@ -91,17 +112,21 @@ class _Actor:
         pin_torch(self.runner.spec.resources.threads)
         return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
 
-    def run(self, tasks: list[Claim]) -> tuple[list[Any], bool, Usage | None]:
-        """Records of ``tasks`` (one call of the stage), their files already durable,
-        and what the call cost."""
+    def run(self, block: list[list[Claim]]) -> tuple[list[Any], bool, Usage | None, float]:
+        """Records of a block of tasks (each list one call of the stage), in order, their
+        files already durable; what the calls cost and the seconds they took."""
         if self.broken:
-            return [], False, None  # the driver already failed these with the setup error
-        records = self.runner.run([self.runner.load(task) for task in tasks])
+            return [], False, None, 0.0  # the driver already failed these with the setup error
+        began = time.monotonic()
+        records = []
+        for tasks in block:
+            records.extend(self.runner.run([self.runner.load(task) for task in tasks]))
         if self.runner.store.take_wrote():
             # Values are fsynced as written; files a stage wrote in its item folder are
             # not, and the driver may be on another machine: flush them here.
             self.runner.store.sync()
-        return records, False, (self.runner.meter.take(), peak_rss())
+        return (records, False, (self.runner.meter.take(), peak_rss()),
+                time.monotonic() - began)
 
 
 def _log_to(path: Path) -> None:
@@ -119,10 +144,14 @@ def _log_to(path: Path) -> None:
 @dataclass
 class _Call:
     ref: Any
-    tasks: list[Claim]
+    block: list[list[Claim]]  # calls of the stage: a task each, or a batch each
     stage: int  # index of the tasks' stage in the group's chain
     isolated: bool = False  # holds a suspect: nothing else is in flight on its actor
     started: float = 0.0  # when it became the head of a ready worker's queue (0: not yet)
+
+    @property
+    def tasks(self) -> list[Claim]:
+        return [task for tasks in self.block for task in tasks]
 
 
 @dataclass
@@ -131,7 +160,8 @@ class _Worker:
     spec: WorkerSpec
     setup: Any  # the setup call's ref, until it answers
     calls: deque[_Call] = field(default_factory=deque)  # in flight, in the order sent
-    held: deque[list[Claim]] = field(default_factory=deque)  # waiting for an isolated call
+    held: deque[list[list[Claim]]] = field(default_factory=deque)  # blocks waiting for an
+    #                                                       isolated call to be answered
     pid: int | None = None  # where the actor runs on this machine
     stopping: bool = False
 
@@ -152,7 +182,6 @@ class RayExecutor(Executor):
     """Ray actors as workers; see the module docstring."""
 
     name = "ray"
-    lends_cpu = False
     same_machine = False
     knows_running = True
 
@@ -168,6 +197,8 @@ class RayExecutor(Executor):
         self._workers: dict[int, _Worker] = {}
         self._calls: dict[Any, int] = {}  # outstanding ref -> worker id
         self._suspects: set[int] = set()  # task ids in flight on an actor that died
+        self._pace: dict[str, float] = {}  # group -> seconds per task (or batch), smoothed
+        self._lends: bool | None = None  # see lends_cpu
         self._events: list[Event] = []
         self._wake = threading.Event()
         self._next_id = 0
@@ -194,11 +225,28 @@ class RayExecutor(Executor):
         if self._actor_class is None:
             self._connect()
         total = ray.cluster_resources()
-        return Budget(cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
-                      ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
-                      devices=tuple(str(i) for i in range(
-                          gpus if gpus is not None else int(total.get("GPU", 0)))),
-                      custom=_custom_resources(total))
+        self.budget = Budget(
+            cpus=float(cpus if cpus is not None else total.get("CPU", 1)),
+            ram=parse_size(ram) if ram is not None else int(total.get("memory", 0)),
+            devices=tuple(str(i) for i in range(
+                gpus if gpus is not None else int(total.get("GPU", 0)))),
+            custom=_custom_resources(total))
+        return self.budget
+
+    @property
+    def lends_cpu(self) -> bool:  # type: ignore[override]
+        """Whether the budget's CPUs fit on every node (see the module docstring); decided
+        once, when the driver asks at the start of the run."""
+        if self._lends is None:
+            if self.address is None and not ray.is_initialized():
+                self._lends = True  # the one-node instance this starts, sized to the budget
+            else:
+                if self._actor_class is None:
+                    self._connect()
+                nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+                need = self.budget.cpus if self.budget else sum(nodes)
+                self._lends = bool(nodes) and min(nodes) >= need
+        return self._lends
 
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         if self._actor_class is None:
@@ -210,8 +258,12 @@ class RayExecutor(Executor):
         # The user's modules import as in the driver; in a stage's own environment the
         # driver's installed packages must not shadow the environment's versions.
         path = envs.forwarded_path(sys.path) if spec.python_env else list(sys.path)
+        # Lent CPUs: the driver lets live workers declare LIVE_FACTOR x the budget's CPUs
+        # and leases no more than the budget, so Ray holds the share that keeps its count
+        # of the live actors within the node.
+        cpus = res.cpus / LIVE_FACTOR if self.lends_cpu else res.cpus
         actor = self._actor_class.options(
-            num_cpus=res.cpus, num_gpus=res.gpus, memory=res.ram or None,
+            num_cpus=cpus, num_gpus=res.gpus, memory=res.ram or None,
             resources=dict(res.custom) or None,  # e.g. {"node_b": 1}: placed on such a node
             # A stage's requirements=/python= become Ray's pip/py_executable fields
             runtime_env={"env_vars": env_vars, **envs.runtime_env(spec.stages[0].stage)},
@@ -227,20 +279,31 @@ class RayExecutor(Executor):
         w = self._workers.get(worker)
         if w is None:
             return
-        w.held.extend(_calls(tasks, w.spec.batch_size, self._suspects))
+        w.held.extend(_blocks(tasks, w.spec.batch_size, self._suspects, self._per_call(w)))
         self._submit(worker)
+
+    def _per_call(self, w: _Worker) -> int:
+        """How many tasks (or batches) one call of ``w`` holds: BLOCK_SECONDS of work at
+        the group's pace, within a TIMEOUT_SHARE of its stages' timeouts; one until the
+        pace is known."""
+        pace = self._pace.get(w.spec.group)
+        if pace is None:
+            return 1
+        limit = min([BLOCK_SECONDS, *(s.stage.timeout / TIMEOUT_SHARE
+                                      for s in w.spec.stages if s.stage.timeout)])
+        return max(1, min(BLOCK_UNITS, int(limit / max(pace, 1e-6))))
 
     def _submit(self, worker: int) -> None:
         """Send held calls to the actor; a call holding a suspect goes alone."""
         w = self._workers[worker]
         index = {s.stage.name: i for i, s in enumerate(w.spec.stages)}
         while w.held:
-            isolated = any(t.id in self._suspects for t in w.held[0])
+            isolated = any(t.id in self._suspects for tasks in w.held[0] for t in tasks)
             if w.calls and (isolated or w.calls[-1].isolated):
                 break
-            chunk = w.held.popleft()
-            ref = w.actor.run.remote(chunk)
-            w.calls.append(_Call(ref, chunk, index[chunk[0].stage], isolated))
+            block = w.held.popleft()
+            ref = w.actor.run.remote(block)
+            w.calls.append(_Call(ref, block, index[block[0][0].stage], isolated))
             self._calls[ref] = worker
         w.begin_head()
 
@@ -316,7 +379,10 @@ class RayExecutor(Executor):
         call = w.calls.popleft()
         assert call.ref == ref, "actor calls finish in the order they were sent"
         self._suspects.difference_update(t.id for t in call.tasks)
-        records, wrote, usage = value
+        records, wrote, usage, seconds = value
+        if records:  # not a broken actor's
+            pace, last = self._pace.get(w.spec.group), seconds / len(call.block)
+            self._pace[w.spec.group] = last if pace is None else 0.8 * pace + 0.2 * last
         self._events.append(Results(worker_id, records, wrote, usage))
         self._submit(worker_id)
 
@@ -326,13 +392,16 @@ class RayExecutor(Executor):
 
         An actor that dies unexpectedly takes the answers of calls it finished but
         had not yet sent back with it: with several calls in flight, which one
-        killed it is unknown. Then none is blamed; their tasks become suspects and
-        run alone next time, where a death says exactly which one it was.
+        killed it is unknown; in a call of several tasks (or batches), which of
+        them it was is unknown. Then none is blamed; their tasks become suspects
+        and run alone next time, where a death says exactly which one it was.
         """
         w = self._workers.pop(worker_id)
         running = w.head() if w.setup is None else None  # dead in setup: no task was running
-        if not sure and len(w.calls) > 1:
-            self._suspects.update(t.id for call in w.calls for t in call.tasks)
+        unsure = w.calls if not sure and len(w.calls) > 1 else \
+            [w.calls[0]] if running is not None and len(w.calls[0].block) > 1 else []
+        if unsure:
+            self._suspects.update(t.id for call in unsure for t in call.tasks)
             running = None
         for call in w.calls:
             self._calls.pop(call.ref, None)
@@ -379,26 +448,30 @@ class RayExecutor(Executor):
                 self._actor_class = None  # a later start joins or starts Ray again
 
 
-def _calls(tasks: list[Claim], batch_size: int | None, suspects: set[int]
-           ) -> list[list[Claim]]:
-    """Split tasks into actor calls: one per task, or one per batch in a batch stage.
+def _blocks(tasks: list[Claim], batch_size: int | None, suspects: set[int], per_call: int
+            ) -> list[list[list[Claim]]]:
+    """Split tasks into actor calls of up to ``per_call`` calls of the stage each: one
+    task per stage call, or one batch in a batch stage; a block holds one stage's.
 
     A task on its second attempt or later, or suspected of killing an actor, gets
-    a call of its own (the runner runs it alone anyway), so that if it is what
-    kills the actor, it alone is blamed.
+    an actor call of its own (the runner runs it alone anyway), so that if it is
+    what kills the actor, it alone is blamed.
     """
-    if not batch_size:
-        return [[task] for task in tasks]
-    calls: list[list[Claim]] = []
-    growing = False  # whether the last call may take more tasks
+    blocks: list[list[list[Claim]]] = []
+    growing = False  # whether the last block may take more tasks
     for task in tasks:
         alone = task.attempt > 1 or task.id in suspects
-        if growing and not alone and len(calls[-1]) < batch_size:
-            calls[-1].append(task)
-        else:
-            calls.append([task])
-            growing = not alone
-    return calls
+        last = blocks[-1] if growing and not alone else None
+        if last is not None and last[-1][0].stage == task.stage:
+            if batch_size and len(last[-1]) < batch_size:
+                last[-1].append(task)
+                continue
+            if len(last) < per_call:
+                last.append([task])
+                continue
+        blocks.append([[task]])
+        growing = not alone
+    return blocks
 
 
 def _custom_resources(total: Mapping[str, float]) -> dict[str, float]:
