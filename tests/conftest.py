@@ -9,6 +9,8 @@ process is used by the executor as it is). Its tests carry the ``ray`` marker:
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -19,6 +21,19 @@ import pytest
 EXECUTORS = ["inline", "local", pytest.param("ray", marks=pytest.mark.ray)]
 RAY_CPUS = 2  # small: CI machines have two cores
 RAY_GPUS = 1  # declared, so gpus= stages schedule on a machine without one
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_pip_envs_removed() -> Iterator[None]:
+    """Ray copies a virtual environment (about 2.5 GB here) into its session folder for
+    each pip ``runtime_env`` and keeps it after the session ends. Remove those of the
+    sessions this test run started, so that repeated runs do not fill the disk (they did:
+    36 GB of old sessions on one machine). Their logs stay."""
+    root = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+    before = set(root.glob("session_2*"))
+    yield
+    for session in set(root.glob("session_2*")) - before:
+        shutil.rmtree(session / "runtime_resources", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
