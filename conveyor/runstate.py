@@ -170,12 +170,14 @@ def describe(found: dict[str, Any]) -> str:
     return "stopped; run the same command again to resume"
 
 
-def wait(run_dir: str | os.PathLike[str], timeout: float | None = None) -> bool:
+def wait(run_dir: str | os.PathLike[str], timeout: float | None = None,
+         seen: dict[str, Any] | None = None) -> bool:
     """Wait until ``run_dir`` has no live driver, and the process of the last one seen
-    here has exited too (it ends the run, then the interpreter); False if one is still
-    there after ``timeout`` seconds."""
+    here (or ``seen`` by the caller before: it may have ended the run since) has exited
+    too (it ends the run, then the interpreter); False if one is still there after
+    ``timeout`` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = None
+    last = seen
     while True:
         live = driver(run_dir)
         last = live or last

@@ -39,10 +39,11 @@ def attach(run_dir: Path = typer.Argument(..., help="A run directory."),
             if runstate.driver(run_dir) is None:
                 break
             time.sleep(LIVE_SECONDS)
+        seen = runstate.driver(run_dir)  # following may outlast the run: wait for its exit
         with RunResult(run_dir) as result:
             if not quiet:
                 _follow(result)
-            runstate.wait(run_dir)
+            runstate.wait(run_dir, seen=seen)
             found = result.status()
             print_counts(result)
     except KeyboardInterrupt:
