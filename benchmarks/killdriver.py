@@ -23,7 +23,6 @@ process run: the same items run once without a kill.
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import sqlite3
 import subprocess
@@ -35,41 +34,32 @@ from pathlib import Path
 
 import psutil
 from common import emit, machine, parser
+from crashkit import log_executions, syncing_wal, unwatchable
 
 from conveyor import Item, Pipeline, open_run
 from conveyor.observe.events import read_events
 
 BENCHMARKS = str(Path(__file__).resolve().parent)
-# fsync and fdatasync, by machine: SQLite syncs the WAL with one of them on each commit
-SYNCS = {"x86_64": {74, 75}, "aarch64": {82, 83}}.get(platform.machine(), set())
 LOG = os.environ.get("KILLDRIVER_LOG", "/dev/null")
 
 pipe = Pipeline("killdriver")
 
 
-def log(stage: str, key: str) -> None:
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{stage} {key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
 @pipe.stage
 def first(x, ctx):
-    log("first", ctx.key)
+    log_executions(LOG, "first", [ctx.key])
     return x
 
 
 @pipe.stage(after=first)
 def second(x, ctx):
-    log("second", ctx.key)
+    log_executions(LOG, "second", [ctx.key])
     return x
 
 
 @pipe.stage(after=second)
 def third(x, ctx):
-    log("third", ctx.key)
+    log_executions(LOG, "third", [ctx.key])
     return x
 
 
@@ -108,25 +98,6 @@ def last_done(ledger: Path) -> int:
     return rows[0][0] if rows else 0
 
 
-def syncing_wal(pid: int) -> bool:
-    """Whether a thread of ``pid`` is blocked in an fsync of the ledger's WAL right now."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/syscall") as fh:
-                call = fh.read().split()
-            if len(call) < 2 or not call[0].isdigit() or int(call[0]) not in SYNCS:
-                continue
-            if os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}").endswith("ledger.db-wal"):
-                return True
-        except OSError:  # the thread or the descriptor went away meanwhile
-            continue
-    return False
-
-
 def kill_at(proc: subprocess.Popen, ledger: Path, done: int, on_sync: bool) -> bool:
     """SIGKILL the driver once ``done`` last-stage rows are committed (and, ``on_sync``, at
     its next fsync of the WAL); False if it finished first. Returns once its workers are
@@ -163,8 +134,8 @@ def main() -> None:
     args = p.parse_args()
     if args.executor != "local":
         p.error("killdriver kills a local driver and its worker processes: --executor local")
-    if not SYNCS or not Path("/proc/self/task").is_dir():
-        p.error("killdriver needs Linux's /proc/PID/task/*/syscall on x86_64 or aarch64")
+    if why := unwatchable():
+        p.error(f"killdriver {why}")
     n = args.items or (3_000 if args.quick else 200_000)
     kills = args.kills if args.kills is not None else (3 if args.quick else 10)
     base = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-killdriver-"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +17,11 @@ import pytest
 
 from conveyor.errors import LedgerError
 from conveyor.ledger import SqliteLedger
+
+# crashkit is shared with benchmarks/killdriver.py; appended, not put first, so that no
+# benchmark module shadows another of the same name
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from crashkit import syncing_wal, unwatchable  # noqa: E402
 
 
 def read_log(path: Path) -> list[str]:
@@ -117,11 +122,7 @@ def _drop(sock: socket.socket) -> None:
 
 # -- killing a driver at a moment chosen by an event ---------------------------------------------
 
-# fsync and fdatasync, by machine: SQLite syncs the WAL with one of them on each commit
-WAL_SYNCS = {"x86_64": {74, 75}, "aarch64": {82, 83}}.get(platform.machine())
-needs_wal_syncs = pytest.mark.skipif(
-    WAL_SYNCS is None or not Path("/proc/self/task").is_dir(),
-    reason="needs Linux's /proc/PID/task/*/syscall on x86_64 or aarch64")
+needs_wal_syncs = pytest.mark.skipif(unwatchable() is not None, reason=unwatchable() or "")
 
 
 def done_count(ledger: Path, stage: str) -> int:
@@ -141,25 +142,6 @@ def done_rows(ledger: Path) -> set[tuple[str, str]]:
                     if r["status"] in ("done", "routed-out")}
     except LedgerError:
         return set()
-
-
-def syncing_wal(pid: int) -> bool:
-    """Whether a thread of ``pid`` is blocked in an fsync of the ledger's WAL right now."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/syscall") as fh:
-                call = fh.read().split()
-            if len(call) < 2 or not call[0].isdigit() or int(call[0]) not in WAL_SYNCS:
-                continue
-            if os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}").endswith("ledger.db-wal"):
-                return True
-        except OSError:  # the thread or the descriptor went away meanwhile
-            continue
-    return False
 
 
 def gone(pid: int) -> bool:

@@ -8,10 +8,18 @@ in flight included.
 """
 
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 from conveyor import Item, Pipeline
+
+# Drivers import this module with only tests/pipelines/ on sys.path, their workers (local
+# or Ray) with the driver's: it finds benchmarks/crashkit.py itself (appended, not put
+# first, so that no benchmark module shadows another of the same name).
+sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from crashkit import log_executions  # noqa: E402
 
 LOG = os.environ.get("FAULT_LOG", "/dev/null")
 SLEEP = float(os.environ.get("FAULT_SLEEP", "0.02"))
@@ -20,18 +28,10 @@ HOLD = os.environ.get("FAULT_HOLD") == "1"
 pipe = Pipeline("faulty")
 
 
-def log(stage: str, key: str) -> None:
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{stage} {key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
 @pipe.stage(cpus=0.5)
 def split(doc, ctx):
     time.sleep(SLEEP)
-    log("split", ctx.key)
+    log_executions(LOG, "split", [ctx.key])
     for i in range(3):
         yield {"doc": doc, "part": i}
 
@@ -39,7 +39,7 @@ def split(doc, ctx):
 @pipe.stage(after=split, cpus=0.5, retries=1)
 def work(part, ctx):
     time.sleep(SLEEP * (1 + part["part"]))
-    log("work", ctx.key)
+    log_executions(LOG, "work", [ctx.key])
     return {**part, "value": len(part["doc"]) * (part["part"] + 1)}
 
 
@@ -47,14 +47,14 @@ def work(part, ctx):
 def finish(parts, ctx):
     time.sleep(SLEEP)
     for key in ctx.keys:
-        log("finish", key)
+        log_executions(LOG, "finish", [key])
     return [{**p, "final": p["value"] * 10} for p in parts]
 
 
 @pipe.reduce(after=finish)
 def total(parts):
     parts = list(parts)
-    log("total", "total")
+    log_executions(LOG, "total", ["total"])
     if HOLD:  # until the test kills the driver, and this worker with it
         threading.Event().wait()
     return {"n": len(parts), "sum": sum(p["final"] for p in parts)}
