@@ -181,6 +181,28 @@ def log_offset(log: Path) -> int:
     return log.stat().st_size if log.exists() else 0
 
 
+class DoneAtKills:
+    """What a run's kills found committed done, noted after each (see :meth:`note`)."""
+
+    def __init__(self, ledger: Path, log: Path) -> None:
+        self.ledger, self.log = ledger, log
+        self.done: set[tuple[str, str]] = set()  # at the last kill
+        self.lost: list[tuple[str, str]] = []  # done at one kill and not at the next
+        self.done_at: dict[tuple[str, str], int] = {}  # row -> log length when first seen done
+
+    def note(self) -> set[tuple[str, str]]:
+        """Once a killed driver's workers are gone: note the execution log's length and the
+        rows committed done, those no longer done as lost, and the log's length as the
+        ``done_at`` of those newly done; returns the rows done."""
+        offset = log_offset(self.log)
+        done = done_rows(self.ledger)
+        self.lost += sorted(self.done - done)
+        for row in done - self.done:
+            self.done_at[row] = offset
+        self.done = done
+        return done
+
+
 def executions(log: Path, done_at: dict[tuple[str, str], int]
                ) -> tuple[dict[tuple[str, str], int], list[tuple[str, str]]]:
     """Count each (stage, key)'s executions in ``log`` (lines "stage key ..."), and list

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from conveyor import open_run
 from conveyor.ledger import SqliteLedger
-from helpers import (done_count, done_rows, executions, kill_driver, log_offset,
-                     needs_wal_syncs, wait_for)
+from helpers import DoneAtKills, done_count, executions, kill_driver, needs_wal_syncs, wait_for
 
 PIPELINES = Path(__file__).parent / "pipelines"
 RUNNER = ("import sys; sys.path.insert(0, {pipelines!r}); import counted; "
@@ -66,21 +65,14 @@ def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_do
 
     run_dir, log = tmp_path / "run", tmp_path / "executions.log"
     ledger = run_dir / "ledger.db"
-    done_at: dict[tuple[str, str], int] = {}  # row -> log length when first seen done
-    lost: list[tuple[str, str]] = []
-    previous: set[tuple[str, str]] = set()
+    seen = DoneAtKills(ledger, log)
     at_kills: list[int] = []  # last-stage rows done at each kill
     for k, (event, gain) in enumerate(KILLS):
         stderr = tmp_path / f"driver{k}.err"
         before = done_count(ledger, "third")
         proc = start_driver(drivers, run_dir, log, stderr)
         kill_on(event, gain, proc, ledger, stderr, before)
-        offset = log_offset(log)
-        done = done_rows(ledger)
-        lost += sorted(previous - done)
-        for row in done - previous:
-            done_at[row] = offset
-        previous = done
+        done = seen.note()
         at_kills.append(sum(stage == "third" for stage, _ in done))
 
     stderr = tmp_path / "final.err"
@@ -95,12 +87,12 @@ def test_repeated_kill_minus_9_of_the_driver_loses_nothing_and_reruns_nothing_do
     assert dict(outputs) == counted.expected(N)
     assert {stage: {s: n for s, n in c.items() if n} for stage, c in counts.items()} == {
         stage: {"done": N} for stage in ("first", "second", "third")}
-    assert lost == []
+    assert seen.lost == []
     with SqliteLedger(ledger, readonly=True) as view:
         assert view.integrity_check() == "ok"
 
     # nothing committed done before a kill ran again after it
-    runs, redone = executions(log, done_at)
+    runs, redone = executions(log, seen.done_at)
     assert redone == []
     assert len(runs) == 3 * N  # every row ran, and was logged
     assert at_kills[-1] > 0.1 * N, "too little was done at the kills to test anything"

@@ -24,7 +24,7 @@ import pytest
 from conveyor import Item, Pipeline, RunLockedError, open_run
 from conveyor.observe.events import read_events
 from conveyor.ledger import SqliteLedger
-from helpers import (append_log, done_count, done_rows, executions, kill_driver, log_offset,
+from helpers import (DoneAtKills, append_log, done_count, executions, kill_driver, log_offset,
                      needs_wal_syncs, read_log, wait_for)
 
 PIPELINES = Path(__file__).parent / "pipelines"
@@ -78,9 +78,7 @@ def test_kill_minus_9_anywhere_loses_nothing_and_repeats_nothing_done(tmp_path, 
 
     run_dir, log = tmp_path / "killed", tmp_path / "killed.log"
     ledger = run_dir / "ledger.db"
-    done_at: dict[tuple[str, str], int] = {}  # row -> log length when first seen done
-    lost: list[tuple[str, str]] = []
-    previous: set[tuple[str, str]] = set()
+    seen = DoneAtKills(ledger, log)
     at_kills: list[list[int]] = []  # split, work, finish rows done at each kill
     for k, (event, stage, gain) in enumerate(KILLS):
         stderr = tmp_path / f"driver{k}.err"
@@ -93,16 +91,11 @@ def test_kill_minus_9_anywhere_loses_nothing_and_repeats_nothing_done(tmp_path, 
             wait_for(lambda: log.exists() and reduce_called(log, started_at),
                      "the reduce was called", proc, stderr, pause=0.005)
         kill_driver(proc, stderr, sync=event == "sync")
-        offset = log_offset(log)
-        done = done_rows(ledger)
-        lost += sorted(previous - done)
-        for row in done - previous:
-            done_at[row] = offset
-        previous = done
+        done = seen.note()
         at_kills.append([sum(s == name for s, _ in done) for name in ROWS])
     # the last kill caught the reduce in flight: all its input done, itself not
-    assert sum(s == "finish" for s, _ in previous) == 3 * N
-    assert ("total", "total") not in previous
+    assert sum(s == "finish" for s, _ in seen.done) == 3 * N
+    assert ("total", "total") not in seen.done
 
     stderr = tmp_path / "final.err"
     proc = start_driver(drivers, run_dir, log, stderr, hold=False)
@@ -110,14 +103,14 @@ def test_kill_minus_9_anywhere_loses_nothing_and_repeats_nothing_done(tmp_path, 
 
     # nothing lost, nothing duplicated: exactly the uninterrupted outputs
     assert outputs(run_dir) == expected
-    assert lost == []
+    assert seen.lost == []
     with SqliteLedger(ledger) as view:
         assert view.integrity_check() == "ok"
         counts = view.counts()
     assert all(set(c) <= {"done", "routed-out"} for c in counts.values()), counts
 
     # nothing committed done before a kill ran again after it
-    runs, redone = executions(log, done_at)
+    runs, redone = executions(log, seen.done_at)
     assert redone == []
     assert len(runs) == sum(ROWS.values()) + 1  # every row ran (the reduce too), and was logged
     assert runs[("total", "total")] >= 2  # in flight at the last kill, run again after it
