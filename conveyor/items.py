@@ -15,6 +15,9 @@ from typing import Any, Iterable, Iterator, NamedTuple
 from . import codec
 from .errors import InputError
 
+BLOCK_MARK = "\x1e"  # starts the key of a ledger row that holds a block of items
+
+
 
 class Item(NamedTuple):
     """A value with an explicit key."""
@@ -45,6 +48,9 @@ def check_key(key: Any) -> str:
     """``key`` if it is a usable key, else a ``ValueError`` saying why."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"an item key must be a non-empty string, got {key!r}")
+    if key.startswith(BLOCK_MARK):
+        raise ValueError(f"an item key must not start with \\x1e (conveyor's mark for "
+                         f"blocks of items), got {key!r}")
     return key
 
 

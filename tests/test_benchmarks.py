@@ -22,7 +22,7 @@ EXPECTED = {
     "cpu3": {"items_per_s", "bound_items_per_s", "ratio", "target"},
     "prefetch": {"items_per_s", "bound_items_per_s", "ratio", "target", "serial_items_per_s"},
     "overhead": {"items_per_s", "ray_data_cold_items_per_s", "ray_data_warm_items_per_s",
-                 "ratio", "ratio_warm", "target_ratio", "durable_ledger", "of_floor"},
+                 "ratio", "ratio_warm", "target_ratio", "durable_ledger", "ledger_rows"},
     "first": {"first_done_s", "bound_s", "ratio"},
     "rerun": {"rerun_s", "bound_s", "ratio"},
     "memory": {"executor", "growth_mb", "bound_mb", "small_peak_mb", "large_peak_mb"},

@@ -17,7 +17,7 @@ import pytest
 from conveyor import codec
 from conveyor.errors import IllegalTransition, InputError
 from conveyor.ledger import (KeyCollision, Ledger, MemoryLedger, Output, Record, SqliteLedger,
-                             Status, transition)
+                             Status, blocks, transition)
 from conveyor.store import Stored
 
 
@@ -34,6 +34,14 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
         led = MemoryLedger()
     yield led
     led.close()
+
+
+@pytest.fixture
+def item_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs taken in as item rows however many: the tests using it are about that path
+    (compared in chunks of 5,000), which a small run's inputs and items split from their
+    blocks take; large runs' blocks have their own tests (test_blocks)."""
+    monkeypatch.setattr(blocks, "SMALLEST_RUN", 10**9)
 
 
 def run_one(ledger: Ledger, stage: str, outputs: list[Output], now: float = 1.0) -> int:
@@ -81,7 +89,7 @@ def test_inputs_become_pending_rows_and_duplicates_are_refused(ledger):
         ledger.add_inputs("a", [("z", value(1)), ("w", value(2)), ("z", value(3))])
 
 
-def test_duplicates_across_chunks_are_found(ledger):
+def test_duplicates_across_chunks_are_found(ledger, item_rows):
     inputs = [(f"k{i}", value(i)) for i in range(6000)] + [("k17", value(0))]
     with pytest.raises(InputError, match="duplicate input key 'k17'"):
         ledger.add_inputs("a", inputs)
@@ -99,7 +107,7 @@ def test_rerun_inputs_unchanged_changed_missing(ledger):
 
 
 @pytest.mark.parametrize("repeat", ["k3", "k6500", "new"])
-def test_a_rerun_finds_a_repeated_key_across_chunks(ledger, repeat):
+def test_a_rerun_finds_a_repeated_key_across_chunks(ledger, item_rows, repeat):
     """A rerun compares its inputs chunk by chunk (5,000 at a time in SQLite): a key given
     again in a later chunk is refused whether it was held before (k3), changed (k6500) or
     is new to this run."""
@@ -112,7 +120,7 @@ def test_a_rerun_finds_a_repeated_key_across_chunks(ledger, repeat):
         ledger.add_inputs("a", [*inputs, again])
 
 
-def test_a_rerun_across_chunks_counts_changed_new_and_missing(ledger):
+def test_a_rerun_across_chunks_counts_changed_new_and_missing(ledger, item_rows):
     ledger.add_inputs("a", [(f"k{i}", value(i)) for i in range(12000)])
     done = run_one(ledger, "a", [Output("k0", value("K"), ("b",))])
     inputs = [(f"k{i}", value(-i if i % 1000 == 999 else i)) for i in range(12000)
@@ -130,7 +138,7 @@ def test_a_rerun_across_chunks_counts_changed_new_and_missing(ledger):
 
 
 @pytest.mark.parametrize("order", ["same", "reversed", "shuffled"])
-def test_a_rerun_finds_its_inputs_in_any_order(ledger, order):
+def test_a_rerun_finds_its_inputs_in_any_order(ledger, item_rows, order):
     """The SQLite ledger reads a rerun's rows in the order they were first given and looks
     up only the keys that are not there: any order finds every row."""
     first = [(f"k{i}", value(i)) for i in range(11000)]
@@ -144,7 +152,7 @@ def test_a_rerun_finds_its_inputs_in_any_order(ledger, order):
     assert ledger.counts() == {"a": {"pending": 11001}}
 
 
-def test_a_rerun_in_the_first_order_finds_the_one_changed_value(ledger):
+def test_a_rerun_in_the_first_order_finds_the_one_changed_value(ledger, item_rows):
     first = [(f"k{i}", value(i)) for i in range(11000)]
     ledger.add_inputs("a", first)
     report = ledger.add_inputs("a", [(k, value("x") if k == "k6001" else v) for k, v in first])

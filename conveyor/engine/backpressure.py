@@ -47,11 +47,14 @@ class Backpressure:
     def room(self, group: GroupState) -> int:
         """How many more items the group may take before its downstream queues are full.
 
-        Items in flight count against the room: each will land downstream.
+        Items in flight count against the room: each will land downstream. A group
+        that runs blocks has four windows in flight at least (each window a few
+        blocks of hundreds of items), so that its workers are never out of work.
         """
         queued = [self.stages[d].pending for d in group.members[-1].downstream
                   if not self.barriers.waiting(d)]
-        return QUEUE_LIMIT - max(queued, default=0) - group.running
+        limit = max(QUEUE_LIMIT, 4 * group.window) if group.runs_blocks else QUEUE_LIMIT
+        return limit - max(queued, default=0) - group.running
 
     def fed(self, group: GroupState) -> bool:
         """Whether work may still arrive: something above the group is pending or running."""

@@ -46,6 +46,7 @@ from typing import Any
 from .. import codec
 from ..errors import StageContractError
 from ..executors.base import Executor, Exited, Ready, Results, SetupFailed
+from ..ledger import blocks
 from ..ledger.base import Claim, Ledger, Record, Status
 from ..observe.events import EventLog
 from ..observe.observer import Observer
@@ -57,6 +58,7 @@ from ..worker.protocol import Running
 from ..worker.runner import StageSpec, WorkerSpec
 from .backpressure import Backpressure
 from .barriers import Barriers
+from .claims import claim_for
 from .front import FrontEnd
 from .fusion import fuse
 from .scheduler import Load, plan
@@ -66,7 +68,6 @@ from .workerpool import Worker, WorkerPool
 
 COMMIT_SECONDS = 0.05  # the longest a finished item waits to be durable
 CONTROL_SECONDS = 0.05  # plan, start/stop workers and hand out leases at least this often
-WINDOW_BYTES = 64 * 2**20  # a worker's window holds at most this many bytes of inline inputs
 SETUP_FAILURES = 3  # setups failing in a row that mark a group as broken
 
 
@@ -301,23 +302,32 @@ class Engine:
             return
         now = time.time()
         kept: list[Record] = []
-        spans: dict[str, list[float]] = {}  # stage -> [seconds, calls]
+        split: list[Claim] = []
+        spans: dict[str, list[float]] = {}  # stage -> [seconds, items]
         for r in records:
-            if r.item_id is not None and worker.inflight.pop(r.item_id, None) is None:
-                continue  # already settled (a timeout raced the result)
+            if r.item_id is not None:
+                claim = worker.inflight.pop(r.item_id, None)
+                if claim is None:
+                    continue  # already settled (a timeout raced the result)
+                if r.error in (blocks.SPLIT, blocks.UNFIT):
+                    split.append(claim)
+                    if r.error == blocks.UNFIT:
+                        self.groups[worker.group].unfit = True
+                    continue
             if r.status is Status.FAILED:
                 r = self._judge(r, now)
             kept.append(r)
             span = spans.setdefault(r.stage, [0.0, 0])
             span[0] += r.ended - r.started
-            span[1] += 1
+            span[1] += blocks.size(r.key)
+        self._split(split)
         for name, (seconds, calls) in spans.items():
             state = self.stages[name]
             per_item = max(seconds / calls, 1e-6) / (state.stage.batch_size or 1)
             state.service = per_item if state.service is None else (
                 0.8 * state.service + 0.2 * per_item)
         self._apply(kept, f"w{worker_id}")
-        self._cost.count(len(kept))
+        self._cost.count(sum(blocks.size(r.key) for r in kept))  # per item, not per row
         worker.head_since = now
         if not worker.inflight:
             worker.idle_since = now
@@ -354,10 +364,11 @@ class Engine:
                                                error=refused[id(r)], traceback=None,
                                                retry_at=None))
                 continue
+            n = blocks.size(r.key)
             if r.item_id is not None:
-                state.running -= 1
+                state.running -= n
             if r.status is Status.PENDING:
-                state.pending += 1
+                state.pending += n
                 self._events.emit("retry", stage=r.stage, key=r.key, attempt=r.attempt,
                                   error=r.error)
             elif r.status is Status.FAILED:
@@ -368,7 +379,7 @@ class Engine:
                     if (target, out.key) not in fused:
                         if not stages[target].pending:
                             self._dirty = True  # new work for a stage that had none
-                        stages[target].pending += 1
+                        stages[target].pending += blocks.size(out.key)
             self._barriers.changed(state)
         self.front.applied(applied, fused)
         if collided:  # the key collided: the producing item fails for good
@@ -395,15 +406,19 @@ class Engine:
                 claims = self._ledger.claim(member.stage.name, 1000, f"w{worker.id}", now)
                 if not claims:
                     break
-                member.pending -= len(claims)
-                member.running += len(claims)
+                n = sum(blocks.size(c.key) for c in claims)
+                member.pending -= n
+                member.running += n
                 self._fail_claims(worker, claims, error, tb, retry=False)
 
     def _fail_claims(self, worker: Worker, claims: list[Claim], error: str, tb: str | None,
                      retry: bool) -> None:
         now = time.time()
         records = []
+        self._split([c for c in claims if blocks.is_block(c.key)])  # its items fail alone
         for claim in claims:
+            if blocks.is_block(claim.key):
+                continue
             r = Record(claim.stage, claim.key, claim.id, Status.FAILED, claim.attempt, now, now,
                        [], error, tb)
             records.append(self._judge(r, now) if retry else r)
@@ -436,8 +451,20 @@ class Engine:
     def _release(self, claims: list[Claim]) -> None:
         self._ledger.release([c.id for c in claims])
         for claim in claims:
-            self.stages[claim.stage].running -= 1
-            self.stages[claim.stage].pending += 1
+            n = blocks.size(claim.key)
+            self.stages[claim.stage].running -= n
+            self.stages[claim.stage].pending += n
+
+    def _split(self, claims: list[Claim]) -> None:
+        """Running blocks into pending item rows, their attempt not counted."""
+        if not claims:
+            return
+        self._ledger.split([c.id for c in claims])
+        for claim in claims:
+            n = blocks.size(claim.key)
+            self.stages[claim.stage].running -= n
+            self.stages[claim.stage].pending += n
+        self._dirty = True
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every worker (killing what has not exited after ``grace`` s); record what
@@ -533,14 +560,14 @@ class Engine:
                 continue
             window = group.window
             for worker in self._pool.of(group.name):
-                want = window - len(worker.inflight)
+                want = window - sum(blocks.size(c.key) for c in worker.inflight.values())
                 # Top up by at least half a window, so claims and messages stay chunky.
                 if not worker.can_take_work or want < max(1, window // 2):
                     continue
                 want = min(want, self._pressure.room(group))
                 if want <= 0:
                     break
-                claims = self._claim(group, want, worker, now)
+                claims = claim_for(self._ledger, group, worker, want, now)
                 if not claims:
                     break
                 if group.head.barrier:
@@ -553,23 +580,3 @@ class Engine:
                 self.executor.send(worker.id, claims)
                 sent = True
         return sent
-
-    def _claim(self, group: GroupState, want: int, worker: Worker, now: float) -> list[Claim]:
-        """Claim up to ``want`` rows for a worker, deepest stage of the group first, within
-        the worker's WINDOW_BYTES."""
-        claims: list[Claim] = []
-        held = sum(len(c.data or b"") for c in worker.inflight.values())
-        for member in reversed(group.members):
-            if len(claims) >= want or not member.pending or member.wait_until > now:
-                continue
-            if held >= WINDOW_BYTES and (claims or worker.inflight):
-                break
-            got = self._ledger.claim(member.stage.name, want - len(claims), f"w{worker.id}", now,
-                                     max_bytes=WINDOW_BYTES - held)
-            held += sum(len(c.data or b"") for c in got)
-            member.pending -= len(got)
-            member.running += len(got)
-            claims.extend(got)
-            if not got and member.pending:  # all of it is backing off before a retry
-                member.wait_until = self._ledger.next_retry(member.stage.name) or now
-        return claims

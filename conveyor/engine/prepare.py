@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import codec
 from ..errors import RunInterrupted
 from ..items import Listing, input_items
+from ..ledger import blocks
 from ..ledger.base import KeyCollision, Ledger
 from ..observe.events import EventLog
 from ..origin import origin_of
@@ -98,11 +99,15 @@ def reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,
              events: EventLog) -> None:
     """Give a (re)defined stage the rows its upstreams' finished outputs route to it."""
     stage = pipeline[name]
+    packed: list[int] = []  # blocks above whose items must each be seen: run again
     for up in stage.upstream:
         # The predicate and a group's key function see a value as its stage returned it
         # (a typed stage's model), as they do in the worker that routes fresh outputs.
         returned = boundary(pipeline[up])
         for output_id, key, data, ref in ledger.finished_outputs(up):
+            if blocks.is_block(key) and (stage.when is not None or stage.barrier):
+                packed.append(-output_id)  # a block's packed outputs: its row's own value
+                continue
             gkey, part = None, None
             if stage.when is not None or stage.group:
                 try:
@@ -120,6 +125,8 @@ def reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,
                     ledger.route(name, key, output_id, up)
             except KeyCollision as exc:
                 events.emit("route_refused", stage=name, key=key, error=str(exc))
+    if packed:
+        ledger.recompute(packed)
 
 
 def plan_rerun(pipeline: Pipeline, ledger: Ledger, force: tuple[str, ...] = ()

@@ -10,11 +10,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from ..ledger import blocks
 from ..stage import Stage
 from ..worker.runner import WorkerSpec
 from .fusion import Group
 
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
+WINDOW_TASKS = 512  # ... and at most this many item rows
+BLOCK_SECONDS = 0.1  # a group runs whole blocks while a block's items take it no longer
 
 
 @dataclass
@@ -43,6 +46,8 @@ class GroupState:
     setup_failures: int = 0  # in a row, without a worker getting ready
     setups: int = 0  # workers that got ready in this run
     setup_seconds: float = 0.0  # the time their setup() took, in all
+    unfit: bool = False  # its outputs did not fit a block (see conveyor.ledger.blocks)
+    met_blocks: bool = False  # it claimed or split a block in this run
 
     def count_setup(self, seconds: float) -> list[float]:
         """Count a worker that got ready after ``seconds`` of setup; the tally so far
@@ -82,9 +87,28 @@ class GroupState:
         return sum(known) if known else None
 
     @property
+    def takes_blocks(self) -> bool:
+        """Whether its workers may take whole blocks (see :mod:`conveyor.ledger.blocks`):
+        once a block's items are known to take them at most BLOCK_SECONDS, while its
+        outputs fit blocks, and where every stage calls its code on one item alone
+        with one upstream (no batches, barriers, or ``load()`` run ahead)."""
+        service = self.service
+        return (service is not None and not self.unfit
+                and service * blocks.TARGET <= BLOCK_SECONDS
+                and not any(m.stage.barrier or m.stage.batch_size or m.stage.loads
+                            or len(m.stage.upstream) > 1 for m in self.members))
+
+    @property
+    def runs_blocks(self) -> bool:
+        """Whether it takes blocks and has met some in this run: its windows and queues
+        are then counted in blocks' worth of items."""
+        return self.met_blocks and self.takes_blocks
+
+    @property
     def window(self) -> int:
-        """How many tasks a worker of the group holds: about WINDOW_SECONDS of work
-        (one until its speed is known, so slow items spread over workers), and
+        """How many items a worker of the group holds: about WINDOW_SECONDS of work
+        (one until its speed is known, so slow items spread over workers; in at
+        most WINDOW_TASKS rows, or four blocks' worth where it runs blocks), and
         two batches for a batch stage, one computing while the next is read. A
         stage with ``load()`` holds at least the batch computing, its ``prefetch``
         batches loaded ahead and one more, so its loader does not wait for the
@@ -96,7 +120,8 @@ class GroupState:
         service = self.service
         if service is None:
             return ahead
-        return max(ahead, min(512, math.ceil(WINDOW_SECONDS / service)))
+        most = 4 * blocks.TARGET if self.runs_blocks else WINDOW_TASKS
+        return max(ahead, min(most, math.ceil(WINDOW_SECONDS / service)))
 
 
 class DriverCost:

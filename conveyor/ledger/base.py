@@ -289,12 +289,13 @@ class Ledger(ABC):
 
     @abstractmethod
     def claim(self, stage: str, limit: int, worker: str, now: float,
-              max_bytes: int | None = None) -> list[Claim]:
+              max_bytes: int | None = None, blocks: bool | None = None) -> list[Claim]:
         """Up to ``limit`` claimable pending rows of ``stage``, oldest first, now ``running``.
 
         A row is claimable once its retry back-off (``not_before``) has passed.
         Its attempt count is incremented. With ``max_bytes``, rows stop once
         their inline inputs would pass that many bytes (one row is always taken).
+        ``blocks`` True takes block rows only, False item rows only.
         """
 
     @abstractmethod
@@ -329,6 +330,21 @@ class Ledger(ABC):
         self.record([Record("", "", item_id, status, 0, now, now, [], error, traceback,
                             retry_at)])
         return status
+
+    def split(self, item_ids: Iterable[int]) -> int:
+        """Block rows (pending or running, see :mod:`conveyor.ledger.blocks`) into one
+        pending row per item, reading the item's own value; returns the rows made.
+
+        A running block's attempt is not counted: its items start over on their
+        own. Only a ledger that takes inputs in as blocks has any to split.
+        """
+        raise LedgerError(f"{type(self).__name__} holds no blocks to split")
+
+    def recompute(self, item_ids: Iterable[int]) -> None:
+        """Finished block rows back to ``pending``, what was derived from them removed:
+        a stage added below them needs each item's own value, which a block's packed
+        outputs do not give (see :func:`conveyor.engine.prepare.reroute`)."""
+        raise LedgerError(f"{type(self).__name__} holds no blocks to recompute")
 
     @abstractmethod
     def release(self, item_ids: Iterable[int]) -> None:
@@ -385,7 +401,8 @@ class Ledger(ABC):
 
     @abstractmethod
     def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
-        """``(key, data, ref)`` of every output of ``stage``'s finished rows, by key."""
+        """``(key, data, ref)`` of every output of ``stage``'s finished rows, by row key (a
+        block's items in the order they were given)."""
 
     @abstractmethod
     def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:

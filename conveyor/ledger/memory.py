@@ -234,7 +234,9 @@ class MemoryLedger(Ledger):
     # -- work -------------------------------------------------------------------------------------
 
     def claim(self, stage: str, limit: int, worker: str, now: float,
-              max_bytes: int | None = None) -> list[Claim]:
+              max_bytes: int | None = None, blocks: bool | None = None) -> list[Claim]:
+        if blocks:  # this ledger takes no inputs in as blocks
+            return []
         claims: list[Claim] = []
         held = 0
         for row in sorted(self._stage_rows(stage), key=lambda r: r["id"]):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..errors import InputError
 from .base import Output, Record
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS items(
     UNIQUE(stage, key)
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items(stage, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS items_pending_blocks ON items(stage, id)
+    WHERE status = 'pending' AND (key >= char(30) AND key < char(31));
 CREATE INDEX IF NOT EXISTS items_input ON items(input_id);
 CREATE TABLE IF NOT EXISTS outputs(
     id INTEGER PRIMARY KEY,
@@ -70,6 +72,7 @@ CREATE INDEX IF NOT EXISTS gathers_value ON gathers(value_id);
 MIGRATIONS = {
     "3": ("ALTER TABLE gathers ADD COLUMN gkey TEXT; "  # group stages (schema 4)
           "ALTER TABLE gathers ADD COLUMN part INTEGER;"),
+    "4": "",  # block rows (schema 5): keys that say so, and their index (in SCHEMA)
 }
 INSERT_GATHER = "INSERT INTO gathers(stage, value_id, gkey, part) VALUES(?, ?, ?, ?)"
 
@@ -109,6 +112,10 @@ VALUE_JOIN = ("LEFT JOIN outputs o ON {col} > 0 AND o.id = {col} "
 VALUE_DATA = "CASE WHEN {col} < 0 THEN p.out_data ELSE o.data END"
 VALUE_REF = "CASE WHEN {col} < 0 THEN p.out_ref ELSE o.ref END"
 CLEAR_OUTPUT = "n_out=NULL, out_key=NULL, out_data=NULL, out_ref=NULL, out_digest=NULL, out_size=NULL"
+# How many items a row stands for: n for a block row (key "\x1e<n>:<first key>", see
+# conveyor.ledger.blocks), else 1.
+ROW_ITEMS = ("CASE WHEN key >= char(30) AND key < char(31) "
+             "THEN CAST(substr(key, 2, instr(key, ':') - 2) AS INTEGER) ELSE 1 END")
 PARAMS = 900  # host parameters per IN (...) list, under SQLite's limit
 
 

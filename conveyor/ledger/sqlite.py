@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import IllegalTransition, LedgerError
-from . import sql
+from . import blocks, sql
 from .base import (
     Claim,
     KeyCollision,
@@ -165,6 +165,14 @@ class SqliteLedger(SqliteInputs, SqliteReads, Ledger):
                    f"not_before=NULL, {sql.CLEAR_OUTPUT} WHERE stage=?", (stage,))
         return len(ids)
 
+    def recompute(self, item_ids: Iterable[int]) -> None:
+        db = self._write()
+        ids = list(item_ids)
+        self._drop_derived(ids)
+        db.executemany(f"UPDATE items SET status='pending', attempts=0, error=NULL, "
+                       f"traceback=NULL, not_before=NULL, {sql.CLEAR_OUTPUT} WHERE id=?",
+                       ((i,) for i in ids))
+
     def drop_stage(self, stage: str) -> int:
         db = self._write()
         ids = [i for (i,) in db.execute("SELECT id FROM items WHERE stage=?", (stage,))]
@@ -234,13 +242,19 @@ class SqliteLedger(SqliteInputs, SqliteReads, Ledger):
     # -- work ------------------------------------------------------------------------
 
     def claim(self, stage: str, limit: int, worker: str, now: float,
-              max_bytes: int | None = None) -> list[Claim]:
+              max_bytes: int | None = None, blocks: bool | None = None) -> list[Claim]:
         db = self._write()
         col = "i.input_id"
+        # Block rows through their own index: the (stage, key) one would read every
+        # block the stage holds, done or not, for each claim.
+        kind = "" if blocks is None else (
+            f"AND {'' if blocks else 'NOT '}(i.key >= char(30) AND i.key < char(31)) ")
+        index = "INDEXED BY items_pending_blocks " if blocks else ""
         rows = db.execute(
             f"SELECT i.id, i.stage, i.key, i.attempts + 1, {sql.VALUE_DATA.format(col=col)}, "
-            f"{sql.VALUE_REF.format(col=col)} FROM items i {sql.VALUE_JOIN.format(col=col)} "
-            f"WHERE i.stage=? AND i.status='pending' "
+            f"{sql.VALUE_REF.format(col=col)} FROM items i {index}"
+            f"{sql.VALUE_JOIN.format(col=col)} "
+            f"WHERE i.stage=? AND i.status='pending' {kind}"
             f"AND (i.not_before IS NULL OR i.not_before <= ?) ORDER BY i.id LIMIT ?",
             (stage, now, limit)).fetchall()
         if max_bytes is not None:
@@ -403,6 +417,46 @@ class SqliteLedger(SqliteInputs, SqliteReads, Ledger):
         raise KeyCollision(
             f"stage {target!r} already has an item keyed {key!r} from stage {source!r}; "
             f"yield conveyor.Item(key, value) with distinct keys")
+
+    def split(self, item_ids: Iterable[int]) -> int:
+        db = self._write()
+        made = 0
+        for row_id in item_ids:
+            row = db.execute("SELECT stage, key, status, attempts, input_id FROM items "
+                             "WHERE id=?", (row_id,)).fetchone()
+            if row is None or not blocks.is_block(row[1]):
+                raise LedgerError(f"row {row_id} is not a block")
+            stage, key, status, attempts, input_id = row
+            if status not in (Status.PENDING, Status.RUNNING):
+                raise IllegalTransition(f"a {status} block cannot be split")
+            if status == Status.RUNNING:
+                attempts = max(attempts - 1, 0)
+            if input_id < 0:  # the packed output of a block row upstream
+                data, producer, source = (*db.execute(
+                    "SELECT out_data, id, stage FROM items WHERE id=?", (-input_id,)
+                ).fetchone(),)
+            else:  # a block of run inputs
+                (data,) = db.execute("SELECT data FROM outputs WHERE id=?",
+                                     (input_id,)).fetchone()
+                producer = source = None
+            db.execute("DELETE FROM items WHERE id=?", (row_id,))
+            if producer is None:
+                db.execute("DELETE FROM outputs WHERE id=?", (input_id,))
+            for seq, item in enumerate(blocks.unpack(data)):
+                value_id = db.execute(
+                    "INSERT INTO outputs(item_id, seq, key, data, ref, digest, size) "
+                    "VALUES(?, ?, ?, ?, ?, ?, ?)", (producer, seq, item.key, item.data,
+                                                    item.ref, item.digest,
+                                                    len(item.data or b""))).lastrowid
+                if source is None:
+                    db.execute("INSERT INTO items(stage, key, status, attempts, input_id, "
+                               "input_digest) VALUES(?, ?, 'pending', ?, ?, ?)",
+                               (stage, item.key, attempts, value_id, item.digest))
+                else:  # keyed as a row routed from ``source`` would be
+                    new = self._route(stage, item.key, value_id, source, None)
+                    db.execute("UPDATE items SET attempts=? WHERE id=?", (attempts, new))
+                made += 1
+        return made
 
     def release(self, item_ids: Iterable[int]) -> None:
         db = self._write()

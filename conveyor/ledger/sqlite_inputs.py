@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from typing import Any, Iterable
+from array import array
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from .. import codec
+from ..errors import InputError
 from ..store import Stored
-from . import sql
+from . import blocks, sql
 from .base import InputReport
 
 INPUT_CHUNK = 5000  # inputs taken in per statement group
@@ -28,11 +32,16 @@ class SqliteInputs:
 
     def add_inputs(self, stage: str, inputs: Iterable[tuple[str, Stored]]) -> InputReport:
         db = self._write()
+        given = iter(inputs)
         if db.execute("SELECT 1 FROM items WHERE stage=? LIMIT 1", (stage,)).fetchone() is None:
-            return self._add_first_inputs(stage, inputs)
+            head = list(itertools.islice(given, blocks.SMALLEST_RUN))
+            if len(head) < blocks.SMALLEST_RUN:
+                return self._add_first_inputs(stage, head)
+            return InputReport(self._add_blocks(stage, itertools.chain(head, given)), 0, 0, [])
+        if self._has_blocks(stage):
+            return self._compare_blocks(stage, given)
         db.execute("DELETE FROM temp.seen")
         counts = [0, 0, 0]  # added, changed, unchanged
-        given = iter(inputs)
         after: int | None = 0
         for number in itertools.count():
             chunk = list(itertools.islice(given, INPUT_CHUNK))
@@ -189,4 +198,176 @@ class SqliteInputs:
         for row_id, input_id in rows:
             db.execute("DELETE FROM items WHERE id=?", (row_id,))
             db.execute("DELETE FROM outputs WHERE id=?", (input_id,))
-        return len(rows)
+        if len(rows) == len(keys) or not self._has_blocks(stage):
+            return len(rows)
+        # The others are items of blocks: each block holding one goes, and its other
+        # items come back in new blocks (to be computed again: a block is done whole).
+        dropped = set(keys)
+        held = self._held_blocks(stage)
+        touched = {block for key, (block, _) in held.items() if key in dropped}
+        kept = [(key, stored) for key, (block, stored) in held.items()
+                if block in touched and key not in dropped]
+        self._replace_blocks(stage, touched, kept)
+        return len(rows) + sum(1 for key in dropped if key in held)
+
+    # -- blocks (see conveyor.ledger.blocks) ----------------------------------------------
+
+    def _has_blocks(self, stage: str) -> bool:
+        return self._db.execute(
+            "SELECT 1 FROM items WHERE stage=? AND key >= ? AND key < ? LIMIT 1",
+            (stage, blocks.MARK, chr(ord(blocks.MARK) + 1))).fetchone() is not None
+
+    def _add_blocks(self, stage: str, inputs: Iterable[tuple[str, Stored]],
+                    check: bool = True) -> int:
+        """Inputs taken in as block rows (a large run's); returns how many items.
+
+        Keys are checked for repeats once all are in, over their 64-bit hashes
+        (8 bytes a key, where a set of a million keys would hold a hundred MB).
+        """
+        db = self._db
+        hashes = array("q")
+        key_hash = blocks.key_hash
+        added = 0
+        values: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
+        (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
+        for block in blocks.cut(inputs):
+            hashes.extend(key_hash(key) for key, _ in block.items)
+            data = block.packed()
+            values.append((next_id, None, 0, block.key, data, None, block.digest, len(data)))
+            rows.append((stage, block.key, "pending", next_id, block.digest))
+            next_id += 1
+            added += len(block.items)
+            if len(rows) >= 64:
+                self._insert_inputs(values, rows)
+                values, rows = [], []
+        self._insert_inputs(values, rows)
+        if check:
+            self._check_repeats(hashes, self._keys_in(
+                i for (i,) in db.execute("SELECT id FROM items WHERE stage=?", (stage,))))
+        return added
+
+    def _check_repeats(self, hashes: "array[int]", keys: Iterable[str]) -> None:
+        """Raise ``InputError`` naming a key given twice, if one was: ``hashes`` are the
+        given keys' (see :meth:`_add_blocks`), ``keys`` the given keys, read again only
+        when two hashes are equal."""
+        ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+        twice = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        if not twice:
+            return
+        seen: set[str] = set()  # a shared hash is a repeated key, or (rarely) two keys
+        for key in keys:
+            if blocks.key_hash(key) in twice:
+                if key in seen:
+                    raise InputError(f"duplicate input key {key!r}")
+                seen.add(key)
+
+    def _keys_in(self, rows: Iterable[int]) -> Iterator[str]:
+        """The input keys held in the rows ``rows`` (items of blocks, or items)."""
+        for chunk in sql.chunks(sorted(rows)):
+            for key, data in self._db.execute(
+                    f"SELECT i.key, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
+                    f"WHERE i.id IN ({sql.marks(len(chunk))})", chunk):
+                if blocks.is_block(key):
+                    yield from (item.key for item in blocks.unpack(data))
+                else:
+                    yield key
+
+    def _held_blocks(self, stage: str, skip: frozenset[int] = frozenset()
+                     ) -> dict[str, tuple[int, Stored]]:
+        """Each item in ``stage``'s block rows (but those in ``skip``): its block's row
+        id and its stored input."""
+        held: dict[str, tuple[int, Stored]] = {}
+        for row_id, data in self._db.execute(
+                "SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
+                "WHERE i.stage=? AND i.key >= ? AND i.key < ?",
+                (stage, blocks.MARK, chr(ord(blocks.MARK) + 1))):
+            if row_id in skip:
+                continue
+            for item in blocks.unpack(data):
+                held[item.key] = (row_id, Stored(item.data, item.ref, item.digest,
+                                                 len(item.data or b"")))
+        return held
+
+    def _replace_blocks(self, stage: str, gone: set[int],
+                        items: list[tuple[str, Stored]]) -> None:
+        """Remove block rows ``gone`` with all derived from them; ``items`` in new blocks."""
+        db = self._db
+        ids = sorted(gone)
+        self._drop_derived(ids)  # type: ignore[attr-defined]
+        for chunk in sql.chunks(ids):
+            marks = sql.marks(len(chunk))
+            db.execute(f"DELETE FROM outputs WHERE id IN (SELECT input_id FROM items "
+                       f"WHERE id IN ({marks}))", chunk)
+            db.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+        if items:
+            self._add_blocks(stage, items, check=False)
+
+    def _compare_blocks(self, stage: str, given: Iterator[tuple[str, Stored]]) -> InputReport:
+        """A rerun's inputs against a stage held in blocks.
+
+        The inputs are cut into blocks as before: a block whose key and digest a
+        row already has is unchanged, with no item read (a million inputs: about
+        two thousand lookups). Only the items of the other blocks are compared
+        one by one: with the stage's item rows (an item split from its block
+        keeps its row), else with the items of the blocks not matched. A held
+        block that shares an item with them is replaced: its items, given again
+        or not, go into new blocks, to be computed again.
+        """
+        db = self._db
+        hashes = array("q")
+        key_hash = blocks.key_hash
+        seen: set[int] = set()
+        unchanged = 0
+        loose: list[tuple[str, Stored]] = []
+        for block in blocks.cut(given):
+            hashes.extend(key_hash(key) for key, _ in block.items)
+            row = db.execute("SELECT id, input_digest FROM items WHERE stage=? AND key=?",
+                             (stage, block.key)).fetchone()
+            if row is not None and row[1] == block.digest:
+                seen.add(row[0])
+                unchanged += len(block.items)
+            else:
+                loose.extend(block.items)
+        self._check_repeats(hashes, itertools.chain((key for key, _ in loose),
+                                                    self._keys_in(seen)))
+        (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
+        if not loose and rows == len(seen):
+            return InputReport(0, 0, unchanged, [])
+        added = changed = 0
+        counts = [0, 0, 0]
+        plain_keys = [key for (key,) in db.execute(
+            "SELECT key FROM items WHERE stage=? AND NOT (key >= ? AND key < ?)",
+            (stage, blocks.MARK, chr(ord(blocks.MARK) + 1)))]
+        plain = set(plain_keys)
+        if plain:  # items split from their blocks, compared as a rerun of item rows
+            db.execute("DELETE FROM temp.seen")
+            self._compare_inputs(stage, [(k, v) for k, v in loose if k in plain], 0, None,
+                                 counts)
+            loose = [(k, v) for k, v in loose if k not in plain]
+            seen_plain = {k for (k,) in db.execute(
+                "SELECT i.key FROM items i JOIN temp.seen s ON s.id = i.id")}
+            db.execute("DELETE FROM temp.seen")
+        else:
+            seen_plain = set()
+        held = self._held_blocks(stage, skip=frozenset(seen))
+        touched: set[int] = set()
+        given_keys = set()
+        for key, value in loose:
+            given_keys.add(key)
+            old = held.get(key)
+            if old is None:
+                added += 1
+                continue
+            touched.add(old[0])
+            if old[1].digest == value.digest:
+                unchanged += 1
+            else:
+                changed += 1
+        kept = [(key, stored) for key, (block, stored) in held.items()
+                if block in touched and key not in given_keys]
+        self._replace_blocks(stage, touched, loose + kept)
+        missing = sorted([key for key, (block, _) in held.items() if key not in given_keys]
+                         + [key for key in plain_keys if key not in seen_plain])
+        return InputReport(added + counts[0], changed + counts[1], unchanged + counts[2],
+                           missing)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Iterator
 
-from . import sql
+from . import blocks, sql
 from .base import Gathered, Grouped, Status
 
 
@@ -79,13 +79,14 @@ class SqliteReads:
     def counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         for stage, status, n in self._db.execute(
-                "SELECT stage, status, count(*) FROM items GROUP BY stage, status"):
+                f"SELECT stage, status, sum({sql.ROW_ITEMS}) FROM items GROUP BY stage, status"):
             counts.setdefault(stage, {})[status] = n
         return counts
 
     def pending_counts(self) -> dict[str, int]:
         return dict(self._db.execute(
-            "SELECT stage, count(*) FROM items WHERE status='pending' GROUP BY stage"))
+            f"SELECT stage, sum({sql.ROW_ITEMS}) FROM items WHERE status='pending' "
+            f"GROUP BY stage"))
 
     def next_retry(self, stage: str) -> float | None:
         return self._db.execute(
@@ -105,15 +106,27 @@ class SqliteReads:
 
     def outputs(self, stage: str) -> Iterator[tuple[str, bytes | None, str | None]]:
         for _, key, data, ref in self._stage_outputs(stage):
-            yield key, data, ref
+            if blocks.is_block(key):  # a block's outputs, packed in one value
+                assert data is not None
+                for item in blocks.unpack(data):
+                    yield item.key, item.data, item.ref
+            else:
+                yield key, data, ref
 
     def rows(self, stage: str | None = None) -> Iterator[dict[str, Any]]:
         cols = ("id", "stage", "key", "status", "attempts", "input_digest", "error", "worker",
                 "started", "ended")
-        sql = f"SELECT {', '.join(cols)} FROM items"
+        col = "i.input_id"
+        query = (f"SELECT {', '.join('i.' + c for c in cols)}, "
+                 f"{sql.VALUE_DATA.format(col=col)} FROM items i {sql.VALUE_JOIN.format(col=col)}")
         params: tuple[str, ...] = ()
         if stage is not None:
-            sql += " WHERE stage=?"
+            query += " WHERE i.stage=?"
             params = (stage,)
-        for row in self._db.execute(sql + " ORDER BY id", params):
-            yield dict(zip(cols, row))
+        for *row, data in self._db.execute(query + " ORDER BY i.id", params):
+            found = dict(zip(cols, row))
+            if not blocks.is_block(found["key"]):
+                yield found
+                continue
+            for item in blocks.unpack(data):  # a block row: one row per item, as it stands
+                yield {**found, "key": item.key, "input_digest": item.digest}

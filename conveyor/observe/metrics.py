@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import psutil
 
+from ..ledger import blocks
 from ..ledger.base import Record, Status
 from ..worker.meter import Usage
 
@@ -112,14 +113,16 @@ class RunMetrics:
         One pass, no call per row: the driver feeds every row of the run through here.
         """
         stages = self.stages
+        size = blocks.size
         for r in records:
             m = stages[r.stage]
             status = r.status
+            n = size(r.key)  # a block's record stands for its items
             if status is DONE or status is ROUTED_OUT:
-                m.done += 1
-                m.tick_done += 1
+                m.done += n
+                m.tick_done += n
                 if status is ROUTED_OUT:
-                    m.routed_out += 1
+                    m.routed_out += n
             elif status is FAILED:
                 m.failed += 1
             else:
@@ -128,7 +131,7 @@ class RunMetrics:
             seconds = max(ended - started, 0.0)
             if calls:
                 seconds /= calls.get((r.stage, started, ended), 1)
-            m.times.add(seconds)
+            m.times.add(seconds / n)
             m.tick_busy += seconds
             if m.first is None or started < m.first:
                 m.first = started

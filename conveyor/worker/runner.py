@@ -30,9 +30,10 @@ from ..context import Context, activate, deactivate
 from ..envs import EnvSpec
 from ..errors import StageContractError
 from ..items import Item, check_key
+from ..ledger import blocks
 from ..ledger.base import Claim, Gather, Output, Record, Status
 from ..stage import Route, Stage, group_of
-from ..store import INLINE_LIMIT, Store
+from ..store import INLINE_LIMIT, Store, Stored
 from ..validation import ValidationFailed, boundary
 from .meter import Meter
 from .sides import Sides
@@ -142,6 +143,11 @@ class StageRunner:
             return Loaded(task, None, None)
         try:
             data = self.store.get(task.data, task.ref)
+            if blocks.is_block(task.key):  # (key, value) of each item of the block
+                return Loaded(task, [(key, codec.decode(self.store.get(None, ref))
+                                      if ref is not None else value)
+                                     for key, value, ref, _ in blocks.elements(data)],
+                              None, len(data))
             value = codec.decode(data)
             if self._load is not None:
                 value = self._load(value)
@@ -398,6 +404,9 @@ class GroupRunner:
                 return self._run_batches(loaded)
             records: list[Record] = []
             for item in loaded:
+                if blocks.is_block(item.task.key):
+                    records.extend(self._run_block(item))
+                    continue
                 self.note(self._index[item.task.stage], item.task.id, 1)
                 stage = item.task.stage
                 self._carry(self.meter.measure(stage, self.runners[stage].call_one, item),
@@ -432,6 +441,80 @@ class GroupRunner:
                 self.note(self._index[nxt], task_id, 1)  # its row has no id yet: the task's
                 record = self.meter.measure(nxt, runner.call_one, runner.load(child))
                 self._carry(record, task_id, into)
+
+
+    def _run_block(self, item: Loaded) -> list[Record]:
+        """A block's records: one per stage of the chain from its row's, outputs packed.
+
+        Each item is called on its own, as in a row of its own. Where the block
+        cannot be recorded whole (an item failed, or a stage's outputs are not
+        one per item under its key, each going where the others go), the
+        record says so and the driver splits the block into item rows, which
+        run again: see :mod:`conveyor.ledger.blocks`.
+        """
+        task = item.task
+        if item.error is not None:
+            return [self._unsplit(task, blocks.SPLIT)]
+        values: list[tuple[str, Any]] = item.value
+        stage: str | None = task.stage
+        records: list[Record] = []
+        item_id: int | None = task.id
+        attempt = task.attempt
+        while stage is not None:
+            runner, nxt = self.runners[stage], self._next.get(stage)
+            started = time.time()
+            made = self.meter.measure(stage, self._block_stage, runner, task, attempt, values)
+            if isinstance(made, str):
+                return [self._unsplit(task, made)]
+            status, outputs = made
+            ended = time.time()
+            targets = outputs[0].targets if outputs else ()
+            if outputs and (outputs[0].gathers or targets not in ((), (nxt,))):
+                # the chain's last stage, its outputs routed on: each its own value
+                records.append(Record(stage, task.key, item_id, status, attempt, started,
+                                      ended, outputs))
+                break
+            packed = blocks.pack((o.key, o.value.data, o.value.ref, None) for o in outputs)
+            records.append(Record(stage, task.key, item_id, status, attempt, started, ended,
+                                  [Output(task.key, Stored(packed, None, None, len(packed)),
+                                          targets)]))
+            if not targets:
+                break
+            values = [(o.key, codec.decode(self.store.get(o.value.data, o.value.ref)))
+                      for o in outputs]
+            stage, item_id, attempt = nxt, None, 1
+        return records
+
+    def _block_stage(self, runner: "StageRunner", task: Claim, attempt: int,
+                     values: list[tuple[str, Any]]) -> tuple[Status, list[Output]] | str:
+        """One stage called on each item of a block: the status they share and one output
+        each, or why the block must be split."""
+        index = self._index[runner.stage.name]
+        outputs: list[Output] = []
+        status: Status | None = None
+        routes: tuple[Any, ...] | None = None
+        for key, value in values:
+            self.note(index, task.id, 1)
+            r = runner.call_one(Loaded(Claim(task.id, runner.stage.name, key, attempt, None,
+                                             None), value, None))
+            if r.status is FAILED:
+                return blocks.SPLIT
+            if len(r.outputs) != 1 or r.outputs[0].key != key:
+                return blocks.UNFIT
+            out = r.outputs[0]
+            if status is None:
+                status, routes = r.status, (out.targets, out.gathers)
+            elif r.status is not status or (out.targets, out.gathers) != routes:
+                return blocks.UNFIT
+            outputs.append(out)
+        assert status is not None
+        return status, outputs
+
+    def _unsplit(self, task: Claim, why: str) -> Record:
+        """The record that asks the driver to split a block (``why``: see blocks)."""
+        now = time.time()
+        return Record(task.stage, task.key, task.id, Status.PENDING, task.attempt, now, now,
+                      [], why)
 
 
 def _keyed(default_key: str, value: Any) -> tuple[str, Any]:

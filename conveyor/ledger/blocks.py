@@ -1,0 +1,139 @@
+"""Blocks: one ledger row standing for many items of a fast stage.
+
+A row per (stage, item) costs the driver a durable write per item, which is
+the ceiling for stages that take microseconds (issue 22 measured about 5,000
+items/s for the SQLite ledger alone). So a large run's inputs are taken in as
+*blocks*: one row per stage per block of a few hundred items, its value one
+packed list. A block row moves through the same statuses as an item row; a
+worker runs its items one by one through the group's chain and reports one
+record per stage for the whole block, its outputs packed again.
+
+A block row's key names it and says how many items it holds:
+``"\\x1e<n>:<first item key>"`` (item keys never start with ``\\x1e``, see
+:func:`conveyor.items.check_key`), so counts are ``n`` per row without reading
+the value, and a union's qualified key (``...@stage``) keeps it.
+
+A packed value is one JSON array, each element ``[key, value, ref, digest]``:
+the item's own encoded value embedded as is (``null`` where it lives in a
+file, ``ref``), and the digest of an input (``null`` for outputs). Packing
+and unpacking never re-encode a value the worker already has.
+
+An item gets a row of its own again (the block is *split*) whenever it needs
+its own state: its stage turns out slow, an item of the block fails or
+yields something other than one output under its own key, a worker dies in
+the block. Blocks are cut where a key's hash says, not every n items, so
+adding or removing one input changes one block, not all that follow it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import orjson
+
+from ..items import BLOCK_MARK as MARK  # ASCII record separator
+from ..store import Stored
+
+TARGET = 512  # mean items per block: a boundary is a key whose hash is 0 mod TARGET
+SMALLEST = 64  # no boundary before this many items
+LARGEST = 2048  # a boundary at this many items whatever the keys
+MOST_BYTES = 1 << 20  # nor past this many bytes of inline values
+SMALLEST_RUN = 4 * TARGET  # fewer inputs than this are taken in as item rows
+
+# Why a worker hands a block back to be split (a record's ``error``): an item of it
+# failed (its items then run on their own, retried and failed as rows), or a stage's
+# outputs do not fit a block (not one per item under its key, or routed differently),
+# so that its group runs item rows from then on.
+SPLIT = MARK + "split: an item of the block failed"
+UNFIT = MARK + "unfit: the stage's outputs do not fit a block"
+
+
+def is_block(key: str) -> bool:
+    return key.startswith(MARK)
+
+
+def size(key: str) -> int:
+    """Items a row keyed ``key`` stands for: ``n`` for a block, else 1."""
+    if not key.startswith(MARK):
+        return 1
+    return int(key[1:key.index(":")])
+
+
+def block_key(first: str, n: int) -> str:
+    return f"{MARK}{n}:{first}"
+
+
+class Packed(NamedTuple):
+    """One element of a packed value, as :func:`unpack` returns it (``data`` re-encoded)."""
+
+    key: str
+    data: bytes | None
+    ref: str | None
+    digest: str | None
+
+
+def pack(items: Iterable[tuple[str, bytes | None, str | None, str | None]]) -> bytes:
+    """One JSON array of ``[key, value, ref, digest]`` from already encoded values."""
+    fragment = orjson.Fragment  # embeds encoded JSON as it is
+    return orjson.dumps([[key, fragment(data) if data is not None else None, ref, digest]
+                         for key, data, ref, digest in items])
+
+
+def elements(data: bytes) -> list[list[Any]]:
+    """A packed value's elements, values decoded: ``[key, value, ref, digest]`` each."""
+    return orjson.loads(data)
+
+
+def unpack(data: bytes) -> Iterator[Packed]:
+    """A packed value's items, each value encoded on its own again."""
+    dumps = orjson.dumps
+    for key, value, ref, digest in orjson.loads(data):
+        yield Packed(key, None if ref is not None else dumps(value), ref, digest)
+
+
+def digest_of(pairs: Iterable[tuple[str, str]]) -> str:
+    """The digest of a block of inputs: over its (key, value digest) pairs, in order."""
+    return hashlib.blake2b("\x00".join(f"{key}\x00{value_digest}" for key, value_digest in pairs)
+                           .encode(), digest_size=16).hexdigest()
+
+
+def key_hash(key: str) -> int:
+    """A 64-bit hash of an item key, stable across processes, for duplicate checks over
+    millions of keys (two CRCs: cheap; a collision only costs a second look)."""
+    data = key.encode()
+    return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
+
+
+class Block(NamedTuple):
+    """Inputs cut into one block: their keys and stored values, and the block's digest."""
+
+    key: str
+    items: list[tuple[str, Stored]]
+    digest: str
+
+    def packed(self) -> bytes:
+        return pack((key, v.data, v.ref, v.digest) for key, v in self.items)
+
+
+def cut(inputs: Iterable[tuple[str, Stored]]) -> Iterator[Block]:
+    """The inputs in blocks with content-defined boundaries (see the module docstring)."""
+    items: list[tuple[str, Stored]] = []
+    nbytes = 0
+    crc, mask = zlib.crc32, TARGET - 1
+    for key, value in inputs:
+        items.append((key, value))
+        nbytes += value.size if value.data is not None else 0
+        n = len(items)
+        if (n >= SMALLEST and crc(key.encode()) & mask == 0) or n >= LARGEST \
+                or nbytes >= MOST_BYTES:
+            yield _block(items)
+            items, nbytes = [], 0
+    if items:
+        yield _block(items)
+
+
+def _block(items: list[tuple[str, Stored]]) -> Block:
+    return Block(block_key(items[0][0], len(items)),
+                 items, digest_of((key, v.digest or "") for key, v in items))

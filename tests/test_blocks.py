@@ -1,0 +1,261 @@
+"""Blocks: a large run's items recorded a block per row (conveyor.ledger.blocks).
+
+The ledger's side (taking inputs in, reruns, splitting a block into item
+rows) on a real SQLite ledger, and whole runs on real worker processes: every
+item's output is there, an item that fails fails alone with its traceback,
+stages whose outputs do not fit a block run item rows, and a changed stage
+recomputes from the blocks above it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conveyor import Pipeline, codec
+from conveyor.engine import state
+from conveyor.errors import InputError
+from conveyor.ledger import Output, SqliteLedger, Status, blocks
+from conveyor.store import Stored
+
+N = 5000  # inputs: above blocks.SMALLEST_RUN, so taken in as about ten blocks
+
+
+def value(v: object) -> Stored:
+    data = codec.encode(v)
+    return Stored(data, None, codec.digest(data), len(data))
+
+
+def given(n: int = N, changed: str | None = None, without: tuple[str, ...] = ()
+          ) -> list[tuple[str, Stored]]:
+    return [(key, value("changed" if key == changed else i)) for i in range(n)
+            if (key := f"k{i:05d}") not in without]
+
+
+def table_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM items").fetchone()[0]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> SqliteLedger:
+    led = SqliteLedger(tmp_path / "ledger.db")
+    yield led
+    led.close()
+
+
+def finish_all(ledger: SqliteLedger, stage: str = "a") -> None:
+    """Record every block of ``stage`` done, each item's output its own value."""
+    for claim in ledger.claim(stage, 10_000, "w", 1.0):
+        packed = blocks.pack((e[0], codec.encode(e[1]), None, None)
+                             for e in blocks.elements(claim.data))
+        ledger.complete(claim.id, [Output(claim.key, Stored(packed, None, None, len(packed)))],
+                        Status.DONE, 1.0)
+    ledger.commit()
+
+
+# -- the ledger --------------------------------------------------------------------------
+
+def test_a_large_run_is_taken_in_as_blocks(ledger, tmp_path):
+    report = ledger.add_inputs("a", given())
+    ledger.commit()
+    assert (report.added, report.changed, report.unchanged, report.missing) == (N, 0, 0, [])
+    assert table_rows(tmp_path / "ledger.db") <= N // blocks.SMALLEST + 1
+    assert ledger.counts() == {"a": {"pending": N}} and ledger.pending_counts() == {"a": N}
+    rows = list(ledger.rows("a"))
+    assert [r["key"] for r in rows] == [f"k{i:05d}" for i in range(N)]
+    assert rows[7]["input_digest"] == value(7).digest
+
+
+def test_a_small_run_is_taken_in_as_item_rows(ledger, tmp_path):
+    ledger.add_inputs("a", given(blocks.SMALLEST_RUN - 1))
+    ledger.commit()
+    assert table_rows(tmp_path / "ledger.db") == blocks.SMALLEST_RUN - 1
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_a_key_given_twice_is_refused_by_name(ledger, rerun):
+    if rerun:
+        ledger.add_inputs("a", given())
+    with pytest.raises(InputError, match="duplicate input key 'k04321'"):
+        ledger.add_inputs("a", [*given(), ("k04321", value(0))])
+
+
+def test_a_rerun_of_the_same_inputs_keeps_every_block(ledger):
+    ledger.add_inputs("a", given())
+    finish_all(ledger)
+    report = ledger.add_inputs("a", given())
+    assert (report.added, report.changed, report.unchanged, report.missing) == (0, 0, N, [])
+    assert ledger.counts() == {"a": {"done": N}}
+
+
+def test_a_changed_input_recomputes_its_block_only(ledger):
+    ledger.add_inputs("a", given())
+    finish_all(ledger)
+    report = ledger.add_inputs("a", given(changed="k02500"))
+    assert (report.added, report.changed, report.unchanged, report.missing) == (0, 1, N - 1, [])
+    counts = ledger.counts()["a"]
+    assert counts["done"] + counts["pending"] == N and 0 < counts["pending"] < N // 2
+    (claim,) = ledger.claim("a", 10, "w", 2.0)
+    items = {e[0]: e[1] for e in blocks.elements(claim.data)}
+    assert items["k02500"] == "changed" and len(items) == counts["pending"]
+
+
+def test_inputs_left_out_are_kept_and_new_ones_added(ledger):
+    ledger.add_inputs("a", given())
+    finish_all(ledger)
+    report = ledger.add_inputs("a", [*given(without=("k00007",)), ("new", value("n"))])
+    assert (report.added, report.changed, report.missing) == (1, 0, ["k00007"])
+    assert sum(ledger.counts()["a"].values()) == N + 1
+    assert "k00007" in {r["key"] for r in ledger.rows("a")}
+
+
+def test_a_gone_input_is_dropped_from_its_block(ledger):
+    ledger.add_inputs("a", given())
+    finish_all(ledger)
+    assert ledger.drop_inputs("a", ["k00007", "k04000"]) == 2
+    keys = {r["key"] for r in ledger.rows("a")}
+    assert len(keys) == N - 2 and not keys & {"k00007", "k04000"}
+    outputs = {key for key, _, _ in ledger.outputs("a")}
+    assert "k00007" not in outputs and "k00008" not in outputs  # its block goes again
+    assert sum(ledger.counts()["a"].values()) == N - 2
+
+
+def test_a_split_block_becomes_item_rows_with_their_values(ledger):
+    ledger.add_inputs("a", given())
+    (block,) = ledger.claim("a", 1, "w", 1.0)
+    n = blocks.size(block.key)
+    assert ledger.split([block.id]) == n
+    claims = ledger.claim("a", n + 10, "w", 2.0, blocks=False)
+    assert len(claims) == n and all(c.attempt == 1 for c in claims)  # the block's not counted
+    assert [codec.decode(c.data) for c in claims] == list(range(n))
+    assert ledger.counts()["a"] == {"pending": N - n, "running": n}
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def blocks_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks run whole once measured, however loaded the machine: a block may take 10 s."""
+    monkeypatch.setattr(state, "BLOCK_SECONDS", 10.0)
+
+
+def chain(fail: str | None = None, fan_out: bool = False) -> Pipeline:
+    pipe = Pipeline("blocks")
+
+    @pipe.stage
+    def a(x: int) -> int:
+        return x + 1
+
+    if fan_out:
+        @pipe.stage(after=a)
+        def b(x: int):
+            yield x
+            yield -x
+    else:
+        @pipe.stage(after=a, retries=1, retry_backoff=0)
+        def b(x: int) -> int:
+            if x == 101 and fail:
+                raise ValueError(fail)
+            return x * 2
+
+    @pipe.stage(after=b)
+    def c(x: int) -> int:
+        return x - 1
+
+    return pipe
+
+
+def test_a_large_run_records_blocks_and_every_output(tmp_path, blocks_whole):
+    result = chain().run(range(N), run_dir=tmp_path / "run")
+    assert result.ok and result.counts["c"]["done"] == N
+    assert dict(result.outputs("c")) == {codec.digest(codec.encode(i))[:16]: (i + 1) * 2 - 1
+                                         for i in range(N)}
+    assert table_rows(tmp_path / "run" / "ledger.db") < N  # not a row per (stage, item)
+
+
+def test_an_item_that_fails_in_a_block_fails_alone(tmp_path, blocks_whole):
+    result = chain(fail="no 101").run(range(N), run_dir=tmp_path / "run")
+    (failure,) = result.failures()
+    assert failure["stage"] == "b" and "ValueError: no 101" in failure["error"]
+    assert "raise ValueError(fail)" in failure["traceback"] and failure["attempts"] == 2
+    assert result.counts["c"]["done"] == N - 1
+
+
+def test_a_fan_out_stage_runs_item_rows(tmp_path, blocks_whole):
+    result = chain(fan_out=True).run(range(N), run_dir=tmp_path / "run")
+    outputs = dict(result.outputs("c"))
+    assert len(outputs) == 2 * N and result.counts["c"]["done"] == 2 * N
+    key = codec.digest(codec.encode(9))[:16]
+    assert (outputs[f"{key}/0"], outputs[f"{key}/1"]) == (9, -11)
+
+
+def test_routed_items_are_counted_where_they_went(tmp_path, blocks_whole):
+    pipe = Pipeline("routes")
+
+    @pipe.stage
+    def a(x: int) -> int:
+        return x
+
+    @pipe.stage(after=a, when=lambda x: x % 2 == 0)
+    def even(x: int) -> str:
+        return "even"
+
+    @pipe.stage(after=a, when=lambda x: x % 3 == 0)
+    def third(x: int) -> str:
+        return "third"
+
+    result = pipe.run(range(N), run_dir=tmp_path / "run")
+    counts = result.counts
+    assert counts["even"]["done"] == len(range(0, N, 2))
+    assert counts["third"]["done"] == len(range(0, N, 3))
+    neither = sum(1 for i in range(N) if i % 2 and i % 3)
+    assert counts["a"]["routed-out"] == neither and counts["a"]["done"] == N - neither
+
+
+def test_a_changed_stage_recomputes_from_the_blocks_above_it(tmp_path, blocks_whole):
+    run_dir = tmp_path / "run"
+    chain().run(range(N), run_dir=run_dir)
+    before = {(r["key"], r["ended"]) for r in SqliteLedger(run_dir / "ledger.db",
+                                                           readonly=True).rows("a")}
+    pipe = Pipeline("blocks")
+
+    @pipe.stage
+    def a(x: int) -> int:
+        return x + 1
+
+    @pipe.stage(after=a)
+    def b(x: int) -> int:
+        return x * 3  # changed
+
+    @pipe.stage(after=b)
+    def c(x: int) -> int:
+        return x - 1
+
+    result = pipe.run(range(N), run_dir=run_dir)
+    assert result.ok and dict(result.outputs("c"))[codec.digest(codec.encode(4))[:16]] == 14
+    after = {(r["key"], r["ended"]) for r in result.ledger.rows("a")}
+    assert after == before  # a ran no item again
+
+
+def test_stages_added_below_blocks_see_every_item(tmp_path, blocks_whole):
+    """A reduce and a routed stage added to a finished run read each item of the blocks
+    above them: those blocks run again (they are fast), this time as item rows."""
+    run_dir = tmp_path / "run"
+    chain().run(range(N), run_dir=run_dir)
+    pipe = chain()
+
+    @pipe.reduce(after="c")
+    def total(values) -> int:
+        return sum(values)
+
+    @pipe.stage(after="c", when=lambda x: x % 10 == 1)
+    def tens(x: int) -> int:
+        return x
+
+    result = pipe.run(range(N), run_dir=run_dir)
+    assert result.ok and result.output("total") == sum((i + 1) * 2 - 1 for i in range(N))
+    assert result.counts["tens"]["done"] == sum(1 for i in range(N) if ((i + 1) * 2 - 1) % 10 == 1)
+    assert result.counts["c"]["done"] == N
