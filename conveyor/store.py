@@ -76,8 +76,8 @@ class Store:
         ``digest`` is the data's digest when the caller has it; an inline
         value keeps it (or none), a file is named by it.
         """
-        if len(data) <= self.inline_limit:
-            return Stored(data, None, digest, len(data))
+        if len(data) <= self.inline_limit:  # most values: kept lean, it runs per input
+            return tuple.__new__(Stored, (data, None, digest, len(data)))
         dig = digest or codec.digest(data)
         ref = rundir.value_ref(dig)
         if self._remote is not None:

@@ -83,6 +83,13 @@ def test_a_key_given_twice_is_refused_by_name(ledger, rerun):
         ledger.add_inputs("a", [*given(), ("k04321", value(0))])
 
 
+def test_a_rerun_giving_whole_blocks_twice_is_refused(ledger):
+    """Blocks given twice match the same rows: the second match names a repeated key."""
+    ledger.add_inputs("a", given())
+    with pytest.raises(InputError, match="duplicate input key 'k0"):
+        ledger.add_inputs("a", [*given(), *given()])
+
+
 def test_a_rerun_of_the_same_inputs_keeps_every_block(ledger):
     ledger.add_inputs("a", given())
     finish_all(ledger)
@@ -168,16 +175,16 @@ def chain(fail: str | None = None, fan_out: bool = False) -> Pipeline:
     return pipe
 
 
-def test_a_large_run_records_blocks_and_every_output(tmp_path, blocks_whole):
-    result = chain().run(range(N), run_dir=tmp_path / "run")
+def test_a_large_run_records_blocks_and_every_output(tmp_path, blocks_whole, executor):
+    result = chain().run(range(N), run_dir=tmp_path / "run", executor=executor)
     assert result.ok and result.counts["c"]["done"] == N
     assert dict(result.outputs("c")) == {codec.digest(codec.encode(i))[:16]: (i + 1) * 2 - 1
                                          for i in range(N)}
     assert table_rows(tmp_path / "run" / "ledger.db") < N  # not a row per (stage, item)
 
 
-def test_an_item_that_fails_in_a_block_fails_alone(tmp_path, blocks_whole):
-    result = chain(fail="no 101").run(range(N), run_dir=tmp_path / "run")
+def test_an_item_that_fails_in_a_block_fails_alone(tmp_path, blocks_whole, executor):
+    result = chain(fail="no 101").run(range(N), run_dir=tmp_path / "run", executor=executor)
     (failure,) = result.failures()
     assert failure["stage"] == "b" and "ValueError: no 101" in failure["error"]
     assert "raise ValueError(fail)" in failure["traceback"] and failure["attempts"] == 2

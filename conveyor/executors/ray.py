@@ -70,6 +70,7 @@ from typing import Any, Mapping
 from .. import envs, rundir
 from ..errors import ExecutorUnavailable
 from ..ledger.base import Claim
+from ..ledger.blocks import is_block
 from ..optional import require
 from ..resources import Budget, parse_size
 from ..worker import shipping
@@ -380,7 +381,8 @@ class RayExecutor(Executor):
         assert call.ref == ref, "actor calls finish in the order they were sent"
         self._suspects.difference_update(t.id for t in call.tasks)
         records, wrote, usage, seconds = value
-        if records:  # not a broken actor's
+        if records and not is_block(call.tasks[0].key):  # a call of tasks, not a broken
+            # actor's nor a ledger block's
             pace, last = self._pace.get(w.spec.group), seconds / len(call.block)
             self._pace[w.spec.group] = last if pace is None else 0.8 * pace + 0.2 * last
         self._events.append(Results(worker_id, records, wrote, usage))
@@ -455,12 +457,13 @@ def _blocks(tasks: list[Claim], batch_size: int | None, suspects: set[int], per_
 
     A task on its second attempt or later, or suspected of killing an actor, gets
     an actor call of its own (the runner runs it alone anyway), so that if it is
-    what kills the actor, it alone is blamed.
+    what kills the actor, it alone is blamed; so does a ledger block.
     """
     blocks: list[list[list[Claim]]] = []
     growing = False  # whether the last block may take more tasks
     for task in tasks:
-        alone = task.attempt > 1 or task.id in suspects
+        # a ledger block (hundreds of items) is a call's worth of work by itself
+        alone = task.attempt > 1 or task.id in suspects or is_block(task.key)
         last = blocks[-1] if growing and not alone else None
         if last is not None and last[-1][0].stage == task.stage:
             if batch_size and len(last[-1]) < batch_size:

@@ -93,10 +93,10 @@ def unpack(data: bytes) -> Iterator[Packed]:
         yield Packed(key, None if ref is not None else dumps(value), ref, digest)
 
 
-def digest_of(pairs: Iterable[tuple[str, str]]) -> str:
-    """The digest of a block of inputs: over its (key, value digest) pairs, in order."""
-    return hashlib.blake2b("\x00".join(f"{key}\x00{value_digest}" for key, value_digest in pairs)
-                           .encode(), digest_size=16).hexdigest()
+def digest_of(keys: list[str], digests: list[str]) -> str:
+    """The digest of a block of inputs: over its keys and their values' digests, in order."""
+    return hashlib.blake2b(("\x00".join(keys) + "\x01" + "\x00".join(digests)).encode(),
+                           digest_size=16).hexdigest()
 
 
 def key_hash(key: str) -> int:
@@ -107,11 +107,13 @@ def key_hash(key: str) -> int:
 
 
 class Block(NamedTuple):
-    """Inputs cut into one block: their keys and stored values, and the block's digest."""
+    """Inputs cut into one block: their keys and stored values, the block's digest, and
+    its keys' 64-bit hashes (see :func:`key_hash`)."""
 
     key: str
     items: list[tuple[str, Stored]]
     digest: str
+    hashes: list[int]
 
     def packed(self) -> bytes:
         return pack((key, v.data, v.ref, v.digest) for key, v in self.items)
@@ -120,20 +122,24 @@ class Block(NamedTuple):
 def cut(inputs: Iterable[tuple[str, Stored]]) -> Iterator[Block]:
     """The inputs in blocks with content-defined boundaries (see the module docstring)."""
     items: list[tuple[str, Stored]] = []
+    hashes: list[int] = []
     nbytes = 0
-    crc, mask = zlib.crc32, TARGET - 1
-    for key, value in inputs:
+    crc, adler, mask, low = zlib.crc32, zlib.adler32, TARGET - 1, 1 << 63
+    for key, value in inputs:  # per input: this loop is a rerun's cost, kept lean
+        data = key.encode()
+        check = crc(data)
         items.append((key, value))
+        hashes.append((check << 32 | adler(data)) - low)  # key_hash, inlined
         nbytes += value.size if value.data is not None else 0
         n = len(items)
-        if (n >= SMALLEST and crc(key.encode()) & mask == 0) or n >= LARGEST \
-                or nbytes >= MOST_BYTES:
-            yield _block(items)
-            items, nbytes = [], 0
+        if (n >= SMALLEST and check & mask == 0) or n >= LARGEST or nbytes >= MOST_BYTES:
+            yield _block(items, hashes)
+            items, hashes, nbytes = [], [], 0
     if items:
-        yield _block(items)
+        yield _block(items, hashes)
 
 
-def _block(items: list[tuple[str, Stored]]) -> Block:
-    return Block(block_key(items[0][0], len(items)),
-                 items, digest_of((key, v.digest or "") for key, v in items))
+def _block(items: list[tuple[str, Stored]], hashes: list[int]) -> Block:
+    keys = [key for key, _ in items]
+    return Block(block_key(keys[0], len(items)), items,
+                 digest_of(keys, [v.digest or "" for _, v in items]), hashes)

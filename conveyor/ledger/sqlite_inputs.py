@@ -12,9 +12,8 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from array import array
+from collections import Counter
 from typing import Any, Iterable, Iterator
-
-import numpy as np
 
 from .. import codec
 from ..errors import InputError
@@ -226,13 +225,12 @@ class SqliteInputs:
         """
         db = self._db
         hashes = array("q")
-        key_hash = blocks.key_hash
         added = 0
         values: list[tuple[Any, ...]] = []
         rows: list[tuple[Any, ...]] = []
         (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM outputs").fetchone()
         for block in blocks.cut(inputs):
-            hashes.extend(key_hash(key) for key, _ in block.items)
+            hashes.extend(block.hashes)
             data = block.packed()
             values.append((next_id, None, 0, block.key, data, None, block.digest, len(data)))
             rows.append((stage, block.key, "pending", next_id, block.digest))
@@ -251,8 +249,13 @@ class SqliteInputs:
         """Raise ``InputError`` naming a key given twice, if one was: ``hashes`` are the
         given keys' (see :meth:`_add_blocks`), ``keys`` the given keys, read again only
         when two hashes are equal."""
-        ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
-        twice = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        buckets: list[array[int]] = [array("q") for _ in range(256)]
+        for h in hashes:  # a set of a bucket at a time: a 256th of the keys in memory
+            buckets[h & 255].append(h)
+        twice: set[int] = set()
+        for bucket in buckets:
+            if len(set(bucket)) < len(bucket):
+                twice.update(h for h, n in Counter(bucket).items() if n > 1)
         if not twice:
             return
         seen: set[str] = set()  # a shared hash is a repeated key, or (rarely) two keys
@@ -316,21 +319,24 @@ class SqliteInputs:
         """
         db = self._db
         hashes = array("q")
-        key_hash = blocks.key_hash
         seen: set[int] = set()
         unchanged = 0
         loose: list[tuple[str, Stored]] = []
         for block in blocks.cut(given):
-            hashes.extend(key_hash(key) for key, _ in block.items)
+            hashes.extend(block.hashes)
             row = db.execute("SELECT id, input_digest FROM items WHERE stage=? AND key=?",
                              (stage, block.key)).fetchone()
             if row is not None and row[1] == block.digest:
+                if row[0] in seen:  # the same block twice: each of its keys repeated
+                    raise InputError(f"duplicate input key {block.items[0][0]!r}")
                 seen.add(row[0])
                 unchanged += len(block.items)
             else:
                 loose.extend(block.items)
-        self._check_repeats(hashes, itertools.chain((key for key, _ in loose),
-                                                    self._keys_in(seen)))
+        if loose:  # blocks matched hold distinct keys (checked when written): only the
+            # others can repeat a key
+            self._check_repeats(hashes, itertools.chain((key for key, _ in loose),
+                                                        self._keys_in(seen)))
         (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
         if not loose and rows == len(seen):
             return InputReport(0, 0, unchanged, [])

@@ -176,8 +176,10 @@ class StageRunner:
     def _record(self, task: Claim, status: Status, outputs: list[Output], error: str | None,
                 tb: str | None, started: float, fatal: bool = False,
                 ended: float | None = None, retryable: bool = True) -> Record:
-        return Record(self.stage.name, task.key, task.id, status, task.attempt, started,
-                      ended or time.time(), outputs, error, tb, None, None, fatal, retryable)
+        # tuple.__new__: a named tuple's own constructor is Python, and this runs per item
+        return tuple.__new__(Record, (self.stage.name, task.key, task.id, status, task.attempt,
+                                      started, ended or time.time(), outputs, error, tb, None,
+                                      None, fatal, retryable))
 
     def call_one(self, item: Loaded) -> Record:
         """Call the stage on one value."""
@@ -325,7 +327,8 @@ class StageRunner:
                     f"stage {self.stage.name!r} returned an unserialisable output for item "
                     f"{key!r}: {exc}") from None
             targets, gathers = self._route(value)
-            outputs.append(Output(out_key, self.store.put(data), targets, gathers))
+            outputs.append(tuple.__new__(Output, (out_key, self.store.put(data), targets,
+                                                  gathers)))
         taken = any(o.targets or o.gathers for o in outputs)
         routed_out = bool(self.routes) and bool(outputs) and not taken
         return outputs, ROUTED_OUT if routed_out else DONE
@@ -489,14 +492,21 @@ class GroupRunner:
                      values: list[tuple[str, Any]]) -> tuple[Status, list[Output]] | str:
         """One stage called on each item of a block: the status they share and one output
         each, or why the block must be split."""
-        index = self._index[runner.stage.name]
+        name = runner.stage.name
+        index = self._index[name]
+        # Where the stage has a timeout, each item is noted when it starts: the watchdog
+        # times the item, not the block. Else the block's start will do.
+        each = runner.stage.timeout is not None
+        self.note(index, task.id, 1)
         outputs: list[Output] = []
         status: Status | None = None
         routes: tuple[Any, ...] | None = None
+        new = tuple.__new__  # see from_wire: a named tuple's own constructor is Python
         for key, value in values:
-            self.note(index, task.id, 1)
-            r = runner.call_one(Loaded(Claim(task.id, runner.stage.name, key, attempt, None,
-                                             None), value, None))
+            if each:
+                self.note(index, task.id, 1)
+            r = runner.call_one(new(Loaded, (new(Claim, (task.id, name, key, attempt, None,
+                                                         None)), value, None, 0)))
             if r.status is FAILED:
                 return blocks.SPLIT
             if len(r.outputs) != 1 or r.outputs[0].key != key:
