@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from common import emit, machine, parser
 from crashkit import log_executions, syncing_wal, unwatchable
 
 from conveyor import Item, Pipeline, open_run
+from conveyor.errors import LedgerError
+from conveyor.ledger.sqlite import SqliteLedger
 from conveyor.observe.events import read_events
 
 BENCHMARKS = str(Path(__file__).resolve().parent)
@@ -80,22 +81,21 @@ def start(n: int, run_dir: Path, log: Path, cpus: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def query(ledger: Path, sql: str) -> list[tuple]:
-    """Rows of ``sql`` on a read-only connection; none while the ledger has no tables."""
-    if not ledger.exists():
-        return []
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+def view(ledger: Path) -> SqliteLedger | None:
+    """The ledger opened read-only, or None while the driver has not written its schema."""
     try:
-        return db.execute(sql).fetchall()
-    except sqlite3.OperationalError:  # the driver has not committed its schema yet
-        return []
-    finally:
-        db.close()
+        return SqliteLedger(ledger, readonly=True)
+    except LedgerError:
+        return None
 
 
 def last_done(ledger: Path) -> int:
-    rows = query(ledger, "SELECT count(*) FROM items WHERE stage='third' AND status='done'")
-    return rows[0][0] if rows else 0
+    """Items done at the last stage (a block's row counts its items)."""
+    led = view(ledger)
+    if led is None:
+        return 0
+    with led:
+        return led.counts().get("third", {}).get("done", 0)
 
 
 def kill_at(proc: subprocess.Popen, ledger: Path, done: int, on_sync: bool) -> bool:
@@ -109,7 +109,7 @@ def kill_at(proc: subprocess.Popen, ledger: Path, done: int, on_sync: bool) -> b
         if proc.poll() is not None:
             return False
         # a poll, not a wait for time: the count is the event. The count reads every row
-        # of the stage (0.5 s at 200,000 on a busy machine): at most a fifth of a core
+        # of the ledger: at most a fifth of a core
         time.sleep(max(0.1, 4 * (time.perf_counter() - asked)))
     while on_sync and not syncing_wal(proc.pid):  # a sync lasts about a millisecond
         if proc.poll() is not None:
@@ -123,8 +123,12 @@ def kill_at(proc: subprocess.Popen, ledger: Path, done: int, on_sync: bool) -> b
 
 
 def done_rows(ledger: Path) -> set[str]:
-    return {f"{s} {k}" for s, k in query(ledger, "SELECT stage, key FROM items "
-                                                 "WHERE status='done'")}
+    """"stage key" of every item done (a block's items each)."""
+    led = view(ledger)
+    if led is None:
+        return set()
+    with led:
+        return {f"{r['stage']} {r['key']}" for r in led.rows() if r["status"] == "done"}
 
 
 def main() -> None:

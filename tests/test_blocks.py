@@ -266,3 +266,25 @@ def test_stages_added_below_blocks_see_every_item(tmp_path, blocks_whole):
     assert result.ok and result.output("total") == sum((i + 1) * 2 - 1 for i in range(N))
     assert result.counts["tens"]["done"] == sum(1 for i in range(N) if ((i + 1) * 2 - 1) % 10 == 1)
     assert result.counts["c"]["done"] == N
+
+
+def test_a_block_goes_on_to_the_next_group_as_a_block(tmp_path, blocks_whole):
+    """Stages that do not fuse (here: different CPUs) pass blocks on whole: the second
+    group's rows are blocks too, not a row per item."""
+    pipe = Pipeline("two groups")
+
+    @pipe.stage(cpus=1)
+    def a(x: int) -> int:
+        return x + 1
+
+    @pipe.stage(after=a, cpus=0.5)
+    def b(x: int) -> int:
+        return x * 2
+
+    result = pipe.run(range(N), run_dir=tmp_path / "run")
+    assert result.ok and sorted(v for _, v in result.outputs("b")) == \
+        [(i + 1) * 2 for i in range(N)]
+    b_rows = sum(1 for r in result.ledger.rows("b"))  # expanded: one per item
+    with sqlite3.connect(tmp_path / "run" / "ledger.db") as db:
+        (held,) = db.execute("SELECT count(*) FROM items WHERE stage='b'").fetchone()
+    assert b_rows == N and held < N / 2

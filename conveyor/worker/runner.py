@@ -447,7 +447,8 @@ class GroupRunner:
 
 
     def _run_block(self, item: Loaded) -> list[Record]:
-        """A block's records: one per stage of the chain from its row's, outputs packed.
+        """A block's records: one per stage of the chain from its row's, outputs packed
+        (and routed on as a block), except where a reduce or a group gathers them.
 
         Each item is called on its own, as in a row of its own. Where the block
         cannot be recorded whole (an item failed, or a stage's outputs are not
@@ -472,16 +473,18 @@ class GroupRunner:
             status, outputs = made
             ended = time.time()
             targets = outputs[0].targets if outputs else ()
-            if outputs and (outputs[0].gathers or targets not in ((), (nxt,))):
-                # the chain's last stage, its outputs routed on: each its own value
+            if outputs and outputs[0].gathers:
+                # gathered by a reduce or a group, which read each value: each its own
                 records.append(Record(stage, task.key, item_id, status, attempt, started,
                                       ended, outputs))
                 break
+            # packed, to the next stage of the chain or, as a block again, to the stages
+            # of other groups that every item goes to
             packed = blocks.pack((o.key, o.value.data, o.value.ref, None) for o in outputs)
             records.append(Record(stage, task.key, item_id, status, attempt, started, ended,
                                   [Output(task.key, Stored(packed, None, None, len(packed)),
                                           targets)]))
-            if not targets:
+            if targets != (nxt,):
                 break
             values = [(o.key, codec.decode(self.store.get(o.value.data, o.value.ref)))
                       for o in outputs]
