@@ -188,19 +188,14 @@ class StageRunner:
         try:
             if item.error is not None:
                 raise item.error
-            ctx = self._context([task.key], task.attempt)
             if self.stage.reduce:
+                ctx = self._context([task.key], task.attempt)
                 produced = [_keyed(task.key, self._invoke(self._gathered(task), ctx))]
+                outputs, status = self._outputs(produced, task.key)
             elif self.stage.group:
-                produced = self._call_groups(task)
+                outputs, status = self._outputs(self._call_groups(task), task.key)
             else:
-                value = self.boundary.check_input(self.stage.name, item.value)
-                if self._is_generator:
-                    produced = [_keyed(f"{task.key}/{i}", v)
-                                for i, v in enumerate(self._invoke(value, ctx))]
-                else:
-                    produced = [_keyed(task.key, self._invoke(value, ctx))]
-            outputs, status = self._outputs(produced, task.key)
+                outputs, status = self.produce(task.key, item.value, task.attempt)
         except StageContractError as exc:
             return self._record(task, FAILED, [], str(exc), None, started, fatal=True)
         except ValidationFailed as exc:
@@ -210,6 +205,16 @@ class StageRunner:
         except Exception as exc:
             return self._record(task, FAILED, [], _describe(exc), traceback.format_exc(), started)
         return self._record(task, status, outputs, None, None, started)
+
+    def produce(self, key: str, value: Any, attempt: int) -> tuple[list[Output], Status]:
+        """The outputs of the stage called on one item's decoded value, and its status;
+        raises what the call or its outputs raise (:meth:`call_one` records it)."""
+        ctx = self._context([key], attempt)
+        value = self.boundary.check_input(self.stage.name, value)
+        if self._is_generator:
+            return self._outputs([_keyed(f"{key}/{i}", v)
+                                  for i, v in enumerate(self._invoke(value, ctx))], key)
+        return self._outputs([_keyed(key, self._invoke(value, ctx))], key)
 
     def call_batch(self, loaded: list[Loaded]) -> list[Record]:
         """Call a batch stage once on the values of ``loaded``.
@@ -504,20 +509,20 @@ class GroupRunner:
         outputs: list[Output] = []
         status: Status | None = None
         routes: tuple[Any, ...] | None = None
-        new = tuple.__new__  # see from_wire: a named tuple's own constructor is Python
+        produce = runner.produce
         for key, value in values:
             if each:
                 self.note(index, task.id, 1)
-            r = runner.call_one(new(Loaded, (new(Claim, (task.id, name, key, attempt, None,
-                                                         None)), value, None, 0)))
-            if r.status is FAILED:
+            try:
+                made, got = produce(key, value, attempt)
+            except Exception:  # the item fails (or breaks the contract) on a row of its own
                 return blocks.SPLIT
-            if len(r.outputs) != 1 or r.outputs[0].key != key:
+            if len(made) != 1 or made[0].key != key:
                 return blocks.UNFIT
-            out = r.outputs[0]
+            out = made[0]
             if status is None:
-                status, routes = r.status, (out.targets, out.gathers)
-            elif r.status is not status or (out.targets, out.gathers) != routes:
+                status, routes = got, (out.targets, out.gathers)
+            elif got is not status or (out.targets, out.gathers) != routes:
                 return blocks.UNFIT
             outputs.append(out)
         assert status is not None
