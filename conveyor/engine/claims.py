@@ -5,7 +5,7 @@ a group whose workers run blocks (:attr:`GroupState.runs_blocks`) claims them
 as they are, a row standing for hundreds of items. Any other group claims
 item rows, and splits a block into item rows when it has too few: one block
 at a time, and, while its pace is not known yet, only when nothing of it runs,
-so that its first items measure it before more blocks are split.
+so that its first items (SMALLEST at least) measure it before more blocks are split.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def claim_rows(ledger: Ledger, group: GroupState, member: StageState, want: int,
         return got + ledger.claim(name, want, worker, now, max_bytes=max(max_bytes, 0),
                                   blocks=False)
     got = ledger.claim(name, want, worker, now, max_bytes=max_bytes, blocks=False)
-    if len(got) < want and (group.service is not None or not group.running):
+    if len(got) < want and (group.paced or not group.running):
         packed = ledger.claim(name, 1, worker, now, blocks=True)
         if packed:
             group.met_blocks = True

@@ -30,6 +30,7 @@ class StageState:
     pending: int = 0
     running: int = 0
     service: float | None = None  # seconds per item, smoothed
+    measured: int = 0  # items its service was measured on
     wait_until: float = 0.0  # nothing claimable before (retry back-off)
     ancestors: set[str] = field(default_factory=set)
     downstream: list[str] = field(default_factory=list)
@@ -93,10 +94,16 @@ class GroupState:
         outputs fit blocks, and where every stage calls its code on one item alone
         with one upstream (no batches, barriers, or ``load()`` run ahead)."""
         service = self.service
-        return (service is not None and not self.unfit
+        return (service is not None and self.paced and not self.unfit
                 and service * blocks.TARGET <= BLOCK_SECONDS
                 and not any(m.stage.barrier or m.stage.batch_size or m.stage.loads
                             or len(m.stage.upstream) > 1 for m in self.members))
+
+    @property
+    def paced(self) -> bool:
+        """Whether its pace is known from enough items (the first calls are cold) to
+        decide between blocks and item rows."""
+        return self.members[0].measured >= blocks.SMALLEST
 
     @property
     def runs_blocks(self) -> bool:
