@@ -9,7 +9,9 @@ recomputes from the blocks above it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from conveyor import Pipeline, codec
 from conveyor.engine import state
 from conveyor.errors import InputError
 from conveyor.ledger import Output, SqliteLedger, Status, blocks
+from conveyor.observe.events import read_events
 from conveyor.store import Stored
 
 N = 5000  # inputs: above blocks.SMALLEST_RUN, so taken in as about ten blocks
@@ -288,3 +291,37 @@ def test_a_block_goes_on_to_the_next_group_as_a_block(tmp_path, blocks_whole):
     with sqlite3.connect(tmp_path / "run" / "ledger.db") as db:
         (held,) = db.execute("SELECT count(*) FROM items WHERE stage='b'").fetchone()
     assert b_rows == N and held < N / 2
+
+
+def die() -> None:
+    os._exit(3)
+
+
+def hang() -> None:
+    threading.Event().wait()
+
+
+@pytest.mark.parametrize("poison,options,reason", [
+    (die, {}, "worker exited with code 3"),
+    (hang, {"timeout": 1}, "timed out after 1 s"),
+], ids=["os._exit", "timeout"])
+def test_a_worker_lost_in_a_block_costs_only_the_item_that_killed_it(
+        tmp_path, blocks_whole, poison, options, reason):
+    """A worker that dies, or is killed past the stage's timeout, inside a block blames no
+    item of it: the block is split and its items run alone, where the killer is named."""
+    pipe = Pipeline("poisoned")
+
+    @pipe.stage(retries=1, retry_backoff=0, **options)
+    def work(x: int) -> int:
+        if x == 4321:
+            poison()
+        return x * 2
+
+    result = pipe.run(range(N), run_dir=tmp_path / "run")
+    (failure,) = result.failures()
+    assert failure["key"] == codec.digest(codec.encode(4321))[:16]
+    assert reason in failure["error"] and failure["attempts"] == 2
+    assert result.counts["work"]["done"] == N - 1
+    # three workers lost: in the block (no attempt charged), then the item's two attempts
+    exits = [e for e in read_events(tmp_path / "run") if e["event"] == "worker_exit"]
+    assert sum(reason.removeprefix("worker ") in e["reason"] for e in exits) == 3
