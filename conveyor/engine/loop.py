@@ -454,21 +454,22 @@ class Engine:
 
     def _release(self, claims: list[Claim]) -> None:
         self._ledger.release([c.id for c in claims])
-        for claim in claims:
-            n = blocks.size(claim.key)
-            self.stages[claim.stage].running -= n
-            self.stages[claim.stage].pending += n
+        self._requeued(claims)
 
     def _split(self, claims: list[Claim]) -> None:
         """Running blocks into pending item rows, their attempt not counted."""
         if not claims:
             return
         self._ledger.split([c.id for c in claims])
+        self._requeued(claims)
+        self._dirty = True
+
+    def _requeued(self, claims: list[Claim]) -> None:
+        """Count the items of running ``claims`` as pending again."""
         for claim in claims:
             n = blocks.size(claim.key)
             self.stages[claim.stage].running -= n
             self.stages[claim.stage].pending += n
-        self._dirty = True
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every worker (killing what has not exited after ``grace`` s); record what

@@ -124,15 +124,16 @@ def cut(inputs: Iterable[tuple[str, Stored]]) -> Iterator[Block]:
     items: list[tuple[str, Stored]] = []
     hashes: list[int] = []
     nbytes = 0
-    crc, adler, mask, low = zlib.crc32, zlib.adler32, TARGET - 1, 1 << 63
+    mask = TARGET - 1
     for key, value in inputs:  # per input: this loop is a rerun's cost, kept lean
-        data = key.encode()
-        check = crc(data)
+        h = key_hash(key)
         items.append((key, value))
-        hashes.append((check << 32 | adler(data)) - low)  # key_hash, inlined
+        hashes.append(h)
         nbytes += value.size if value.data is not None else 0
         n = len(items)
-        if (n >= SMALLEST and check & mask == 0) or n >= LARGEST or nbytes >= MOST_BYTES:
+        # the boundary reads the key's CRC (key_hash's high half): the low bits of its
+        # Adler checksum are little more than a byte sum
+        if (n >= SMALLEST and (h >> 32) & mask == 0) or n >= LARGEST or nbytes >= MOST_BYTES:
             yield _block(items, hashes)
             items, hashes, nbytes = [], [], 0
     if items:

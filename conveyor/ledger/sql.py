@@ -15,7 +15,11 @@ from .base import Output, Record
 
 SCHEMA_VERSION = "5"
 
-SCHEMA = """
+# Whether the key in ``col`` is a block row's: it starts with "\x1e" (char 30; see
+# conveyor.ledger.blocks), and a range on the key reads the (stage, key) index.
+BLOCK_KEY = "({col} >= char(30) AND {col} < char(31))"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stages(name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items(
@@ -42,7 +46,7 @@ CREATE TABLE IF NOT EXISTS items(
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items(stage, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS items_pending_blocks ON items(stage, id)
-    WHERE status = 'pending' AND (key >= char(30) AND key < char(31));
+    WHERE status = 'pending' AND {BLOCK_KEY.format(col="key")};
 CREATE INDEX IF NOT EXISTS items_input ON items(input_id);
 CREATE TABLE IF NOT EXISTS outputs(
     id INTEGER PRIMARY KEY,
@@ -112,10 +116,9 @@ VALUE_JOIN = ("LEFT JOIN outputs o ON {col} > 0 AND o.id = {col} "
 VALUE_DATA = "CASE WHEN {col} < 0 THEN p.out_data ELSE o.data END"
 VALUE_REF = "CASE WHEN {col} < 0 THEN p.out_ref ELSE o.ref END"
 CLEAR_OUTPUT = "n_out=NULL, out_key=NULL, out_data=NULL, out_ref=NULL, out_digest=NULL, out_size=NULL"
-# How many items a row stands for: n for a block row (key "\x1e<n>:<first key>", see
-# conveyor.ledger.blocks), else 1.
-ROW_ITEMS = ("CASE WHEN key >= char(30) AND key < char(31) "
-             "THEN CAST(substr(key, 2, instr(key, ':') - 2) AS INTEGER) ELSE 1 END")
+# How many items a row stands for: n for a block row (key "\x1e<n>:<first key>"), else 1.
+ROW_ITEMS = (f"CASE WHEN {BLOCK_KEY.format(col='key')} "
+             f"THEN CAST(substr(key, 2, instr(key, ':') - 2) AS INTEGER) ELSE 1 END")
 PARAMS = 900  # host parameters per IN (...) list, under SQLite's limit
 
 

@@ -248,7 +248,7 @@ class SqliteLedger(SqliteInputs, SqliteReads, Ledger):
         # Block rows through their own index: the (stage, key) one would read every
         # block the stage holds, done or not, for each claim.
         kind = "" if blocks is None else (
-            f"AND {'' if blocks else 'NOT '}(i.key >= char(30) AND i.key < char(31)) ")
+            f"AND {'' if blocks else 'NOT '}{sql.BLOCK_KEY.format(col='i.key')} ")
         index = "INDEXED BY items_pending_blocks " if blocks else ""
         rows = db.execute(
             f"SELECT i.id, i.stage, i.key, i.attempts + 1, {sql.VALUE_DATA.format(col=col)}, "

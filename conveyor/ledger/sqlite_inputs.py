@@ -213,8 +213,8 @@ class SqliteInputs:
 
     def _has_blocks(self, stage: str) -> bool:
         return self._db.execute(
-            "SELECT 1 FROM items WHERE stage=? AND key >= ? AND key < ? LIMIT 1",
-            (stage, blocks.MARK, chr(ord(blocks.MARK) + 1))).fetchone() is not None
+            f"SELECT 1 FROM items WHERE stage=? AND {sql.BLOCK_KEY.format(col='key')} LIMIT 1",
+            (stage,)).fetchone() is not None
 
     def _add_blocks(self, stage: str, inputs: Iterable[tuple[str, Stored]],
                     check: bool = True) -> int:
@@ -282,9 +282,8 @@ class SqliteInputs:
         id and its stored input."""
         held: dict[str, tuple[int, Stored]] = {}
         for row_id, data in self._db.execute(
-                "SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
-                "WHERE i.stage=? AND i.key >= ? AND i.key < ?",
-                (stage, blocks.MARK, chr(ord(blocks.MARK) + 1))):
+                f"SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
+                f"WHERE i.stage=? AND {sql.BLOCK_KEY.format(col='i.key')}", (stage,)):
             if row_id in skip:
                 continue
             for item in blocks.unpack(data):
@@ -340,11 +339,10 @@ class SqliteInputs:
         (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
         if not loose and rows == len(seen):
             return InputReport(0, 0, unchanged, [])
-        added = changed = 0
-        counts = [0, 0, 0]
+        counts = [0, 0, unchanged]  # added, changed, unchanged, as _compare_inputs keeps them
         plain_keys = [key for (key,) in db.execute(
-            "SELECT key FROM items WHERE stage=? AND NOT (key >= ? AND key < ?)",
-            (stage, blocks.MARK, chr(ord(blocks.MARK) + 1)))]
+            f"SELECT key FROM items WHERE stage=? AND NOT {sql.BLOCK_KEY.format(col='key')}",
+            (stage,))]
         plain = set(plain_keys)
         if plain:  # items split from their blocks, compared as a rerun of item rows
             db.execute("DELETE FROM temp.seen")
@@ -363,17 +361,13 @@ class SqliteInputs:
             given_keys.add(key)
             old = held.get(key)
             if old is None:
-                added += 1
+                counts[0] += 1
                 continue
             touched.add(old[0])
-            if old[1].digest == value.digest:
-                unchanged += 1
-            else:
-                changed += 1
+            counts[2 if old[1].digest == value.digest else 1] += 1
         kept = [(key, stored) for key, (block, stored) in held.items()
                 if block in touched and key not in given_keys]
         self._replace_blocks(stage, touched, loose + kept)
         missing = sorted([key for key, (block, _) in held.items() if key not in given_keys]
                          + [key for key in plain_keys if key not in seen_plain])
-        return InputReport(added + counts[0], changed + counts[1], unchanged + counts[2],
-                           missing)
+        return InputReport(*counts, missing)

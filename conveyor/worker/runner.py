@@ -463,7 +463,7 @@ class GroupRunner:
         """
         task = item.task
         if item.error is not None:
-            return [self._unsplit(task, blocks.SPLIT)]
+            return [self._hand_back(task, blocks.SPLIT)]
         values: list[tuple[str, Any]] = item.value
         stage: str | None = task.stage
         records: list[Record] = []
@@ -474,7 +474,7 @@ class GroupRunner:
             started = time.time()
             made = self.meter.measure(stage, self._block_stage, runner, task, attempt, values)
             if isinstance(made, str):
-                return [self._unsplit(task, made)]
+                return [self._hand_back(task, made)]
             status, outputs = made
             ended = time.time()
             targets = outputs[0].targets if outputs else ()
@@ -528,7 +528,7 @@ class GroupRunner:
         assert status is not None
         return status, outputs
 
-    def _unsplit(self, task: Claim, why: str) -> Record:
+    def _hand_back(self, task: Claim, why: str) -> Record:
         """The record that asks the driver to split a block (``why``: see blocks)."""
         now = time.time()
         return Record(task.stage, task.key, task.id, Status.PENDING, task.attempt, now, now,
