@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Pipeline, codec
+from conveyor import Item, Pipeline, codec
 from conveyor.engine import state
 from conveyor.errors import InputError
 from conveyor.ledger import Output, SqliteLedger, Status, blocks
@@ -325,3 +325,12 @@ def test_a_worker_lost_in_a_block_costs_only_the_item_that_killed_it(
     # three workers lost: in the block (no attempt charged), then the item's two attempts
     exits = [e for e in read_events(tmp_path / "run") if e["event"] == "worker_exit"]
     assert sum(reason.removeprefix("worker ") in e["reason"] for e in exits) == 3
+
+
+def test_a_key_that_would_read_as_a_block_is_refused(tmp_path):
+    """An input key starting with the blocks' mark is refused by name, nothing recorded."""
+    pipe = chain()
+    with pytest.raises(InputError, match=r"must not start with \\x1e"):
+        pipe.run([Item("\x1e3:a", 1)], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "ledger.db").exists() or \
+        SqliteLedger(tmp_path / "run" / "ledger.db", readonly=True).counts() == {}
