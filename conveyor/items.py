@@ -10,10 +10,13 @@ as an ``Item``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import codec
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .store import Stored
 
 BLOCK_MARK = "\x1e"  # starts the key of a ledger row that holds a block of items
 
@@ -54,21 +57,29 @@ def check_key(key: Any) -> str:
     return key
 
 
-def input_items(inputs: Iterable[Any]) -> Iterator[tuple[str, bytes, str]]:
-    """(key, encoded value, its digest) for each input, lazily; raises :class:`InputError`."""
+def input_items(inputs: Iterable[Any], put: Callable[[bytes, str], Stored]
+                ) -> Iterator[tuple[str, Stored]]:
+    """(key, value kept by ``put``) for each input, lazily; raises :class:`InputError`.
+
+    This loop is a rerun's cost per input (a million inputs: a few seconds), so
+    it is one generator and checks keys inline.
+    """
+    encode, digest = codec.encode, codec.digest
     for position, raw in enumerate(inputs):
         if isinstance(raw, Item):
             key, value = raw
         else:
             key, value = None, raw
         try:
-            data = codec.encode(value)
+            data = encode(value)
         except codec.EncodeError as exc:
             raise InputError(f"input #{position} is not JSON-serialisable: {exc}") from None
-        digest = codec.digest(data)
+        dig = digest(data)
         if key is None:
-            key = value if isinstance(value, str) else digest[:16]
-        try:
-            yield check_key(key), data, digest
-        except ValueError as exc:
-            raise InputError(f"input #{position}: {exc}") from None
+            key = value if type(value) is str else dig[:16]
+        if type(key) is not str or not key or key[0] == BLOCK_MARK:  # check_key's cases
+            try:
+                check_key(key)
+            except ValueError as exc:
+                raise InputError(f"input #{position}: {exc}") from None
+        yield key, put(data, dig)

@@ -85,14 +85,14 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
 
 def _watch(inputs: Iterable[Any], store: Store, interrupted: Callable[[], str | None]
            ) -> Iterator[tuple[str, Stored]]:
-    """The inputs as (key, stored value), stopping with nothing kept if a signal arrives."""
-    put = store.put
-    for key, data, digest in input_items(inputs):
+    """The inputs as (key, stored value), stopping with nothing kept if a signal arrives
+    (looked for at each input: a slow iterable of inputs can be stopped)."""
+    for item in input_items(inputs, store.put):
         why = interrupted()
         if why is not None:
             raise RunInterrupted(f"interrupted by {why} while reading inputs; nothing was "
                                  f"recorded")
-        yield key, put(data, digest)
+        yield item
 
 
 def reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,

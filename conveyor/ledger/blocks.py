@@ -99,16 +99,9 @@ def digest_of(keys: list[str], digests: list[str]) -> str:
                            digest_size=16).hexdigest()
 
 
-def key_hash(key: str) -> int:
-    """A 64-bit hash of an item key, stable across processes, for duplicate checks over
-    millions of keys (two CRCs: cheap; a collision only costs a second look)."""
-    data = key.encode()
-    return (zlib.crc32(data) << 32 | zlib.adler32(data)) - (1 << 63)
-
-
 class Block(NamedTuple):
     """Inputs cut into one block: their keys and stored values, the block's digest, and
-    its keys' 64-bit hashes (see :func:`key_hash`)."""
+    its keys' hashes (``hash(key)``: for duplicate checks within this process)."""
 
     key: str
     items: list[tuple[str, Stored]]
@@ -120,20 +113,22 @@ class Block(NamedTuple):
 
 
 def cut(inputs: Iterable[tuple[str, Stored]]) -> Iterator[Block]:
-    """The inputs in blocks with content-defined boundaries (see the module docstring)."""
+    """The inputs in blocks with content-defined boundaries (see the module docstring):
+    a boundary follows a key whose CRC is 0 mod ``TARGET``, the same in every process."""
     items: list[tuple[str, Stored]] = []
     hashes: list[int] = []
     nbytes = 0
     mask = TARGET - 1
-    for key, value in inputs:  # per input: this loop is a rerun's cost, kept lean
-        h = key_hash(key)
-        items.append((key, value))
-        hashes.append(h)
-        nbytes += value.size if value.data is not None else 0
+    crc32 = zlib.crc32
+    for item in inputs:  # per input: this loop is a rerun's cost, kept lean
+        key, value = item
+        items.append(item)
+        hashes.append(hash(key))  # a str caches it: the ledger's sets and dicts reuse it
+        if value.data is not None:
+            nbytes += value.size
         n = len(items)
-        # the boundary reads the key's CRC (key_hash's high half): the low bits of its
-        # Adler checksum are little more than a byte sum
-        if (n >= SMALLEST and (h >> 32) & mask == 0) or n >= LARGEST or nbytes >= MOST_BYTES:
+        if ((n >= SMALLEST and crc32(key.encode()) & mask == 0) or n >= LARGEST
+                or nbytes >= MOST_BYTES):
             yield _block(items, hashes)
             items, hashes, nbytes = [], [], 0
     if items:

@@ -221,7 +221,8 @@ class SqliteInputs:
         """Inputs taken in as block rows (a large run's); returns how many items.
 
         Keys are checked for repeats once all are in, over their 64-bit hashes
-        (8 bytes a key, where a set of a million keys would hold a hundred MB).
+        (8 bytes a key, where a set of a million keys would hold a hundred MB). A hash is
+        Python's ``hash(key)``: the check runs in one process.
         """
         db = self._db
         hashes = array("q")
@@ -260,7 +261,7 @@ class SqliteInputs:
             return
         seen: set[str] = set()  # a shared hash is a repeated key, or (rarely) two keys
         for key in keys:
-            if blocks.key_hash(key) in twice:
+            if hash(key) in twice:
                 if key in seen:
                     raise InputError(f"duplicate input key {key!r}")
                 seen.add(key)
