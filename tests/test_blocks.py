@@ -79,11 +79,13 @@ def test_a_small_run_is_taken_in_as_item_rows(ledger, tmp_path):
 
 
 @pytest.mark.parametrize("rerun", [False, True])
-def test_a_key_given_twice_is_refused_by_name(ledger, rerun):
+@pytest.mark.parametrize("twice", ["k04321", "new"])  # a held key again, a new key twice
+def test_a_key_given_twice_is_refused_by_name(ledger, rerun, twice):
     if rerun:
         ledger.add_inputs("a", given())
-    with pytest.raises(InputError, match="duplicate input key 'k04321'"):
-        ledger.add_inputs("a", [*given(), ("k04321", value(0))])
+    extra = [(twice, value(0))] if twice != "new" else [(twice, value(0)), (twice, value(1))]
+    with pytest.raises(InputError, match=f"duplicate input key '{twice}'"):
+        ledger.add_inputs("a", [*given(), *extra])
 
 
 def test_a_rerun_giving_whole_blocks_twice_is_refused(ledger):

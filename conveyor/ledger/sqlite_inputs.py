@@ -246,17 +246,25 @@ class SqliteInputs:
                 i for (i,) in db.execute("SELECT id FROM items WHERE stage=?", (stage,))))
         return added
 
-    def _check_repeats(self, hashes: "array[int]", keys: Iterable[str]) -> None:
+    def _check_repeats(self, hashes: "array[int]", keys: Iterable[str],
+                       held: "array[int] | None" = None) -> None:
         """Raise ``InputError`` naming a key given twice, if one was: ``hashes`` are the
-        given keys' (see :meth:`_add_blocks`), ``keys`` the given keys, read again only
-        when two hashes are equal."""
-        buckets: list[array[int]] = [array("q") for _ in range(256)]
-        for h in hashes:  # a set of a bucket at a time: a 256th of the keys in memory
-            buckets[h & 255].append(h)
+        given keys' (see :meth:`_add_blocks`), ``keys`` those keys, read again only
+        when two hashes are equal. ``held``: hashes of more keys given (a rerun's
+        matched blocks), distinct among themselves, that ``hashes`` must not repeat;
+        ``keys`` then names them too."""
+        if held is None:
+            buckets: list[array[int]] = [array("q") for _ in range(256)]
+            for h in hashes:  # a set of a bucket at a time: a 256th of the keys in memory
+                buckets[h & 255].append(h)
+        else:  # a few loose keys against many held: one small set
+            buckets = [hashes]
         twice: set[int] = set()
         for bucket in buckets:
             if len(set(bucket)) < len(bucket):
                 twice.update(h for h, n in Counter(bucket).items() if n > 1)
+        if held is not None:
+            twice.update(set(hashes).intersection(held))
         if not twice:
             return
         seen: set[str] = set()  # a shared hash is a repeated key, or (rarely) two keys
@@ -281,15 +289,17 @@ class SqliteInputs:
                      ) -> dict[str, tuple[int, Stored]]:
         """Each item in ``stage``'s block rows (but those in ``skip``): its block's row
         id and its stored input."""
+        ids = [i for (i,) in self._db.execute(
+            f"SELECT id FROM items WHERE stage=? AND {sql.BLOCK_KEY.format(col='key')}",
+            (stage,)) if i not in skip]
         held: dict[str, tuple[int, Stored]] = {}
-        for row_id, data in self._db.execute(
-                f"SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
-                f"WHERE i.stage=? AND {sql.BLOCK_KEY.format(col='i.key')}", (stage,)):
-            if row_id in skip:
-                continue
-            for item in blocks.unpack(data):
-                held[item.key] = (row_id, Stored(item.data, item.ref, item.digest,
-                                                 len(item.data or b"")))
+        for chunk in sql.chunks(ids):
+            for row_id, data in self._db.execute(
+                    f"SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
+                    f"WHERE i.id IN ({sql.marks(len(chunk))})", chunk):
+                for item in blocks.unpack(data):
+                    held[item.key] = (row_id, Stored(item.data, item.ref, item.digest,
+                                                     len(item.data or b"")))
         return held
 
     def _replace_blocks(self, stage: str, gone: set[int],
@@ -318,25 +328,26 @@ class SqliteInputs:
         or not, go into new blocks, to be computed again.
         """
         db = self._db
-        hashes = array("q")
+        matched, hashes = array("q"), array("q")  # keys' hashes: of matched blocks, others
         seen: set[int] = set()
         unchanged = 0
         loose: list[tuple[str, Stored]] = []
         for block in blocks.cut(given):
-            hashes.extend(block.hashes)
             row = db.execute("SELECT id, input_digest FROM items WHERE stage=? AND key=?",
                              (stage, block.key)).fetchone()
             if row is not None and row[1] == block.digest:
                 if row[0] in seen:  # the same block twice: each of its keys repeated
                     raise InputError(f"duplicate input key {block.items[0][0]!r}")
                 seen.add(row[0])
+                matched.extend(block.hashes)
                 unchanged += len(block.items)
             else:
+                hashes.extend(block.hashes)
                 loose.extend(block.items)
         if loose:  # blocks matched hold distinct keys (checked when written): only the
-            # others can repeat a key
+            # others can repeat a key, among themselves or a matched block's
             self._check_repeats(hashes, itertools.chain((key for key, _ in loose),
-                                                        self._keys_in(seen)))
+                                                        self._keys_in(seen)), held=matched)
         (rows,) = db.execute("SELECT count(*) FROM items WHERE stage=?", (stage,)).fetchone()
         if not loose and rows == len(seen):
             return InputReport(0, 0, unchanged, [])
