@@ -121,7 +121,11 @@ class StageRunner:
         self.sides = Sides(run_dir, store, dict(spec.sides)) if spec.sides else None
         # What each call of the user's code runs inside: where no watchdog can kill the
         # worker (the inline executor), a deadline that interrupts it (see executors.inline).
-        self.limit: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+        self.limit: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+        # Routes that read no value (no when=, no by=) send every output to the same
+        # place: worked out once, not per output (a no-op stage's largest cost)
+        self._fixed_route = (None if any(r.when or r.by for r in self.routes)
+                             else _route_of(self.routes, None))
 
     def setup(self) -> None:
         """Instantiate a class stage and run its ``setup()``; once per worker."""
@@ -165,13 +169,17 @@ class StageRunner:
             args = (key, *args)
         token = activate(ctx)
         try:
+            if self.limit is None:  # a `with` costs as much as a no-op stage's call
+                return self._body(args)
             with self.limit():
-                result = self._call(*args)
-                if self._is_generator:
-                    result = list(result)  # the body runs here, inside the context
-            return result
+                return self._body(args)
         finally:
             deactivate(token)
+
+    def _body(self, args: tuple[Any, ...]) -> Any:
+        result = self._call(*args)
+        # a generator's body runs here, inside the context (and the limit)
+        return list(result) if self._is_generator else result
 
     def _record(self, task: Claim, status: Status, outputs: list[Output], error: str | None,
                 tb: str | None, started: float, fatal: bool = False,
@@ -210,7 +218,8 @@ class StageRunner:
         """The outputs of the stage called on one item's decoded value, and its status;
         raises what the call or its outputs raise (:meth:`call_one` records it)."""
         ctx = self._context([key], attempt)
-        value = self.boundary.check_input(self.stage.name, value)
+        if self.boundary.takes is not None:
+            value = self.boundary.check_input(self.stage.name, value)
         if self._is_generator:
             return self._outputs([_keyed(f"{key}/{i}", v)
                                   for i, v in enumerate(self._invoke(value, ctx))], key)
@@ -323,8 +332,11 @@ class StageRunner:
     def _outputs(self, produced: Iterable[tuple[str, Any]], key: str
                  ) -> tuple[list[Output], Status]:
         outputs = []
+        checked = self.boundary.returns is not None
+        taken = False  # whether any output goes anywhere
         for out_key, value in produced:
-            value = self.boundary.check_output(self.stage.name, value)
+            if checked:
+                value = self.boundary.check_output(self.stage.name, value)
             try:
                 data = codec.encode(value)
             except codec.EncodeError as exc:
@@ -332,35 +344,16 @@ class StageRunner:
                     f"stage {self.stage.name!r} returned an unserialisable output for item "
                     f"{key!r}: {exc}") from None
             targets, gathers = self._route(value)
+            taken = taken or bool(targets or gathers)
             outputs.append(tuple.__new__(Output, (out_key, self.store.put(data), targets,
                                                   gathers)))
-        taken = any(o.targets or o.gathers for o in outputs)
         routed_out = bool(self.routes) and bool(outputs) and not taken
         return outputs, ROUTED_OUT if routed_out else DONE
 
     def _route(self, value: Any) -> tuple[tuple[str, ...], tuple[Gather, ...]]:
-        targets: list[str] = []
-        gathers: list[Gather] = []
-        for route in self.routes:
-            try:
-                accepted = route.when is None or bool(route.when(value))
-            except Exception as exc:
-                raise RoutingError(f"the when= predicate of stage {route.stage!r} raised "
-                                   f"{_describe(exc)}") from exc
-            if not accepted:
-                continue
-            if route.by is not None:
-                try:
-                    gkey, part = group_of(route.by, route.partitions, value)
-                except Exception as exc:
-                    raise RoutingError(f"the key function (by=) of group {route.stage!r} "
-                                       f"raised {_describe(exc)}") from exc
-                gathers.append((route.stage, gkey, part))
-            elif route.reduce:
-                gathers.append((route.stage, None, None))
-            else:
-                targets.append(route.stage)
-        return tuple(targets), tuple(gathers)
+        if self._fixed_route is not None:
+            return self._fixed_route
+        return _route_of(self.routes, value)
 
 
 class GroupRunner:
@@ -533,6 +526,34 @@ class GroupRunner:
         now = time.time()
         return Record(task.stage, task.key, task.id, Status.PENDING, task.attempt, now, now,
                       [], why)
+
+
+def _route_of(routes: Iterable[Route], value: Any
+              ) -> tuple[tuple[str, ...], tuple[Gather, ...]]:
+    """Where an output ``value`` goes: the stages it is routed to, and the reduces and
+    groups that gather it."""
+    targets: list[str] = []
+    gathers: list[Gather] = []
+    for route in routes:
+        try:
+            accepted = route.when is None or bool(route.when(value))
+        except Exception as exc:
+            raise RoutingError(f"the when= predicate of stage {route.stage!r} raised "
+                               f"{_describe(exc)}") from exc
+        if not accepted:
+            continue
+        if route.by is not None:
+            try:
+                gkey, part = group_of(route.by, route.partitions, value)
+            except Exception as exc:
+                raise RoutingError(f"the key function (by=) of group {route.stage!r} "
+                                   f"raised {_describe(exc)}") from exc
+            gathers.append((route.stage, gkey, part))
+        elif route.reduce:
+            gathers.append((route.stage, None, None))
+        else:
+            targets.append(route.stage)
+    return tuple(targets), tuple(gathers)
 
 
 def _keyed(default_key: str, value: Any) -> tuple[str, Any]:
