@@ -306,12 +306,16 @@ def test_actors_get_the_stage_env_pinned_threads_and_their_gpu_share(run_dir):
 
     pipe.stage(seen, name="cpu", cpus=1, threads=1, env={"GREETING": "hello"})
     pipe.stage(seen, name="gpu", after="cpu", cpus=0.5, gpus=0.5, threads=2)
+    # no env of its own: the actor pins its threads itself, in a process Ray started ahead
+    pipe.stage(seen, name="plain", after="gpu", cpus=1, threads=2)
     result = pipe.run(["a"], run_dir=run_dir, executor="ray", cpus=2, gpus=1)
     assert dict(result.outputs("cpu"))["a"] == {"GREETING": "hello", "OMP_NUM_THREADS": "1",
                                          "CUDA_VISIBLE_DEVICES": ""}  # no GPU for it
     gpu = dict(result.outputs("gpu"))["a"]
     assert gpu["OMP_NUM_THREADS"] == "2" and gpu["CUDA_VISIBLE_DEVICES"] == "0"
     assert gpu["GREETING"] is None  # env is per stage
+    assert dict(result.outputs("plain"))["a"] == {"GREETING": None, "OMP_NUM_THREADS": "2",
+                                           "CUDA_VISIBLE_DEVICES": ""}
 
 
 DRIVER = textwrap.dedent("""

@@ -41,8 +41,12 @@ run's own, as the local executor takes the machine's.) An actor may live
 on another machine, so it fsyncs the files it writes itself
 (``same_machine = False``).
 Ray sets ``CUDA_VISIBLE_DEVICES`` for actors that declare GPUs (other actors
-see none, as local workers); the stage's ``env`` and the pinned thread counts
-travel in the actor's ``runtime_env``. An actor's stdout and stderr go to
+see none, as local workers). The pinned thread counts are set by the actor
+itself before the user's modules import, so that Ray can give it one of the
+worker processes it starts ahead (about a second sooner than a process made
+for it); a stage with its own ``env`` or environment (``requirements=``,
+``python=``) needs a process started with them, so they travel in the
+actor's ``runtime_env``. An actor's stdout and stderr go to
 ``<run_dir>/logs/<group>.log``, as a local worker's do. Timeouts are enforced
 everywhere (by killing the actor); a stage's ``ram`` is a Ray reservation, and
 is also enforced by measuring the actor's memory where it runs on the
@@ -94,7 +98,8 @@ _INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR"
 class _Actor:
     """The worker side: a GroupRunner held by a Ray actor."""
 
-    def __init__(self, spec: bytes, path: list[str]) -> None:
+    def __init__(self, spec: bytes, path: list[str], env: Mapping[str, str]) -> None:
+        os.environ.update(env)  # pinned threads: before any module that reads them imports
         sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
         self.runner = GroupRunner(shipping.loads(spec))
         self.broken = False
@@ -263,12 +268,18 @@ class RayExecutor(Executor):
         # and leases no more than the budget, so Ray holds the share that keeps its count
         # of the live actors within the node.
         cpus = res.cpus / LIVE_FACTOR if self.lends_cpu else res.cpus
+        stage = spec.stages[0].stage
+        # A stage's requirements=/python= become Ray's pip/py_executable fields; those, or
+        # env= of its own, need a process started with them. Else the actor sets its
+        # pinned env itself, in a process Ray started ahead (see the module docstring).
+        runtime_env = envs.runtime_env(stage)
+        started_with = runtime_env or stage.env
         actor = self._actor_class.options(
             num_cpus=cpus, num_gpus=res.gpus, memory=res.ram or None,
             resources=dict(res.custom) or None,  # e.g. {"node_b": 1}: placed on such a node
-            # A stage's requirements=/python= become Ray's pip/py_executable fields
-            runtime_env={"env_vars": env_vars, **envs.runtime_env(spec.stages[0].stage)},
-            max_restarts=0).remote(shipping.dumps(spec), path)
+            runtime_env={"env_vars": env_vars, **runtime_env} if started_with else None,
+            max_restarts=0).remote(shipping.dumps(spec), path,
+                                   {} if started_with else env_vars)
         worker_id = self._next_id
         self._next_id += 1
         setup = actor.setup.remote()
