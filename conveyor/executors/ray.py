@@ -88,7 +88,10 @@ from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there 
 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
 SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show
-BLOCK_SECONDS = 0.025  # the work one actor call holds, once the group's pace is known
+# The work one actor call holds, once the group's pace is known. A call costs the actor
+# a few ms of its own on a busy machine: a 20 ms stage ran at 0.76 of its rate with
+# 25 ms calls (one item each), 0.84 with 100 ms ones (benchmarks/hetero.py on Ray).
+BLOCK_SECONDS = 0.1
 BLOCK_UNITS = 256  # ... in at most this many tasks (or batches)
 TIMEOUT_SHARE = 10  # ... and at most this fraction (1/10) of the stage's timeout
 _INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
