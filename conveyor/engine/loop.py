@@ -525,11 +525,15 @@ class Engine:
         """
         targets = plan(list(loads.values()), self._pool.live_budget)
         starved = False
-        for name, group in self.groups.items():
-            for _ in range(targets[name] - len(self._pool.of(name))):
-                if self._start_worker(group, now) is None:
-                    starved = True
-                    break
+        # Every group's first worker before any group's second: a stage whose first
+        # workers take the CPUs must not keep the next stage from starting at all.
+        for first in (True, False):
+            for name, group in self.groups.items():
+                want = min(targets[name], 1) if first else targets[name]
+                for _ in range(want - len(self._pool.of(name))):
+                    if self._start_worker(group, now) is None:
+                        starved = True
+                        break
 
         def wanted(worker: Worker) -> bool:
             group = self.groups[worker.group]
