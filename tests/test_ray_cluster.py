@@ -21,6 +21,7 @@ import pytest
 
 from conftest import start_session_ray
 from conveyor import Item, Pipeline
+from conveyor.errors import BudgetError
 from conveyor.observe.events import read_events
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -95,6 +96,27 @@ def test_stages_are_placed_by_their_resources_across_nodes(cluster, run_dir, tmp
     assert {k: v["value"] for k, v in pinned.items()} == {f"k{i}": i for i in range(4)}
     # the only node with node_b ran every pinned call
     assert {v["node"] for v in pinned.values()} == {node_b.node_id}
+
+
+def test_a_stage_no_node_can_hold_is_refused_by_name_instead_of_waiting(cluster, run_dir):
+    cl, head, node_b = cluster
+    # two one-CPU nodes: cpus=2 fits the cluster's budget (their sum), no single node
+    pipe = Pipeline("ray-too-big")
+    pipe.stage(on_node, name="small", cpus=1)
+    pipe.stage(on_node, name="wide", after="small", cpus=2)
+    with pytest.raises(BudgetError) as raised:
+        pipe.run([Item("k", 1)], run_dir=run_dir, executor="ray", address=cl.address)
+    message = str(raised.value)
+    assert "stage 'wide' needs cpus=2 on one node" in message
+    assert message.count(" has cpus=1") == 2, message  # what each node has
+    assert not (run_dir / "ledger.db").exists()  # refused before anything is written
+
+    # a declared GPU count the cluster does not have (gpus= to run())
+    pipe = Pipeline("ray-no-gpu")
+    pipe.stage(on_node, name="embed", gpus=1)
+    with pytest.raises(BudgetError, match=r"stage 'embed' needs .*gpus=1 on one node"):
+        pipe.run([Item("k", 1)], run_dir=run_dir, executor="ray", address=cl.address,
+                 gpus=1)
 
 
 def test_a_node_lost_mid_run_loses_no_item(cluster, run_dir, tmp_path):

@@ -75,8 +75,7 @@ class BatchRun(FrontEnd):
     def run(self, engine: Engine, inputs: Iterable[Any] | None) -> RunResult:
         for name in (*self.force, *(self.retry or ())):
             self.pipeline[name]  # raises KeyError naming the stage
-        for stage in self.pipeline.stages.values():
-            engine.budget.check_fits(stage.name, stage.resources)
+        engine.check_fits()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(self.run_dir) as lock, self._signals():
             ledger = SqliteLedger(rundir.ledger(self.run_dir))

@@ -3,6 +3,7 @@
 ::
 
     engine = Engine(pipeline, run_dir, executor, budget, front)
+    engine.check_fits()             # every stage can be placed; before anything is written
     engine.open(ledger, events)     # take the ledger; build groups; observe
     engine.start_early()            # optional: a first worker while inputs come in
     ...                             # the front end fills the ledger (inputs, reruns)

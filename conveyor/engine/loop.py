@@ -103,13 +103,18 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def check_fits(self) -> None:
+        """Raise :class:`~conveyor.errors.BudgetError` naming a stage whose worker could
+        never start: one the budget cannot hold, or (on a cluster) no node can."""
+        for stage in self.pipeline.stages.values():
+            self.budget.check_fits(stage.name, stage.resources)
+            self.executor.check_fits(stage.name, stage.resources)
+
     def open(self, ledger: Ledger, events: EventLog, previous: dict[str, Any] | None = None
              ) -> None:
         """Take the ledger and event log; set up the workers' pool, the watchdog, the
         observer (``previous``: the run lock's last holder, for the run's start event),
         and the stages and groups."""
-        for stage in self.pipeline.stages.values():
-            self.budget.check_fits(stage.name, stage.resources)
         self._ledger = ledger
         self._events = events
         self._pool = WorkerPool(self.executor, self.budget, events)

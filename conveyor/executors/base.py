@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Mapping, NamedTuple, Union
 
 from ..ledger.base import Claim, Record
+from ..resources import Resources
 from ..worker.meter import Usage
 from ..worker.protocol import Running
 from ..worker.runner import WorkerSpec
@@ -84,6 +85,10 @@ class Executor(ABC):
         :class:`SetupFailed`) through :meth:`poll`. Tasks may be sent before
         it is ready; they wait for it.
         """
+
+    def check_fits(self, stage: str, res: Resources) -> None:
+        """Raise :class:`~conveyor.errors.BudgetError` if no worker of ``stage`` could
+        ever be placed. On one machine the budget's own check is the whole check."""
 
     @abstractmethod
     def send(self, worker: int, tasks: list[Claim]) -> None:

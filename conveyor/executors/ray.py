@@ -72,11 +72,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import envs, rundir
-from ..errors import ExecutorUnavailable
+from ..errors import BudgetError, ExecutorUnavailable
 from ..ledger.base import Claim
 from ..ledger.blocks import is_block
 from ..optional import require
-from ..resources import Budget, parse_size
+from ..resources import Budget, Resources, format_size, parse_size
 from ..worker import shipping
 from ..worker.meter import Usage, peak_rss
 from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
@@ -257,6 +257,34 @@ class RayExecutor(Executor):
                 self._lends = bool(nodes) and min(nodes) >= need
         return self._lends
 
+    def check_fits(self, stage: str, res: Resources) -> None:
+        """An actor lives on one node: a stage that fits the cluster's budget (the sum of
+        its nodes) but no live node would wait for ever, so it is refused by name. Not
+        asked of the one-node instance this starts, which is the budget."""
+        if self.address is None and not ray.is_initialized():
+            return
+        if self._actor_class is None:
+            self._connect()
+        asks = {"CPU": self._actor_cpus(res), "GPU": res.gpus, "memory": res.ram,
+                **dict(res.custom)}
+        asks = {name: amount for name, amount in asks.items() if amount}
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        if any(all(n["Resources"].get(name, 0) >= amount - 1e-9
+                   for name, amount in asks.items()) for n in nodes):
+            return
+        have = "; ".join(f"{n['NodeManagerAddress']} has " + " ".join(
+            _describe(name, n["Resources"].get(name, 0)) for name in asks) for n in nodes)
+        raise BudgetError(
+            f"stage {stage!r} needs " + " ".join(_describe(k, v) for k, v in asks.items())
+            + f" on one node, and no live node of the Ray cluster has that ({have}): "
+            f"declare less, or add a node that has it")
+
+    def _actor_cpus(self, res: Resources) -> float:
+        """The CPUs an actor reserves with Ray. Lent CPUs: the driver lets live workers
+        declare LIVE_FACTOR x the budget's CPUs and leases no more than the budget, so
+        Ray holds the share that keeps its count of the live actors within the node."""
+        return res.cpus / LIVE_FACTOR if self.lends_cpu else res.cpus
+
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
         if self._actor_class is None:
             self._connect()
@@ -267,10 +295,6 @@ class RayExecutor(Executor):
         # The user's modules import as in the driver; in a stage's own environment the
         # driver's installed packages must not shadow the environment's versions.
         path = envs.forwarded_path(sys.path) if spec.python_env else list(sys.path)
-        # Lent CPUs: the driver lets live workers declare LIVE_FACTOR x the budget's CPUs
-        # and leases no more than the budget, so Ray holds the share that keeps its count
-        # of the live actors within the node.
-        cpus = res.cpus / LIVE_FACTOR if self.lends_cpu else res.cpus
         stage = spec.stages[0].stage
         # A stage's requirements=/python= become Ray's pip/py_executable fields; those, or
         # env= of its own, need a process started with them. Else the actor sets its
@@ -278,7 +302,7 @@ class RayExecutor(Executor):
         runtime_env = envs.runtime_env(stage)
         started_with = runtime_env or stage.env
         actor = self._actor_class.options(
-            num_cpus=cpus, num_gpus=res.gpus, memory=res.ram or None,
+            num_cpus=self._actor_cpus(res), num_gpus=res.gpus, memory=res.ram or None,
             resources=dict(res.custom) or None,  # e.g. {"node_b": 1}: placed on such a node
             runtime_env={"env_vars": env_vars, **runtime_env} if started_with else None,
             max_restarts=0).remote(shipping.dumps(spec), path,
@@ -497,6 +521,16 @@ def _custom_resources(total: Mapping[str, float]) -> dict[str, float]:
     return {name: amount for name, amount in total.items()
             if name not in {"CPU", "GPU", "memory", "object_store_memory"}
             and not name.startswith(("node:", "accelerator_type:"))}
+
+
+_DECLARED = {"CPU": "cpus", "GPU": "gpus"}  # Ray's resource names -> the stage's
+
+
+def _describe(name: str, amount: float) -> str:
+    """One of Ray's resources as a stage declares it: ``cpus=2``, ``ram=4 GiB``, ``node_b=1``."""
+    if name == "memory":
+        return f"ram={format_size(int(amount))}"
+    return f"{_DECLARED.get(name, name)}={amount:g}"
 
 
 def _setup_error(exc: BaseException, lines: int = 40) -> str:

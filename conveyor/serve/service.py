@@ -150,6 +150,7 @@ class Service(FrontEnd):
 
     def start(self) -> "Service":
         """Start the service thread (workers with ``min_workers`` start warming at once)."""
+        self.engine.check_fits()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.engine.open(MemoryLedger(), EventLog(self.run_dir))
         self.engine.prepared()
