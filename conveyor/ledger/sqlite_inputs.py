@@ -253,18 +253,16 @@ class SqliteInputs:
         when two hashes are equal. ``held``: hashes of more keys given (a rerun's
         matched blocks), distinct among themselves, that ``hashes`` must not repeat;
         ``keys`` then names them too."""
+        twice: set[int] = set()
         if held is None:
             buckets: list[array[int]] = [array("q") for _ in range(256)]
             for h in hashes:  # a set of a bucket at a time: a 256th of the keys in memory
                 buckets[h & 255].append(h)
+            for bucket in buckets:
+                twice |= _repeated(bucket, set(bucket))
         else:  # a few loose keys against many held: one small set
-            buckets = [hashes]
-        twice: set[int] = set()
-        for bucket in buckets:
-            if len(set(bucket)) < len(bucket):
-                twice.update(h for h, n in Counter(bucket).items() if n > 1)
-        if held is not None:
-            twice.update(set(hashes).intersection(held))
+            loose = set(hashes)
+            twice = _repeated(hashes, loose) | loose.intersection(held)
         if not twice:
             return
         seen: set[str] = set()  # a shared hash is a repeated key, or (rarely) two keys
@@ -383,3 +381,10 @@ class SqliteInputs:
         missing = sorted([key for key, (block, _) in held.items() if key not in given_keys]
                          + [key for key in plain_keys if key not in seen_plain])
         return InputReport(*counts, missing)
+
+
+def _repeated(hashes: "array[int]", distinct: set[int]) -> set[int]:
+    """The hashes that ``hashes`` holds more than once (``distinct``: its set)."""
+    if len(distinct) == len(hashes):
+        return set()
+    return {h for h, n in Counter(hashes).items() if n > 1}
