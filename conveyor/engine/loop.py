@@ -56,6 +56,7 @@ from ..result import SETUPS
 from ..store import Store
 from ..worker.protocol import Running
 from ..worker.runner import StageSpec, WorkerSpec
+from . import heap
 from .backpressure import Backpressure
 from .barriers import Barriers
 from .claims import claim_for
@@ -114,7 +115,8 @@ class Engine:
              ) -> None:
         """Take the ledger and event log; set up the workers' pool, the watchdog, the
         observer (``previous``: the run lock's last holder, for the run's start event),
-        and the stages and groups."""
+        and the stages and groups; keep the heap this process frees (:mod:`.heap`)."""
+        heap.keep_freed()
         self._ledger = ledger
         self._events = events
         self._pool = WorkerPool(self.executor, self.budget, events)
