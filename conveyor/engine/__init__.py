@@ -19,7 +19,8 @@ preparation and rerun planning (:mod:`.prepare`, :mod:`.fingerprint`), the
 scheduling policy (:mod:`.scheduler`), live workers and their CPU leases
 (:mod:`.workerpool`), reduces, groups and side inputs (:mod:`.barriers`),
 queue backpressure (:mod:`.backpressure`), per-stage state (:mod:`.state`),
-fusion of linear chains (:mod:`.fusion`), the watchdog and the run lock.
+fusion of linear chains (:mod:`.fusion`), the watchdog and the run lock,
+and the driver's heap setting (:mod:`.heap`).
 
 It may import the top-level modules (pipeline, resources, store, items,
 codec, errors, rundir, origin), :mod:`conveyor.ledger`,
