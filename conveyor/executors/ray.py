@@ -265,17 +265,17 @@ class RayExecutor(Executor):
             return
         if self._actor_class is None:
             self._connect()
-        asks = {"CPU": self._actor_cpus(res), "GPU": res.gpus, "memory": res.ram,
-                **dict(res.custom)}
-        asks = {name: amount for name, amount in asks.items() if amount}
+        declared = {name: amount for name, amount in (
+            ("CPU", res.cpus), ("GPU", res.gpus), ("memory", res.ram), *res.custom) if amount}
+        asks = {**declared, "CPU": self._actor_cpus(res)}  # what Ray is asked to place
         nodes = [n for n in ray.nodes() if n["Alive"]]
         if any(all(n["Resources"].get(name, 0) >= amount - 1e-9
                    for name, amount in asks.items()) for n in nodes):
             return
         have = "; ".join(f"{n['NodeManagerAddress']} has " + " ".join(
-            _describe(name, n["Resources"].get(name, 0)) for name in asks) for n in nodes)
+            _describe(name, n["Resources"].get(name, 0)) for name in declared) for n in nodes)
         raise BudgetError(
-            f"stage {stage!r} needs " + " ".join(_describe(k, v) for k, v in asks.items())
+            f"stage {stage!r} needs " + " ".join(_describe(k, v) for k, v in declared.items())
             + f" on one node, and no live node of the Ray cluster has that ({have}): "
             f"declare less, or add a node that has it")
 
