@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conveyor import Item, Pipeline, StoreError, open_run
+from conveyor import BudgetError, Item, Pipeline, StoreError, open_run
 from conveyor.observe.events import read_events
 from helpers import append_log, read_log
 
@@ -316,6 +316,18 @@ def test_actors_get_the_stage_env_pinned_threads_and_their_gpu_share(run_dir):
     assert gpu["GREETING"] is None  # env is per stage
     assert dict(result.outputs("plain"))["a"] == {"GREETING": None, "OMP_NUM_THREADS": "2",
                                            "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_a_stage_the_ray_node_cannot_hold_is_refused_with_its_declaration(run_dir):
+    # the session's node declares one GPU; two declared to run() fit the budget, not Ray
+    pipe = Pipeline("ray-two-gpus")
+    pipe.stage(lambda x: x, name="wide", cpus=1, gpus=2)
+    with pytest.raises(BudgetError) as raised:
+        pipe.run(["a"], run_dir=run_dir, executor="ray", cpus=2, gpus=2)
+    # as declared (an actor reserves half its cpus here, where CPUs are lent), and the node's
+    assert "stage 'wide' needs cpus=1 gpus=2 on one node" in str(raised.value)
+    assert "has cpus=2 gpus=1" in str(raised.value)
+    assert not (run_dir / "ledger.db").exists()
 
 
 DRIVER = textwrap.dedent("""
