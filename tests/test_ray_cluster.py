@@ -119,6 +119,49 @@ def test_a_stage_no_node_can_hold_is_refused_by_name_instead_of_waiting(cluster,
                  gpus=1)
 
 
+def test_a_stage_whose_only_node_is_lost_fails_with_why_instead_of_waiting(
+        cluster, run_dir, tmp_path, monkeypatch):
+    import conveyor.executors.ray as ray_executor
+
+    monkeypatch.setattr(ray_executor, "PLACE_SECONDS", 1.0)
+    cl, head, node_b = cluster
+    only = cl.add_node(num_cpus=1, resources={"node_c": 1})
+    cl.wait_for_nodes()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pipe = Pipeline("ray-node-c-lost")
+
+    @pipe.stage(cpus=1, resources={"node_c": 1}, retries=1, retry_backoff=0.05)
+    def pinned(x, ctx):
+        (marks / ctx.key).touch()
+        threading.Event().wait()  # in flight on node_c until it is gone
+
+    removed = threading.Event()
+
+    def kill_the_node() -> None:
+        while not removed.is_set():
+            if any(marks.iterdir()):
+                cl.remove_node(only, allow_graceful=False)
+                removed.set()
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_node, daemon=True)
+    killer.start()
+    try:
+        result = pipe.run([Item(f"k{i}", i) for i in range(3)], run_dir=run_dir,
+                          executor="ray", address=cl.address)
+    finally:
+        if not removed.is_set():
+            removed.set()
+            cl.remove_node(only, allow_graceful=False)
+    killer.join()
+    # the run ended: every item failed with why (the one that was running retried first)
+    assert result.counts["pinned"]["failed"] == 3
+    errors = [f["error"] for f in result.failures()]
+    why = "stage 'pinned' needs cpus=1 node_c=1 on one node, and no live node"
+    assert len(errors) == 3 and all(why in e for e in errors), errors
+
+
 def test_a_node_lost_mid_run_loses_no_item(cluster, run_dir, tmp_path):
     cl, head, node_b = cluster
     victim = cl.add_node(num_cpus=1)

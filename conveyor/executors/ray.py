@@ -50,7 +50,11 @@ actor's ``runtime_env``. An actor's stdout and stderr go to
 ``<run_dir>/logs/<group>.log``, as a local worker's do. Timeouts are enforced
 everywhere (by killing the actor); a stage's ``ram`` is a Ray reservation, and
 is also enforced by measuring the actor's memory where it runs on the
-driver's machine (the watchdog sees no process elsewhere).
+driver's machine (the watchdog sees no process elsewhere). A stage no live
+node can hold is refused before the run; an actor asked for later that no
+live node can hold (the only nodes that could were lost) fails its setup
+after PLACE_SECONDS with why, so the stage's items fail instead of waiting
+for ever.
 
 Without an address, the executor starts a local Ray instance sized to the
 budget when the first worker starts, and stops it at the end of the run; a
@@ -88,6 +92,7 @@ from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there 
 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
 SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show
+PLACE_SECONDS = 30.0  # an actor not placed after this long is checked against live nodes
 # The work one actor call holds, once the group's pace is known. A call costs the actor
 # a few ms of its own on a busy machine: a 20 ms stage ran at 0.76 of its rate with
 # 25 ms calls (one item each), 0.84 with 100 ms ones (benchmarks/hetero.py on Ray).
@@ -173,6 +178,8 @@ class _Worker:
     #                                                       isolated call to be answered
     pid: int | None = None  # where the actor runs on this machine
     stopping: bool = False
+    next_check: float = field(  # when to ask whether a node can still hold it, unready
+        default_factory=lambda: time.monotonic() + PLACE_SECONDS)
 
     def begin_head(self) -> None:
         """Start the clock of the call at the head of the queue, once the actor is ready
@@ -265,19 +272,25 @@ class RayExecutor(Executor):
             return
         if self._actor_class is None:
             self._connect()
+        why = self._unplaceable(stage, res)
+        if why:
+            raise BudgetError(why)
+
+    def _unplaceable(self, stage: str, res: Resources) -> str | None:
+        """Why no live node can hold an actor of ``stage``; None if one can."""
         declared = {name: amount for name, amount in (
             ("CPU", res.cpus), ("GPU", res.gpus), ("memory", res.ram), *res.custom) if amount}
         asks = {**declared, "CPU": self._actor_cpus(res)}  # what Ray is asked to place
         nodes = [n for n in ray.nodes() if n["Alive"]]
         if any(all(n["Resources"].get(name, 0) >= amount - 1e-9
                    for name, amount in asks.items()) for n in nodes):
-            return
+            return None
         have = "; ".join(f"{n['NodeManagerAddress']} has " + " ".join(
             _describe(name, n["Resources"].get(name, 0)) for name in declared) for n in nodes)
-        raise BudgetError(
-            f"stage {stage!r} needs " + " ".join(_describe(k, v) for k, v in declared.items())
-            + f" on one node, and no live node of the Ray cluster has that ({have}): "
-            f"declare less, or add a node that has it")
+        return (f"stage {stage!r} needs " + " ".join(_describe(k, v)
+                                                    for k, v in declared.items())
+                + f" on one node, and no live node of the Ray cluster has that ({have}): "
+                f"declare less, or add a node that has it")
 
     def _actor_cpus(self, res: Resources) -> float:
         """The CPUs an actor reserves with Ray. Lent CPUs: the driver lets live workers
@@ -351,6 +364,7 @@ class RayExecutor(Executor):
 
     def poll(self, timeout: float) -> list[Event]:
         self._stop_idle()
+        self._check_placed()
         if not self._events and timeout > 0:
             if self._calls:
                 ray.wait(list(self._calls), num_returns=1, timeout=min(timeout, WAIT_SECONDS))
@@ -366,6 +380,20 @@ class RayExecutor(Executor):
         self._stop_idle()
         events, self._events = self._events, []
         return events
+
+    def _check_placed(self) -> None:
+        """An actor still not ready PLACE_SECONDS after it was asked for, which no live
+        node can hold (the only nodes that could have gone), fails its setup with why:
+        it would wait for ever, and the run with it."""
+        now = time.monotonic()
+        for worker_id, w in list(self._workers.items()):
+            if w.setup is None or now < w.next_check:
+                continue
+            w.next_check = now + PLACE_SECONDS
+            why = self._unplaceable(w.spec.stages[0].stage.name, w.spec.resources)
+            if why:
+                self._events.append(SetupFailed(worker_id, why, ""))
+                self._gone(worker_id, "no node can hold it", kill=True)
 
     def _answer(self, worker_id: int, ref: Any) -> None:
         """Turn one finished call into events, after the calls sent to its actor before it.
