@@ -287,10 +287,8 @@ class RayExecutor(Executor):
             return None
         have = "; ".join(f"{n['NodeManagerAddress']} has " + " ".join(
             _describe(name, n["Resources"].get(name, 0)) for name in declared) for n in nodes)
-        return (f"stage {stage!r} needs " + " ".join(_describe(k, v)
-                                                    for k, v in declared.items())
-                + f" on one node, and no live node of the Ray cluster has that ({have}): "
-                f"declare less, or add a node that has it")
+        return (f"stage {stage!r} needs {res.describe()} on one node, and no live node of "
+                f"the Ray cluster has that ({have}): declare less, or add a node that has it")
 
     def _actor_cpus(self, res: Resources) -> float:
         """The CPUs an actor reserves with Ray. Lent CPUs: the driver lets live workers
@@ -555,7 +553,8 @@ _DECLARED = {"CPU": "cpus", "GPU": "gpus"}  # Ray's resource names -> the stage'
 
 
 def _describe(name: str, amount: float) -> str:
-    """One of Ray's resources as a stage declares it: ``cpus=2``, ``ram=4 GiB``, ``node_b=1``."""
+    """A node's amount of one of Ray's resources, named as a stage declares it (as
+    :meth:`Resources.describe` writes a stage's): ``cpus=2``, ``ram=4 GiB``, ``node_b=1``."""
     if name == "memory":
         return f"ram={format_size(int(amount))}"
     return f"{_DECLARED.get(name, name)}={amount:g}"
