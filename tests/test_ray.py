@@ -179,6 +179,41 @@ def test_a_fast_stage_runs_in_blocks_and_a_death_in_one_blames_only_its_item(
     assert {attempts[key] for key in lost} == {1}
 
 
+def test_an_actor_gets_its_place_while_another_stage_holds_the_only_cpu(run_dir):
+    # Ray takes a while to place an actor (a process to find or start), using none of
+    # the run's CPUs, so an actor is leased a CPU only once placed, for its setup.
+    # Within a one-CPU budget, "first" holds the lease while its item waits for the
+    # actor of "second" to be asked for. Before, an actor held a lease from its start,
+    # so it was not asked for while the lease was taken: the item waited out its
+    # minute and failed.
+    pipe = Pipeline("ray-place")
+    events = run_dir  # the closure travels to the actor
+
+    @pipe.stage(cpus=1)
+    def first(x):
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "worker_start" and e["group"] == "second"
+                      for e in read_events(events)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the actor of 'second' was never asked for")
+            time.sleep(0.01)
+        return x
+
+    @pipe.stage(after=first, cpus=1, env={"STAGE": "second"})  # not fused with first
+    def second(x):
+        return x
+
+    result = pipe.run([Item(str(i), i) for i in range(4)], run_dir=run_dir,
+                      executor="ray", cpus=1)
+    assert result.ok, result.failures()
+    assert dict(result.outputs("second")) == {str(i): i for i in range(4)}
+    seen = [(e["event"], e["group"]) for e in read_events(run_dir)
+            if e["event"] in ("worker_start", "worker_placed", "lease")]
+    # each setup was leased after its actor was placed, never before
+    for group in ("first", "second"):
+        assert seen.index(("worker_placed", group)) < seen.index(("lease", group))
+
+
 def test_on_one_node_actors_lend_their_cpus_between_calls(run_dir):
     # As local workers do: within a one-CPU budget the actors of both stages live
     # together (each reserves half a CPU with Ray) and take turns at the CPU lease.

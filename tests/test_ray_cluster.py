@@ -179,6 +179,13 @@ def test_a_node_lost_mid_run_loses_no_item(cluster, run_dir, tmp_path):
         (marks / f"{ctx.key}@{node}").touch()
         if node == doomed:
             threading.Event().wait()  # in flight here until the node is gone
+        # Calls elsewhere wait until one is in flight on the victim: a worker set up
+        # first would otherwise take every item before the victim's actor is ready.
+        deadline = time.monotonic() + 60
+        while not any(p.name.endswith(doomed) for p in marks.iterdir()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no call ran on the victim node")
+            time.sleep(0.01)
         return node
 
     removed = threading.Event()

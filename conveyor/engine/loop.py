@@ -9,7 +9,7 @@
                    │                                                                  │
                    ▼                                                                  │
      claim rows ── executor.send(tasks) ──▶ workers (one process per worker) ─────────┘
-                                            Results / Ready / SetupFailed / Exited
+                                     Placed / Ready / Results / SetupFailed / Exited
 
 Only the engine, in one thread, writes the ledger; workers compute and report.
 The unit of scheduling is a *group*: a stage, or a chain of stages fused into
@@ -45,7 +45,7 @@ from typing import Any
 
 from .. import codec
 from ..errors import StageContractError
-from ..executors.base import Executor, Exited, Ready, Results, SetupFailed
+from ..executors.base import Executor, Exited, Placed, Ready, Results, SetupFailed
 from ..ledger import blocks
 from ..ledger.base import Claim, Ledger, Record, Status
 from ..observe.events import EventLog
@@ -196,10 +196,10 @@ class Engine:
             specs = tuple(StageSpec(m.stage, pipe.routes(m.stage.name),
                                     tuple((s, pipe[s].reduce) for s in m.stage.side))
                           for m in members)
-            spec = WorkerSpec(group.name, specs,
-                              str(self.run_dir), self.store.inline_limit,
+            spec = WorkerSpec(group.name, specs, str(self.run_dir), self.store.inline_limit,
                               fsync=not self.executor.same_machine)
-            self.groups[group.name] = GroupState(group, members, spec)
+            self.groups[group.name] = GroupState(group, members, spec,
+                                                 call_seconds=self.executor.call_seconds)
 
     def start_early(self) -> None:
         """Start a worker for the group that takes the inputs while they are still being
@@ -289,6 +289,8 @@ class Engine:
             self._exited(event.worker, event.reason, event.running)
         elif worker is None:
             return
+        elif isinstance(event, Placed):
+            self._pool.placed(event.worker)
         elif isinstance(event, Ready):
             worker.ready = True
             worker.head_since = worker.idle_since = time.time()

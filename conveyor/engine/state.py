@@ -17,6 +17,10 @@ from .fusion import Group
 
 WINDOW_SECONDS = 0.25  # each worker holds about this much work ahead of it
 WINDOW_TASKS = 512  # ... and at most this many item rows
+# ... and, where each message to a worker has a cost (Executor.call_seconds), at least
+# this many messages' worth: the driver tops a window up once half of it is done, so a
+# second message is still queued behind the running one when the first comes back.
+WINDOW_CALLS = 2.4
 BLOCK_SECONDS = 0.1  # a group runs whole blocks while a block's items take it no longer
 
 
@@ -49,6 +53,7 @@ class GroupState:
     setup_seconds: float = 0.0  # the time their setup() took, in all
     unfit: bool = False  # its outputs did not fit a block (see conveyor.ledger.blocks)
     met_blocks: bool = False  # it claimed or split a block in this run
+    call_seconds: float = 0.0  # the work in one message to a worker (Executor.call_seconds)
 
     def count_setup(self, seconds: float) -> list[float]:
         """Count a worker that got ready after ``seconds`` of setup; the tally so far
@@ -113,9 +118,10 @@ class GroupState:
 
     @property
     def window(self) -> int:
-        """How many items a worker of the group holds: about WINDOW_SECONDS of work
-        (one until its speed is known, so slow items spread over workers; in at
-        most WINDOW_TASKS rows, or four blocks' worth where it runs blocks), and
+        """How many items a worker of the group holds: about WINDOW_SECONDS of work,
+        or WINDOW_CALLS messages' worth where messages are longer (one until its
+        speed is known, so slow items spread over workers; in at most WINDOW_TASKS
+        rows, or four blocks' worth where it runs blocks), and
         two batches for a batch stage, one computing while the next is read. A
         stage with ``load()`` holds at least the batch computing, its ``prefetch``
         batches loaded ahead and one more, so its loader does not wait for the
@@ -128,7 +134,8 @@ class GroupState:
         if service is None:
             return ahead
         most = 4 * blocks.TARGET if self.runs_blocks else WINDOW_TASKS
-        return max(ahead, min(most, math.ceil(WINDOW_SECONDS / service)))
+        seconds = max(WINDOW_SECONDS, WINDOW_CALLS * self.call_seconds)
+        return max(ahead, min(most, math.ceil(seconds / service)))
 
 
 class DriverCost:

@@ -10,11 +10,18 @@ and GPUs are granted for a worker's whole life, from start to exit.
 An executor that cannot lend CPUs per task (Ray actors reserve theirs for
 life) gets every worker *pinned*: it holds its lease from start to exit, and
 the live-process ceiling is then the real CPU budget.
+
+A worker's start holds a lease too, for what its setup computes. Where the
+executor first finds a worker its place (``Executor.places_first``: Ray schedules
+an actor), the lease waits for :meth:`WorkerPool.placed`, and a waiting setup is
+leased before anything else: a place can take most of a second and needs none of
+the run's CPUs, and a lease held meanwhile kept other stages, a GPU stage among
+them, from their work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..executors.base import LIVE_FACTOR, Executor
@@ -39,6 +46,7 @@ class Worker:
     grant: Grant
     started: float
     pinned: bool  # holds its CPU lease for life (GPU workers; executors that cannot lend)
+    placed: bool = True  # has its place; its setup needs a lease (Executor.places_first)
     ready: bool = False
     leased: bool = False
     lease_since: float = 0.0
@@ -78,10 +86,25 @@ class WorkerPool:
     # -- lives ------------------------------------------------------------------------------
 
     def start(self, spec: WorkerSpec, now: float) -> Worker | None:
-        """Start a worker for ``spec`` if its resources and a CPU lease are free now."""
+        """Start a worker for ``spec`` if its resources and a CPU lease are free now.
+
+        Where the executor places first, the lease waits until the worker is placed,
+        and a group's first worker starts without a free one, as long as the places
+        being found add up to no more than the budget's CPUs (each may boot a process):
+        every stage gets its place early, in parallel with the work. Further workers
+        start when a lease is free that no worker being started will need.
+        """
         res: Resources = spec.resources
         need = round(res.cpus * 1000)
-        if need > self.cpu_free or not self.live.fits(res):
+        if not self.live.fits(res):
+            return None
+        if not self.executor.places_first:
+            if need > self.cpu_free:
+                return None
+        elif self.of(spec.group):
+            if need > self.cpu_free - self._starting(lambda w: not w.leased):
+                return None
+        elif need > self.cpu_total - self._starting(lambda w: not w.placed):
             return None
         grant = self.live.acquire(res)
         assert grant is not None
@@ -89,13 +112,26 @@ class WorkerPool:
         worker_id = self.executor.start(spec, env)
         worker = Worker(worker_id, spec.group, res, grant, now,
                         pinned=res.gpus > 0 or not self.lends_cpu, head_since=now,
-                        idle_since=now)
+                        idle_since=now, placed=not self.executor.places_first)
         self.workers[worker_id] = worker
-        self._lease(worker, now)  # setup uses CPU too
+        if worker.placed:
+            self._lease(worker, now)  # setup uses CPU too
         self.events.emit("worker_start", group=spec.group, worker=worker_id,
                          pid=self.executor.pid(worker_id), cpus=res.cpus, ram=res.ram,
                          gpus=res.gpus, devices=list(grant.devices), threads=res.threads)
         return worker
+
+    def _starting(self, which: Callable[[Worker], bool]) -> int:
+        """The CPUs (in thousandths) of the workers not yet ready that ``which`` selects."""
+        return sum(round(w.resources.cpus * 1000) for w in self.workers.values()
+                   if not w.ready and which(w))
+
+    def placed(self, worker_id: int) -> None:
+        """A worker has its place: it is leased for its setup as soon as a CPU is free."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.placed = True
+            self.events.emit("worker_placed", group=worker.group, worker=worker_id)
 
     def stop(self, worker: Worker, reason: str = "stopped", kill: bool = False) -> None:
         """Ask a worker to exit (or kill it); its exit is reported by the executor."""
@@ -146,13 +182,21 @@ class WorkerPool:
         for worker in self.workers.values():
             if worker.leased and not worker.pinned and worker.ready and not worker.inflight:
                 self._unlease(worker)
-        available = self.cpu_free
         waiting: list[Load] = []
+        for worker in self.workers.values():  # placed, its setup waiting for a lease: first
+            if worker.placed and not worker.ready and not worker.leased and not worker.draining \
+                    and worker.kill_reason is None:
+                if round(worker.resources.cpus * 1000) > self.cpu_free:
+                    waiting.append(replace(loads[worker.group], workers=0))  # none set up
+                    continue
+                self._lease(worker, now)
+                self.executor.set_up(worker.id)
+        available = self.cpu_free
         for load in lease_order(list(loads.values())):
             need = round(load.resources.cpus * 1000)
             mine = self.of(load.name)
             if not mine:
-                if self.live.fits(load.resources):
+                if self.live.fits(load.resources) and not self.executor.places_first:
                     waiting.append(load)
                     available -= need  # kept for the start the driver will make
                 continue

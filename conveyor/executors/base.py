@@ -23,6 +23,13 @@ from ..worker.runner import WorkerSpec
 LIVE_FACTOR = 2
 
 
+class Placed(NamedTuple):
+    """A worker of an executor that places first (``places_first``) has its place: its
+    setup may begin (:meth:`Executor.set_up`)."""
+
+    worker: int
+
+
 class Ready(NamedTuple):
     """A worker finished ``setup()`` and is taking tasks."""
 
@@ -60,7 +67,7 @@ class Exited(NamedTuple):
     running: Running | None = None
 
 
-Event = Union[Ready, Results, SetupFailed, Exited]
+Event = Union[Placed, Ready, Results, SetupFailed, Exited]
 
 
 class Executor(ABC):
@@ -76,6 +83,15 @@ class Executor(ABC):
     #: Whether workers write the run directory on the driver's machine, so that one
     #: sync there before a commit makes their files durable (else they fsync each).
     same_machine = True
+    #: Seconds of work the executor packs into one message to a worker, where a message
+    #: has a cost of its own (a Ray actor call); 0 where tasks go as they are sent. A
+    #: worker's window then holds a couple of such messages (see GroupState.window).
+    call_seconds = 0.0
+    #: Whether :meth:`start` only finds the worker a place (reporting :class:`Placed`)
+    #: and its setup waits for :meth:`set_up`: where a place takes long and no CPU of
+    #: the run's (a Ray actor scheduled by its cluster), the CPU lease that setup needs
+    #: is not held meanwhile (see conveyor.engine.workerpool).
+    places_first = False
 
     @abstractmethod
     def start(self, spec: WorkerSpec, env: Mapping[str, str]) -> int:
@@ -85,6 +101,11 @@ class Executor(ABC):
         :class:`SetupFailed`) through :meth:`poll`. Tasks may be sent before
         it is ready; they wait for it.
         """
+
+    def set_up(self, worker: int) -> None:
+        """Begin the setup of a worker that reported :class:`Placed` (``places_first``
+        executors only); it reports :class:`Ready` or :class:`SetupFailed` as usual."""
+        raise NotImplementedError(f"{self.name} sets its workers up as it starts them")
 
     def check_fits(self, stage: str, res: Resources) -> None:
         """Raise :class:`~conveyor.errors.BudgetError` if no worker of ``stage`` could

@@ -4,8 +4,9 @@
 
      driver process (scheduler, ledger)                Ray actors (one per worker)
     ┌────────────────────────────────────┐           ┌──────────────────────────────┐
-    │ start(): actor with num_cpus,      │           │ _Actor: a GroupRunner        │
-    │   num_gpus, memory, runtime_env    │──setup()─▶│   setup() once               │
+    │ start(): actor with num_cpus,      │─placed()─▶│ worker.actor.Actor           │
+    │   num_gpus, memory, runtime_env    │           │   (Ray found it a place)     │
+    │ set_up(): once leased a CPU        │──setup()─▶│   loads the group, setup()   │
     │ send(): one actor call per block   │──run()───▶│   run(block) -> records      │
     │   of tasks (or of batches)         │           │   (calls run in order)       │
     │ poll(): ray.wait on the calls' refs│◀──refs────│                              │
@@ -15,11 +16,22 @@ The engine, scheduler and ledger are the local executor's; only where the
 code runs differs. A stage's custom resources (``resources={"node_b": 1}``)
 are the actor's, so Ray places it only on a node that declares them.
 
+The executor places first (``places_first``): Ray takes a while to find an actor a
+place and a process (0.2 s for one of the processes it started ahead, most of a
+second for one it starts then, on a busy machine), using none of the run's CPUs,
+so the driver asks for every stage's first actor at once and leases it a CPU only
+for its setup. Before, an actor held a lease from the start: a third stage's start
+took the lease of an idle GPU stage, which then waited half a second with its work
+queued (benchmarks/hetero.py on Ray, 0.91 of bound; 0.95 after).
+
 An actor call carries a *block*: the tasks (or, in a batch stage, the
-batches) sent to the worker at once, as many as make about BLOCK_SECONDS
+batches) sent to the worker at once, as many as make about CALL_SECONDS
 of work at the pace the group's calls have shown so far (one until it is
 known, so a slow stage keeps one task or one batch per call, and never
-more than a tenth of the stage's ``timeout``). Calls run in order, so the
+more than a tenth of the stage's ``timeout``; a worker's first calls hold
+one, one, two, four... so the stage below is fed at once). Each worker holds
+WINDOW_CALLS calls' worth of work, so one is queued behind the one running
+(``call_seconds``). Calls run in order, so the
 call at the head of a worker's queue is the one running. An actor that
 dies (or is killed for a timeout or its memory) in a call of one task or
 batch, with nothing else in flight, is blamed on that call. Otherwise
@@ -64,28 +76,34 @@ Ray instance already initialised in the process is used and left running.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
-from .. import envs, rundir
+from .. import envs
 from ..errors import BudgetError, ExecutorUnavailable
 from ..ledger.base import Claim
 from ..ledger.blocks import is_block
 from ..optional import require
 from ..resources import Budget, Resources, format_size, parse_size
 from ..worker import shipping
-from ..worker.meter import Usage, peak_rss
-from ..worker.protocol import READY, SETUP_FAILED, Running, pin_torch
-from ..worker.runner import GroupRunner, WorkerSpec
-from .base import LIVE_FACTOR, Event, Executor, Exited, Ready, Results, SetupFailed
+from ..worker.actor import Actor
+from ..worker.protocol import READY, Running
+from ..worker.runner import WorkerSpec
+from .base import (
+    LIVE_FACTOR,
+    Event,
+    Executor,
+    Exited,
+    Placed,
+    Ready,
+    Results,
+    SetupFailed,
+)
 
 ray = require("ray", "ray", "the ray executor", ExecutorUnavailable)
 from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there now)
@@ -94,65 +112,15 @@ WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured 
 SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show
 PLACE_SECONDS = 30.0  # an actor not placed after this long is checked against live nodes
 # The work one actor call holds, once the group's pace is known. A call costs the actor
-# a few ms of its own on a busy machine: a 20 ms stage ran at 0.76 of its rate with
-# 25 ms calls (one item each), 0.84 with 100 ms ones (benchmarks/hetero.py on Ray).
-BLOCK_SECONDS = 0.1
+# 1-4 ms of Ray's own between calls on a busy machine (its result out, the next call
+# in): a 20 ms stage ran at 0.76 of its rate with 25 ms calls (one item each), 0.84 with
+# 100 ms ones, 0.93 with 250 ms ones (benchmarks/hetero.py on Ray). Longer calls hold
+# outputs back from the next stage longer, and a worker that dies loses more.
+CALL_SECONDS = 0.25
 BLOCK_UNITS = 256  # ... in at most this many tasks (or batches)
 TIMEOUT_SHARE = 10  # ... and at most this fraction (1/10) of the stage's timeout
 _INIT = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              configure_logging=False)
-
-
-class _Actor:
-    """The worker side: a GroupRunner held by a Ray actor."""
-
-    def __init__(self, spec: bytes, path: list[str], env: Mapping[str, str]) -> None:
-        os.environ.update(env)  # pinned threads: before any module that reads them imports
-        sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
-        self.runner = GroupRunner(shipping.loads(spec))
-        self.broken = False
-        _log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
-
-    def setup(self) -> tuple[Any, ...]:
-        """Run the stages' setup(); (READY, pid, seconds, host) or (SETUP_FAILED, error,
-        traceback)."""
-        began = time.monotonic()
-        try:
-            self.runner.setup()
-        except BaseException as exc:
-            self.broken = True
-            return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
-                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        pin_torch(self.runner.spec.resources.threads)
-        return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
-
-    def run(self, block: list[list[Claim]]) -> tuple[list[Any], bool, Usage | None, float]:
-        """Records of a block of tasks (each list one call of the stage), in order, their
-        files already durable; what the calls cost and the seconds they took."""
-        if self.broken:
-            return [], False, None, 0.0  # the driver already failed these with the setup error
-        began = time.monotonic()
-        records = []
-        for tasks in block:
-            records.extend(self.runner.run([self.runner.load(task) for task in tasks]))
-        if self.runner.store.take_wrote():
-            # Values are fsynced as written; files a stage wrote in its item folder are
-            # not, and the driver may be on another machine: flush them here.
-            self.runner.store.sync()
-        return (records, False, (self.runner.meter.take(), peak_rss()),
-                time.monotonic() - began)
-
-
-def _log_to(path: Path) -> None:
-    """Send this process's stdout and stderr to ``path``, as a local worker's are: the
-    stage's prints end up in the run directory, whichever node the actor is on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
 
 
 @dataclass
@@ -172,7 +140,10 @@ class _Call:
 class _Worker:
     actor: Any
     spec: WorkerSpec
-    setup: Any  # the setup call's ref, until it answers
+    setup: Any  # the placed() call's ref, then the setup call's, until each answers
+    setup_args: tuple[bytes, Mapping[str, str]]  # what set_up() sends: spec, env
+    placing: bool = True  # ``setup`` is still the placed() call's
+    made: int = 0  # calls made for it so far (sent or held)
     calls: deque[_Call] = field(default_factory=deque)  # in flight, in the order sent
     held: deque[list[list[Claim]]] = field(default_factory=deque)  # blocks waiting for an
     #                                                       isolated call to be answered
@@ -199,6 +170,8 @@ class RayExecutor(Executor):
 
     name = "ray"
     same_machine = False
+    call_seconds = CALL_SECONDS
+    places_first = True
     knows_running = True
 
     def __init__(self, address: str | None = None, budget: Budget | None = None) -> None:
@@ -232,7 +205,7 @@ class RayExecutor(Executor):
             else:
                 ray.init(address=self.address, **_INIT)
             self._owns_ray = True
-        self._actor_class = ray.remote(_Actor)
+        self._actor_class = ray.remote(Actor)
 
     def cluster_budget(self, cpus: float | None = None, ram: int | str | None = None,
                        gpus: int | None = None) -> Budget:
@@ -316,30 +289,39 @@ class RayExecutor(Executor):
             num_cpus=self._actor_cpus(res), num_gpus=res.gpus, memory=res.ram or None,
             resources=dict(res.custom) or None,  # e.g. {"node_b": 1}: placed on such a node
             runtime_env={"env_vars": env_vars, **runtime_env} if started_with else None,
-            max_restarts=0).remote(shipping.dumps(spec), path,
-                                   {} if started_with else env_vars)
+            max_restarts=0).remote(path)
         worker_id = self._next_id
         self._next_id += 1
-        setup = actor.setup.remote()
-        self._workers[worker_id] = _Worker(actor, spec, setup)
-        self._calls[setup] = worker_id
+        placed = actor.placed.remote()
+        self._workers[worker_id] = _Worker(actor, spec, placed, (
+            shipping.dumps(spec), {} if started_with else env_vars))
+        self._calls[placed] = worker_id
         return worker_id
+
+    def set_up(self, worker: int) -> None:
+        w = self._workers.get(worker)
+        if w is None or w.placing:
+            return
+        w.setup = w.actor.setup.remote(*w.setup_args)
+        self._calls[w.setup] = worker
 
     def send(self, worker: int, tasks: list[Claim]) -> None:
         w = self._workers.get(worker)
         if w is None:
             return
-        w.held.extend(_blocks(tasks, w.spec.batch_size, self._suspects, self._per_call(w)))
+        blocks = _blocks(tasks, w.spec.batch_size, self._suspects, self._per_call(w), w.made)
+        w.made += len(blocks)
+        w.held.extend(blocks)
         self._submit(worker)
 
     def _per_call(self, w: _Worker) -> int:
-        """How many tasks (or batches) one call of ``w`` holds: BLOCK_SECONDS of work at
+        """How many tasks (or batches) one call of ``w`` holds: CALL_SECONDS of work at
         the group's pace, within a TIMEOUT_SHARE of its stages' timeouts; one until the
-        pace is known."""
+        pace is known (a worker's first calls hold fewer: see :func:`_blocks`)."""
         pace = self._pace.get(w.spec.group)
         if pace is None:
             return 1
-        limit = min([BLOCK_SECONDS, *(s.stage.timeout / TIMEOUT_SHARE
+        limit = min([CALL_SECONDS, *(s.stage.timeout / TIMEOUT_SHARE
                                       for s in w.spec.stages if s.stage.timeout)])
         return max(1, min(BLOCK_UNITS, int(limit / max(pace, 1e-6))))
 
@@ -431,6 +413,10 @@ class RayExecutor(Executor):
             else:  # the actor code itself broke: treat the worker as lost
                 self._gone(worker_id, f"failed: {_first_line(exc)}", kill=True)
             return
+        if ref == w.setup and w.placing:
+            w.setup, w.placing = None, False  # no call goes to it before set_up()
+            self._events.append(Placed(worker_id))
+            return
         if ref == w.setup:
             w.setup = None
             if value[0] == READY:
@@ -514,10 +500,15 @@ class RayExecutor(Executor):
                 self._actor_class = None  # a later start joins or starts Ray again
 
 
-def _blocks(tasks: list[Claim], batch_size: int | None, suspects: set[int], per_call: int
-            ) -> list[list[list[Claim]]]:
+def _blocks(tasks: list[Claim], batch_size: int | None, suspects: set[int], per_call: int,
+            made: int = 0) -> list[list[list[Claim]]]:
     """Split tasks into actor calls of up to ``per_call`` calls of the stage each: one
     task per stage call, or one batch in a batch stage; a block holds one stage's.
+
+    A worker's first calls hold fewer (``made``: the calls made for it before these):
+    one, one, then twice as many each time up to ``per_call``. The stage below then
+    gets its first outputs as soon as they are made, not a long call later; and the
+    pace the first (cold) calls showed is checked on short ones.
 
     A task on its second attempt or later, or suspected of killing an actor, gets
     an actor call of its own (the runner runs it alone anyway), so that if it is
@@ -525,6 +516,7 @@ def _blocks(tasks: list[Claim], batch_size: int | None, suspects: set[int], per_
     """
     blocks: list[list[list[Claim]]] = []
     growing = False  # whether the last block may take more tasks
+    most = 1  # what the last block may hold
     for task in tasks:
         # a ledger block (hundreds of items) is a call's worth of work by itself
         alone = task.attempt > 1 or task.id in suspects or is_block(task.key)
@@ -533,10 +525,11 @@ def _blocks(tasks: list[Claim], batch_size: int | None, suspects: set[int], per_
             if batch_size and len(last[-1]) < batch_size:
                 last[-1].append(task)
                 continue
-            if len(last) < per_call:
+            if len(last) < most:
                 last.append([task])
                 continue
         blocks.append([[task]])
+        most = min(per_call, 2 ** min(max(made + len(blocks) - 2, 0), 16))
         growing = not alone
     return blocks
 

@@ -1,0 +1,80 @@
+"""The worker side of the Ray executor (:mod:`conveyor.executors.ray`): a Ray actor.
+
+Ray creates the actor where it has room (``placed()`` answers then); ``setup()``
+comes when the driver has leased it a CPU, and loads the group (the user's modules
+import then, after the pinned thread variables are set); ``run()`` takes a block of
+tasks per call. The class is kept apart from the executor so that an actor's process
+imports only what the worker side needs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import rundir
+from ..ledger.base import Claim
+from . import shipping
+from .meter import Usage, peak_rss
+from .protocol import READY, SETUP_FAILED, pin_torch
+from .runner import GroupRunner
+
+
+class Actor:
+    """A GroupRunner held by a Ray actor: placed first, set up when the driver says."""
+
+    def __init__(self, path: list[str]) -> None:
+        sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
+        self.broken = False
+
+    def placed(self) -> None:
+        """Answers once the actor has its place and process (see RayExecutor.start)."""
+
+    def setup(self, spec: bytes, env: Mapping[str, str]) -> tuple[Any, ...]:
+        """Load the group and run the stages' setup(); (READY, pid, seconds, host) or
+        (SETUP_FAILED, error, traceback)."""
+        began = time.monotonic()
+        os.environ.update(env)  # pinned threads: before any module that reads them imports
+        self.runner = GroupRunner(shipping.loads(spec))
+        log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
+        try:
+            self.runner.setup()
+        except BaseException as exc:
+            self.broken = True
+            return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
+                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        pin_torch(self.runner.spec.resources.threads)
+        return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
+
+    def run(self, block: list[list[Claim]]) -> tuple[list[Any], bool, Usage | None, float]:
+        """Records of a block of tasks (each list one call of the stage), in order, their
+        files already durable; what the calls cost and the seconds they took."""
+        if self.broken:
+            return [], False, None, 0.0  # the driver already failed these with the setup error
+        began = time.monotonic()
+        records = []
+        for tasks in block:
+            records.extend(self.runner.run([self.runner.load(task) for task in tasks]))
+        if self.runner.store.take_wrote():
+            # Values are fsynced as written; files a stage wrote in its item folder are
+            # not, and the driver may be on another machine: flush them here.
+            self.runner.store.sync()
+        return (records, False, (self.runner.meter.take(), peak_rss()),
+                time.monotonic() - began)
+
+
+def log_to(path: Path) -> None:
+    """Send this process's stdout and stderr to ``path``, as a local worker's are: the
+    stage's prints end up in the run directory, whichever node the actor is on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
