@@ -13,7 +13,8 @@ the local and Ray executors: message kinds, the record wire encoding, the
 shared-memory slot that names the call in progress, and thread pinning.
 :mod:`.process` is the worker process (``python -m conveyor.worker.process``);
 :mod:`.envshim` starts it in a stage's own Python environment
-(``python -m conveyor.worker.envshim``); :mod:`.runner` calls the stage's
+(``python -m conveyor.worker.envshim``); :mod:`.actor` is the Ray executor's
+actor, the worker process's counterpart there; :mod:`.runner` calls the stage's
 code and is shared by every executor (the inline one runs it in the
 driver); :mod:`.shipping` sends stage code with its source lines.
 
