@@ -179,6 +179,18 @@ def test_a_fast_stage_runs_in_blocks_and_a_death_in_one_blames_only_its_item(
     assert {attempts[key] for key in lost} == {1}
 
 
+def test_a_workers_first_calls_grow_from_one_task():
+    # A worker's first actor calls hold 1, 1, 2, 4, ... tasks up to the pace's share, so
+    # the stage below gets the first outputs at once; a later send carries on from the
+    # calls already made for that worker.
+    from conveyor.executors.ray import _blocks
+    from conveyor.ledger.base import Claim
+
+    tasks = [Claim(i, "s", f"k{i}", 1, b"0", None) for i in range(40)]
+    assert [len(b) for b in _blocks(tasks, None, set(), per_call=8)] == [1, 1, 2, 4] + [8] * 4
+    assert [len(b) for b in _blocks(tasks[:10], None, set(), per_call=8, made=5)] == [8, 2]
+
+
 def test_an_actor_gets_its_place_while_another_stage_holds_the_only_cpu(run_dir):
     # Ray takes a while to place an actor (a process to find or start), using none of
     # the run's CPUs, so an actor is leased a CPU only once placed, for its setup.
