@@ -10,10 +10,11 @@ as an ``Item``.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import codec
-from .errors import InputError
+from .errors import InputError, RunInterrupted
 
 if TYPE_CHECKING:
     from .store import Stored
@@ -57,29 +58,150 @@ def check_key(key: Any) -> str:
     return key
 
 
-def input_items(inputs: Iterable[Any], put: Callable[[bytes, str], Stored]
-                ) -> Iterator[tuple[str, Stored]]:
-    """(key, value kept by ``put``) for each input, lazily; raises :class:`InputError`.
+class Inputs:
+    """A run's inputs as given, taken in as (key, value kept by ``put``).
 
-    This loop is a rerun's cost per input (a million inputs: a few seconds), so
-    it is one generator and checks keys inline.
+    Iterated, it yields each input's key and stored value, raising
+    :class:`InputError` for one that cannot be an input and
+    :class:`RunInterrupted` when ``interrupted`` names a signal (asked at each
+    input: a slow iterable of inputs can be stopped). That loop costs a few
+    microseconds an input in Python, a rerun's whole cost at a million inputs,
+    so a ledger that takes inputs in blocks (:func:`conveyor.ledger.blocks.cut`)
+    also uses the block methods: :meth:`stream` keeps each input as given, for
+    :meth:`seal` to digest a block's inputs in one encoding (:func:`raw_digest`);
+    :meth:`skip` takes a block's inputs unlooked-at when that digest is the one
+    the ledger holds for the block. A stream ends where :meth:`skip`,
+    :meth:`ahead` or :meth:`next_key` begins.
+
+    ``put`` None: ``given`` are (key, stored value) pairs already (a service's
+    requests, a ledger's own items), taken as they are, with no raw digest.
     """
-    encode, digest = codec.encode, codec.digest
-    for position, raw in enumerate(inputs):
+
+    def __init__(self, given: Iterable[Any], put: Callable[[bytes, str], Stored] | None = None,
+                 interrupted: Callable[[], str | None] | None = None) -> None:
+        self._given = iter(given)
+        self._ahead: Iterator[Any] = iter(())  # inputs read ahead and given back: first
+        self._put = put
+        self._interrupted = interrupted or _never
+        self._raws: list[Any] = []  # the inputs streamed since the last seal
+        self._taken = 0  # inputs taken before them (an error names an input's position)
+
+    def __iter__(self) -> Iterator[tuple[str, Stored]]:
+        return self._take(self._taken, None)
+
+    def stream(self) -> Iterator[tuple[str, Stored]]:
+        """The inputs from here, each kept as given for :meth:`seal`."""
+        return self._take(self._taken + len(self._raws), self._raws.append)
+
+    def seal(self) -> str | None:
+        """The raw digest of the inputs streamed since the last seal (a block's)."""
+        raws, self._raws = self._raws, []
+        self._taken += len(raws)
+        return raw_digest(raws) if self._put is not None else None
+
+    def ahead(self, n: int) -> int:
+        """How many inputs are left, counting up to ``n`` (read ahead, not taken)."""
+        chunk = self._read(n)
+        self._give_back(chunk)
+        return len(chunk)
+
+    def next_key(self) -> str | None:
+        """The next input's key, not taking it; None at the end, for an input that is
+        none, or for pairs (which are never skipped)."""
+        chunk = self._read(1)
+        self._give_back(chunk)
+        if not chunk or self._put is None:
+            return None
+        raw = chunk[0]
         if isinstance(raw, Item):
-            key, value = raw
-        else:
-            key, value = None, raw
+            return raw.key if type(raw.key) is str else None
+        if type(raw) is str:
+            return raw
         try:
-            data = encode(value)
-        except codec.EncodeError as exc:
-            raise InputError(f"input #{position} is not JSON-serialisable: {exc}") from None
-        dig = digest(data)
-        if key is None:
-            key = value if type(value) is str else dig[:16]
-        if type(key) is not str or not key or key[0] == BLOCK_MARK:  # check_key's cases
+            return codec.digest(codec.encode(raw))[:16]
+        except codec.EncodeError:
+            return None
+
+    def skip(self, n: int, raw: str) -> bool:
+        """Take the next ``n`` inputs unlooked-at if their raw digest is ``raw``."""
+        self._check()
+        chunk = self._read(n)
+        if len(chunk) == n and self._put is not None and raw_digest(chunk) == raw:
+            self._taken += n
+            return True
+        self._give_back(chunk)
+        return False
+
+    def _read(self, n: int) -> list[Any]:
+        return list(itertools.islice(itertools.chain(self._ahead, self._given), n))
+
+    def _give_back(self, chunk: list[Any]) -> None:
+        self._ahead = iter(chunk + list(self._ahead))
+
+    def _check(self) -> None:
+        why = self._interrupted()
+        if why is not None:
+            raise RunInterrupted(f"interrupted by {why} while reading inputs; nothing was "
+                                 f"recorded")
+
+    def _take(self, start: int, keep: Callable[[Any], None] | None
+              ) -> Iterator[tuple[str, Stored]]:
+        source = itertools.chain(self._ahead, self._given)
+        if self._put is None:
+            for pair in source:
+                if keep is not None:
+                    keep(pair)
+                yield pair
+            return
+        encode, digest, put, check = codec.encode, codec.digest, self._put, self._check
+        for position, raw in enumerate(source, start):  # per input: kept lean
+            if keep is not None:
+                keep(raw)
+            check()
+            if isinstance(raw, Item):
+                key, value = raw
+            else:
+                key, value = None, raw
             try:
-                check_key(key)
-            except ValueError as exc:
-                raise InputError(f"input #{position}: {exc}") from None
-        yield key, put(data, dig)
+                data = encode(value)
+            except codec.EncodeError as exc:
+                raise InputError(f"input #{position} is not JSON-serialisable: {exc}") from None
+            dig = digest(data)
+            if key is None:
+                key = value if type(value) is str else dig[:16]
+            if type(key) is not str or not key or key[0] == BLOCK_MARK:  # check_key's cases
+                try:
+                    check_key(key)
+                except ValueError as exc:
+                    raise InputError(f"input #{position}: {exc}") from None
+            yield key, put(data, dig)
+
+
+# Types whose values as inputs are keyed by their digest, and never written as a bare
+# JSON string: a str is its own key, and so is no other type written as a string
+_PLAIN = frozenset({str, int, float, bool, type(None), list, tuple, dict})
+
+
+def raw_digest(raws: list[Any]) -> str | None:
+    """One digest of inputs as given that fixes all their keys and values (one encoding
+    of the whole list, in C), or None where it would not: inputs of a type written
+    as a JSON string but keyed by digest (a str subclass, a datetime), a key of an
+    ``Item`` that is not a str, or items mixed with bare values."""
+    types = set(map(type, raws))
+    if types <= _PLAIN:
+        form, whole = b"v", raws
+    elif types == {Item}:
+        keys = [raw[0] for raw in raws]
+        if set(map(type, keys)) != {str}:
+            return None
+        form, whole = b"i", [keys, [raw[1] for raw in raws]]
+    else:
+        return None
+    try:
+        return codec.digest(form + codec.encode(whole))
+    except codec.EncodeError:
+        return None
+
+
+def _never() -> None:
+    return None

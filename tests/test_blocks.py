@@ -9,6 +9,7 @@ recomputes from the blocks above it.
 
 from __future__ import annotations
 
+import datetime
 import os
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ import pytest
 from conveyor import Item, Pipeline, codec
 from conveyor.engine import state
 from conveyor.errors import InputError
+from conveyor.items import Inputs, raw_digest
 from conveyor.ledger import Output, SqliteLedger, Status, blocks
 from conveyor.observe.events import read_events
 from conveyor.store import Stored
@@ -144,6 +146,136 @@ def test_a_split_block_becomes_item_rows_with_their_values(ledger):
     assert len(claims) == n and all(c.attempt == 1 for c in claims)  # the block's not counted
     assert [codec.decode(c.data) for c in claims] == list(range(n))
     assert ledger.counts()["a"] == {"pending": N - n, "running": n}
+
+
+# -- a rerun's inputs as given (conveyor.items.Inputs) -----------------------------------
+
+class Counted:
+    """Inputs as a run gives them, counting the ones looked at one by one (kept by put)."""
+
+    def __init__(self) -> None:
+        self.looked_at = 0
+
+    def put(self, data: bytes, digest: str) -> Stored:
+        self.looked_at += 1
+        return Stored(data, None, digest, len(data))
+
+    def inputs(self, values: list) -> Inputs:
+        return Inputs(values, self.put)
+
+
+def as_given(form: str, n: int = N, changed: int | None = None) -> list:
+    """``n`` inputs as bare values (strings, their own keys) or as ``Item``\\ s."""
+    values = ["changed" if i == changed else i for i in range(n)]
+    if form == "values":
+        return [f"v{v}" for v in values]
+    return [Item(f"k{i:05d}", v) for i, v in enumerate(values)]
+
+
+FORMS = ["values", "items"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_unchanged_rerun_looks_at_no_input_one_by_one(ledger, form):
+    first = Counted()
+    ledger.add_inputs("a", first.inputs(as_given(form)))
+    assert first.looked_at == N
+    finish_all(ledger)
+    again = Counted()
+    report = ledger.add_inputs("a", again.inputs(as_given(form)))
+    assert (report.added, report.changed, report.unchanged, report.missing) == (0, 0, N, [])
+    assert again.looked_at == 0 and ledger.counts() == {"a": {"done": N}}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_past_a_changed_input_the_blocks_are_skipped_again(ledger, form):
+    ledger.add_inputs("a", Counted().inputs(as_given(form)))
+    finish_all(ledger)
+    again = Counted()
+    report = ledger.add_inputs("a", again.inputs(as_given(form, changed=2500)))
+    # a bare value is its own key: changed, it is a new input in place of one left out
+    assert (report.added, report.changed, report.unchanged, report.missing) == (
+        (1, 0, N - 1, ["v2500"]) if form == "values" else (0, 1, N - 1, []))
+    counts = ledger.counts()["a"]
+    assert 0 < again.looked_at <= blocks.LARGEST  # its block alone: run again, with
+    assert counts["pending"] == again.looked_at + (form == "values")  # the key left out
+    third = Counted()  # the block made again has its raw digest: skipped as well
+    report = ledger.add_inputs("a", third.inputs(as_given(form, changed=2500)))
+    assert (report.added, report.changed, third.looked_at) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_inputs_added_after_skipped_blocks_are_taken(ledger, form):
+    ledger.add_inputs("a", Counted().inputs(as_given(form)))
+    finish_all(ledger)
+    again = Counted()
+    report = ledger.add_inputs("a", again.inputs(as_given(form, n=N + 100)))
+    assert (report.added, report.changed, report.unchanged) == (100, 0, N)
+    assert again.looked_at <= blocks.LARGEST + 100
+    assert sum(ledger.counts()["a"].values()) == N + 100
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_input_of_a_skipped_block_given_again_is_refused_by_name(ledger, form):
+    inputs = as_given(form)
+    ledger.add_inputs("a", Counted().inputs(inputs))
+    finish_all(ledger)
+    key = "v42" if form == "values" else "k00042"
+    with pytest.raises(InputError, match=f"duplicate input key '{key}'"):
+        ledger.add_inputs("a", Counted().inputs([*inputs, inputs[42]]))
+    with pytest.raises(InputError, match="duplicate input key"):  # whole blocks twice
+        ledger.add_inputs("a", Counted().inputs([*inputs, *inputs]))
+
+
+def test_a_ledger_of_schema_5_takes_raw_digests_on_its_next_rerun(tmp_path):
+    """Blocks written before raw digests are matched one input at a time once, and
+    keep their raw digest from then on."""
+    path = tmp_path / "ledger.db"
+    led = SqliteLedger(path)
+    led.add_inputs("a", Counted().inputs(as_given("values")))
+    finish_all(led)
+    led.close()
+    with sqlite3.connect(path) as db:  # as conveyor wrote it before: no raw_digest column
+        db.execute("ALTER TABLE items DROP COLUMN raw_digest")
+        db.execute("UPDATE meta SET value='5' WHERE name='schema'")
+    led = SqliteLedger(path)
+    looked = []
+    for _ in range(2):
+        counted = Counted()
+        report = led.add_inputs("a", counted.inputs(as_given("values")))
+        led.commit()
+        assert (report.added, report.changed, report.unchanged) == (0, 0, N)
+        looked.append(counted.looked_at)
+    led.close()
+    assert looked == [N, 0]
+
+
+@pytest.mark.parametrize("inputs", [
+    ["a", 1, 2.5, None, True, [1, "x"], {"k": [1]}, (1, 2)],  # bare values of plain types
+    [Item("a", 1), Item("b", {"x": [1]})],
+])
+def test_a_raw_digest_fixes_the_inputs(inputs):
+    assert raw_digest(inputs) == raw_digest(list(inputs)) is not None
+    assert raw_digest(inputs[:-1]) != raw_digest(inputs)
+
+
+class Name(str):
+    pass
+
+
+@pytest.mark.parametrize("inputs", [
+    [Name("a")],  # written as "a", like the str "a", but keyed by its digest
+    [datetime.date(2026, 12, 1)],  # written as a JSON string too
+    [Item("a", 1), "b"],  # an Item and a bare value: the form of each is lost
+    [{1, 2}],  # not JSON: taken one by one, which names the input
+])
+def test_inputs_whose_keys_one_encoding_cannot_fix_have_no_raw_digest(inputs):
+    assert raw_digest(inputs) is None
+
+
+def test_a_str_and_a_number_written_alike_differ():
+    assert raw_digest(["1"]) != raw_digest([1])
+    assert raw_digest([Item("a", 1)]) != raw_digest([["a", 1]])
 
 
 # -- runs ----------------------------------------------------------------------------------

@@ -13,18 +13,17 @@ crash or a Ctrl-C while preparing leaves the ledger as it was.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from .. import codec
-from ..errors import RunInterrupted
-from ..items import Listing, input_items
+from ..items import Inputs, Listing
 from ..ledger import blocks
 from ..ledger.base import KeyCollision, Ledger
 from ..observe.events import EventLog
 from ..origin import origin_of
 from ..pipeline import Pipeline
 from ..stage import group_of
-from ..store import Store, Stored
+from ..store import Store
 from ..validation import boundary
 from .fingerprint import fingerprints
 
@@ -66,7 +65,7 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
         if pipeline.routes(name):
             ledger.refresh_routed(name)
     if inputs is not None:
-        report = ledger.add_inputs(root, _watch(inputs, store, interrupted))
+        report = ledger.add_inputs(root, Inputs(inputs, store.put, interrupted))
         listed = inputs if isinstance(inputs, Listing) else Listing(())
         gone = [k for k in report.missing if listed.covers(k)]
         missing = [k for k in report.missing if not listed.covers(k)]
@@ -81,18 +80,6 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
     for name in retry or ():
         ledger.retry_failed(name)
     return fps
-
-
-def _watch(inputs: Iterable[Any], store: Store, interrupted: Callable[[], str | None]
-           ) -> Iterator[tuple[str, Stored]]:
-    """The inputs as (key, stored value), stopping with nothing kept if a signal arrives
-    (looked for at each input: a slow iterable of inputs can be stopped)."""
-    for item in input_items(inputs, store.put):
-        why = interrupted()
-        if why is not None:
-            raise RunInterrupted(f"interrupted by {why} while reading inputs; nothing was "
-                                 f"recorded")
-        yield item
 
 
 def reroute(pipeline: Pipeline, ledger: Ledger, store: Store, name: str,

@@ -23,17 +23,24 @@ its own state: its stage turns out slow, an item of the block fails or
 yields something other than one output under its own key, a worker dies in
 the block. Blocks are cut where a key's hash says, not every n items, so
 adding or removing one input changes one block, not all that follow it.
+
+A block row of inputs also keeps the digest of its inputs as they were given
+(:func:`conveyor.items.raw_digest`: one encoding of the whole list, in C). A
+rerun that gives a block's inputs again as they were skips them whole, none
+looked at one by one: a rerun of a million unchanged inputs costs a fraction of
+a second, where keying and digesting each input costs seconds in Python.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 
 from ..items import BLOCK_MARK as MARK  # ASCII record separator
+from ..items import Inputs
 from ..store import Stored
 
 TARGET = 512  # mean items per block: a boundary is a key whose hash is 0 mod TARGET
@@ -100,42 +107,76 @@ def digest_of(keys: list[str], digests: list[str]) -> str:
 
 
 class Block(NamedTuple):
-    """Inputs cut into one block: their keys and stored values, the block's digest, and
-    its keys' hashes (``hash(key)``: for duplicate checks within this process)."""
+    """Inputs cut into one block: their keys and stored values, the block's digest, its
+    keys' hashes (``hash(key)``: for duplicate checks within this process), and the
+    digest of its inputs as given (:func:`conveyor.items.raw_digest`; None for some)."""
 
     key: str
     items: list[tuple[str, Stored]]
     digest: str
     hashes: list[int]
+    raw: str | None
 
     def packed(self) -> bytes:
         return pack((key, v.data, v.ref, v.digest) for key, v in self.items)
 
 
-def cut(inputs: Iterable[tuple[str, Stored]]) -> Iterator[Block]:
+class Held(NamedTuple):
+    """A block row a rerun's inputs may be: its id, its items, their raw digest."""
+
+    row: int
+    size: int
+    raw: str
+
+
+class Skipped(NamedTuple):
+    """Inputs taken as the held block ``row`` is, unlooked-at: ``first`` is its first key."""
+
+    row: int
+    size: int
+    first: str
+
+
+def first_key(key: str) -> str:
+    """The key of the first item of the block row keyed ``key``."""
+    return key[key.index(":") + 1:]
+
+
+def cut(inputs: Inputs, held: Mapping[str, Held] | None = None
+        ) -> Iterator[Block | Skipped]:
     """The inputs in blocks with content-defined boundaries (see the module docstring):
-    a boundary follows a key whose CRC is 0 mod ``TARGET``, the same in every process."""
-    items: list[tuple[str, Stored]] = []
-    hashes: list[int] = []
-    nbytes = 0
+    a boundary follows a key whose CRC is 0 mod ``TARGET``, the same in every process.
+
+    ``held``: a rerun's block rows by their first key. Where the next inputs
+    start as one does and are given as they were (their raw digest), they are
+    skipped whole: an unchanged rerun does next to nothing per input. After a
+    changed block, boundaries fall where they fell before, so the next block
+    is skipped again.
+    """
     mask = TARGET - 1
     crc32 = zlib.crc32
-    for item in inputs:  # per input: this loop is a rerun's cost, kept lean
-        key, value = item
-        items.append(item)
-        hashes.append(hash(key))  # a str caches it: the ledger's sets and dicts reuse it
-        if value.data is not None:
-            nbytes += value.size
-        n = len(items)
-        if ((n >= SMALLEST and crc32(key.encode()) & mask == 0) or n >= LARGEST
-                or nbytes >= MOST_BYTES):
-            yield _block(items, hashes)
-            items, hashes, nbytes = [], [], 0
-    if items:
-        yield _block(items, hashes)
-
-
-def _block(items: list[tuple[str, Stored]], hashes: list[int]) -> Block:
-    keys = [key for key, _ in items]
-    return Block(block_key(keys[0], len(items)), items,
-                 digest_of(keys, [v.digest or "" for _, v in items]), hashes)
+    while True:
+        if held:
+            first = inputs.next_key()
+            block = held.get(first) if first is not None else None
+            if block is not None and inputs.skip(block.size, block.raw):
+                yield Skipped(block.row, block.size, first)
+                continue
+        items: list[tuple[str, Stored]] = []
+        hashes: list[int] = []
+        nbytes = 0
+        for item in inputs.stream():  # per input: this loop is a changed rerun's cost
+            key, value = item
+            items.append(item)
+            hashes.append(hash(key))  # a str caches it: the ledger's sets and dicts reuse it
+            if value.data is not None:
+                nbytes += value.size
+            n = len(items)
+            if ((n >= SMALLEST and crc32(key.encode()) & mask == 0) or n >= LARGEST
+                    or nbytes >= MOST_BYTES):
+                break
+        if not items:
+            return
+        keys = [key for key, _ in items]
+        yield Block(block_key(keys[0], len(items)), items,
+                    digest_of(keys, [v.digest or "" for _, v in items]), hashes, inputs.seal())

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..errors import InputError
 from .base import Output, Record
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 # Whether the key in ``col`` is a block row's: it starts with "\x1e" (char 30; see
 # conveyor.ledger.blocks), and a range on the key reads the (stage, key) index.
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS items(
     out_ref TEXT,
     out_digest TEXT,
     out_size INTEGER,
+    raw_digest TEXT,
     UNIQUE(stage, key)
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items(stage, id) WHERE status = 'pending';
@@ -77,6 +78,7 @@ MIGRATIONS = {
     "3": ("ALTER TABLE gathers ADD COLUMN gkey TEXT; "  # group stages (schema 4)
           "ALTER TABLE gathers ADD COLUMN part INTEGER;"),
     "4": "",  # block rows (schema 5): keys that say so, and their index (in SCHEMA)
+    "5": "ALTER TABLE items ADD COLUMN raw_digest TEXT;",  # blocks' inputs as given (6)
 }
 INSERT_GATHER = "INSERT INTO gathers(stage, value_id, gkey, part) VALUES(?, ?, ?, ?)"
 
