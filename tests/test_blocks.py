@@ -126,6 +126,20 @@ def test_inputs_left_out_are_kept_and_new_ones_added(ledger):
     assert "k00007" in {r["key"] for r in ledger.rows("a")}
 
 
+@pytest.mark.parametrize("left_out", ["k00007", "k04998"])  # the last block: no boundary
+def test_an_input_left_out_again_recomputes_nothing(ledger, left_out):
+    """The inputs of a block with one left out are made a block again; the one left out
+    goes into a block of its own, so that the same inputs given again match both."""
+    ledger.add_inputs("a", given())
+    finish_all(ledger)
+    ledger.add_inputs("a", given(without=(left_out,)))
+    finish_all(ledger)
+    report = ledger.add_inputs("a", given(without=(left_out,)))
+    assert (report.added, report.changed, report.unchanged, report.missing) == (
+        0, 0, N - 1, [left_out])
+    assert ledger.counts() == {"a": {"done": N}}
+
+
 def test_a_gone_input_is_dropped_from_its_block(ledger):
     ledger.add_inputs("a", given())
     finish_all(ledger)
