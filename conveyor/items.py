@@ -124,7 +124,6 @@ class Inputs:
 
     def skip(self, n: int, raw: str) -> bool:
         """Take the next ``n`` inputs unlooked-at if their raw digest is ``raw``."""
-        self._check()
         chunk = self._read(n)
         if len(chunk) == n and self._put is not None and raw_digest(chunk) == raw:
             self._taken += n
@@ -133,7 +132,13 @@ class Inputs:
         return False
 
     def _read(self, n: int) -> list[Any]:
-        return list(itertools.islice(itertools.chain(self._ahead, self._given), n))
+        chunk: list[Any] = []
+        append, interrupted = chunk.append, self._interrupted
+        for raw in itertools.islice(itertools.chain(self._ahead, self._given), n):
+            append(raw)
+            if interrupted() is not None:  # at each input: a slow iterable can be stopped
+                self._check()
+        return chunk
 
     def _give_back(self, chunk: list[Any]) -> None:
         self._ahead = iter(chunk + list(self._ahead))

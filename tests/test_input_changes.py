@@ -189,6 +189,34 @@ def test_a_signal_while_a_rerun_reads_its_inputs_keeps_nothing_of_them(run_dir, 
                                           "routed-out": 0}
 
 
+def test_a_signal_while_a_rerun_skips_unchanged_blocks_stops_it_at_that_input(run_dir):
+    """A rerun of a run taken in as blocks reads a block's inputs whole to compare their
+    digest; a signal is still noticed at the input it arrived at, and nothing is kept."""
+    pipe = Pipeline("blocks")
+
+    @pipe.stage
+    def same(x):
+        return x
+
+    n = 8000
+    assert pipe.run(range(n), run_dir=run_dir, executor="inline").ok
+    pulled = []
+
+    def inputs():
+        for i in range(n):
+            if i == 6000:
+                os.kill(os.getpid(), signal.SIGINT)  # the driver's handler only notes it
+            pulled.append(i)
+            yield i
+        yield "new"
+
+    with pytest.raises(RunInterrupted, match="while reading inputs; nothing was recorded"):
+        pipe.run(inputs(), run_dir=run_dir, executor="inline")
+    assert pulled[-1] == 6000  # not one input more
+    with open_run(run_dir) as result:
+        assert result.counts["same"]["done"] == n and len(list(result.outputs("same"))) == n
+
+
 def done_keys(run_dir: Path, stage: str) -> set[str]:
     """Keys of ``stage`` the ledger has committed as done (read-only, as another process)."""
     if not (run_dir / "ledger.db").exists():
