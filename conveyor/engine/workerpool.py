@@ -36,6 +36,11 @@ QUANTUM = 0.2  # seconds a lease is held before a more urgent group may take it
 IDLE_SECONDS = 0.5  # an idle worker that is not wanted any more is stopped after this
 
 
+def milli(resources: Resources | Budget) -> int:
+    """CPUs in thousandths: leases add up and are compared as whole numbers."""
+    return round(resources.cpus * 1000)
+
+
 @dataclass
 class Worker:
     """One live worker as the driver tracks it."""
@@ -74,7 +79,7 @@ class WorkerPool:
         self.live_budget = Budget(budget.cpus * factor, budget.ram, budget.devices,
                                   budget.custom)
         self.live = Pool(self.live_budget)
-        self.cpu_total = round(budget.cpus * 1000)
+        self.cpu_total = milli(budget)
         self.cpu_free = self.cpu_total
         self.workers: dict[int, Worker] = {}
 
@@ -95,16 +100,7 @@ class WorkerPool:
         start when a lease is free that no worker being started will need.
         """
         res: Resources = spec.resources
-        need = round(res.cpus * 1000)
-        if not self.live.fits(res):
-            return None
-        if not self.executor.places_first:
-            if need > self.cpu_free:
-                return None
-        elif self.of(spec.group):
-            if need > self.cpu_free - self._starting(lambda w: not w.leased):
-                return None
-        elif need > self.cpu_total - self._starting(lambda w: not w.placed):
+        if not self.live.fits(res) or milli(res) > self._room_to_start(spec.group):
             return None
         grant = self.live.acquire(res)
         assert grant is not None
@@ -121,10 +117,18 @@ class WorkerPool:
                          gpus=res.gpus, devices=list(grant.devices), threads=res.threads)
         return worker
 
+    def _room_to_start(self, group: str) -> int:
+        """The CPUs (thousandths) a worker of ``group`` may need to start now (see
+        :meth:`start`)."""
+        if not self.executor.places_first:
+            return self.cpu_free  # its lease, held from the start
+        if self.of(group):  # a lease that no worker being started will need
+            return self.cpu_free - self._starting(lambda w: not w.leased)
+        return self.cpu_total - self._starting(lambda w: not w.placed)  # places being found
+
     def _starting(self, which: Callable[[Worker], bool]) -> int:
-        """The CPUs (in thousandths) of the workers not yet ready that ``which`` selects."""
-        return sum(round(w.resources.cpus * 1000) for w in self.workers.values()
-                   if not w.ready and which(w))
+        """The CPUs (thousandths) of the workers not yet ready that ``which`` selects."""
+        return sum(milli(w.resources) for w in self.workers.values() if not w.ready and which(w))
 
     def placed(self, worker_id: int) -> None:
         """A worker has its place: it is leased for its setup as soon as a CPU is free."""
@@ -162,14 +166,14 @@ class WorkerPool:
 
     def _lease(self, worker: Worker, now: float) -> None:
         if not worker.leased:
-            self.cpu_free -= round(worker.resources.cpus * 1000)
+            self.cpu_free -= milli(worker.resources)
             worker.leased, worker.lease_since, worker.expiring = True, now, False
             self.events.emit("lease", group=worker.group, worker=worker.id,
                              cpus=worker.resources.cpus)
 
     def _unlease(self, worker: Worker) -> None:
         if worker.leased:
-            self.cpu_free += round(worker.resources.cpus * 1000)
+            self.cpu_free += milli(worker.resources)
             worker.leased = worker.expiring = False
             self.events.emit("unlease", group=worker.group, worker=worker.id)
 
@@ -186,14 +190,14 @@ class WorkerPool:
         for worker in self.workers.values():  # placed, its setup waiting for a lease: first
             if worker.placed and not worker.ready and not worker.leased and not worker.draining \
                     and worker.kill_reason is None:
-                if round(worker.resources.cpus * 1000) > self.cpu_free:
+                if milli(worker.resources) > self.cpu_free:
                     waiting.append(replace(loads[worker.group], workers=0))  # none set up
                     continue
                 self._lease(worker, now)
                 self.executor.set_up(worker.id)
         available = self.cpu_free
         for load in lease_order(list(loads.values())):
-            need = round(load.resources.cpus * 1000)
+            need = milli(load.resources)
             mine = self.of(load.name)
             if not mine:
                 if self.live.fits(load.resources) and not self.executor.places_first:
@@ -214,8 +218,8 @@ class WorkerPool:
             self._make_room(waiting[0], loads, now)
 
     def _make_room(self, waiting: Load, loads: dict[str, Load], now: float) -> None:
-        need = round(waiting.resources.cpus * 1000)
-        free = self.cpu_free + sum(round(w.resources.cpus * 1000)
+        need = milli(waiting.resources)
+        free = self.cpu_free + sum(milli(w.resources)
                                    for w in self.workers.values() if w.leased and w.expiring)
         holders = sorted((w for w in self.workers.values()
                           if w.leased and not w.pinned and not w.expiring and w.ready
@@ -226,7 +230,7 @@ class WorkerPool:
             if free >= need:
                 return
             worker.expiring = True
-            free += round(worker.resources.cpus * 1000)
+            free += milli(worker.resources)
         if free >= need or not self.lends_cpu:
             return
         # Still no room: a pinned (GPU) worker with nothing to do gives its lease up
@@ -236,6 +240,6 @@ class WorkerPool:
             if (worker.pinned and worker.leased and worker.ready and not worker.inflight
                     and not loads[worker.group].ready and worker.group != waiting.name):
                 self._unlease(worker)
-                free += round(worker.resources.cpus * 1000)
+                free += milli(worker.resources)
                 if free >= need:
                     return
