@@ -38,10 +38,10 @@ class Actor:
     def setup(self, spec: bytes, env: Mapping[str, str]) -> tuple[Any, ...]:
         """Load the group and run the stages' setup(); (READY, pid, seconds, host) or
         (SETUP_FAILED, error, traceback)."""
-        began = time.monotonic()
         os.environ.update(env)  # pinned threads: before any module that reads them imports
         self.runner = GroupRunner(shipping.loads(spec))
         log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
+        began = time.monotonic()  # the stages' setup() alone, as a local worker reports it
         try:
             self.runner.setup()
         except BaseException as exc:
