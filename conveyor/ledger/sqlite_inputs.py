@@ -327,8 +327,9 @@ class SqliteInputs:
         digest a row already has is unchanged too. Only the items of the other
         blocks are compared one by one: with the stage's item rows (an item split
         from its block keeps its row), else with the items of the blocks not
-        matched. A held block that shares an item with them is replaced: its
-        items, given again or not, go into new blocks, to be computed again.
+        matched. A held block with an item changed is made again: its items, given
+        again or not, go into new blocks, to be computed again. A held block whose
+        items come again unchanged stays, in whatever order or blocks they came.
         """
         db = self._db
         matched, hashes = array("q"), array("q")  # keys' hashes: of matched blocks, others
@@ -391,24 +392,28 @@ class SqliteInputs:
             db.execute("DELETE FROM temp.seen")
         else:
             seen_plain = set()
-        touched: set[int] = set()
+        touched: set[int] = set()  # held blocks with an item changed: made again
         given_keys = set()
         for key, value in loose:
             given_keys.add(key)
             old = held.get(key)
             if old is None:
                 counts[0] += 1
-                continue
-            touched.add(old[0])
-            counts[2 if old[1].digest == value.digest else 1] += 1
+            elif old[1].digest == value.digest:
+                counts[2] += 1  # kept where it is, wherever it came (another order)
+            else:
+                touched.add(old[0])
+                counts[1] += 1
         # The blocks given are written as cut (with their raw digests: skipped next
-        # time), but for the items that have rows of their own; the items of replaced
-        # blocks not given again go into blocks of their own, which a rerun that
-        # leaves them out again leaves alone.
+        # time) where all their items are to be written: new, or of a block made again;
+        # else those items alone, in new blocks. The items of blocks made again that
+        # were not given go into blocks of their own, which a rerun that leaves them
+        # out again leaves alone.
         whole: list[blocks.Block] = []
         pieces: list[tuple[str, Stored]] = []
         for block in loose_blocks:
-            items = [(key, value) for key, value in block.items if key not in plain]
+            items = [(key, value) for key, value in block.items if key not in plain
+                     and (key not in held or held[key][0] in touched)]
             if len(items) == len(block.items):
                 whole.append(block)
             else:
