@@ -267,8 +267,9 @@ def test_a_ledger_of_schema_5_takes_raw_digests_on_its_next_rerun(tmp_path):
     led.add_inputs("a", Counted().inputs(as_given("values")))
     finish_all(led)
     led.close()
-    with sqlite3.connect(path) as db:  # as conveyor wrote it before: no raw_digest column
+    with sqlite3.connect(path) as db:  # as conveyor wrote it before: no such columns
         db.execute("ALTER TABLE items DROP COLUMN raw_digest")
+        db.execute("ALTER TABLE items DROP COLUMN key_crcs")
         db.execute("UPDATE meta SET value='5' WHERE name='schema'")
     led = SqliteLedger(path)
     looked = []
@@ -278,6 +279,8 @@ def test_a_ledger_of_schema_5_takes_raw_digests_on_its_next_rerun(tmp_path):
         led.commit()
         assert (report.added, report.changed, report.unchanged) == (0, 0, N)
         looked.append(counted.looked_at)
+    with pytest.raises(InputError, match="duplicate input key 'v42'"):  # CRCs kept too
+        led.add_inputs("a", Counted().inputs([*as_given("values"), "v42"]))
     led.close()
     assert looked == [N, 0]
 

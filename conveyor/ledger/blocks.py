@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from array import array
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
@@ -108,17 +109,31 @@ def digest_of(keys: list[str], digests: list[str]) -> str:
 
 class Block(NamedTuple):
     """Inputs cut into one block: their keys and stored values, the block's digest, its
-    keys' hashes (``hash(key)``: for duplicate checks within this process), and the
-    digest of its inputs as given (:func:`conveyor.items.raw_digest`; None for some)."""
+    keys' hashes (``hash(key)``: for duplicate checks within this process), the
+    digest of its inputs as given (:func:`conveyor.items.raw_digest`; None for some),
+    and its keys' CRCs (:func:`crcs`), which the ledger keeps."""
 
     key: str
     items: list[tuple[str, Stored]]
     digest: str
     hashes: list[int]
     raw: str | None
+    crcs: bytes
 
     def packed(self) -> bytes:
         return pack((key, v.data, v.ref, v.digest) for key, v in self.items)
+
+
+def crc(key: str) -> int:
+    """A key's CRC-32: where blocks are cut, and what a block row keeps of each key (an
+    ``array("I")`` of them as bytes), to find which blocks a rerun's new key may repeat
+    without reading the blocks."""
+    return zlib.crc32(key.encode())
+
+
+def crcs(data: bytes) -> "array[int]":
+    """The key CRCs a block row keeps."""
+    return array("I", data)
 
 
 class Held(NamedTuple):
@@ -164,6 +179,7 @@ def cut(inputs: Inputs, held: Mapping[str, Held] | None = None
                 continue
         items: list[tuple[str, Stored]] = []
         hashes: list[int] = []
+        sums = array("I")
         nbytes = 0
         for item in inputs.stream():  # per input: this loop is a changed rerun's cost
             key, value = item
@@ -172,11 +188,13 @@ def cut(inputs: Inputs, held: Mapping[str, Held] | None = None
             if value.data is not None:
                 nbytes += value.size
             n = len(items)
-            if ((n >= SMALLEST and crc32(key.encode()) & mask == 0) or n >= LARGEST
+            sums.append(crc32(key.encode()))
+            if ((n >= SMALLEST and sums[-1] & mask == 0) or n >= LARGEST
                     or nbytes >= MOST_BYTES):
                 break
         if not items:
             return
         keys = [key for key, _ in items]
         yield Block(block_key(keys[0], len(items)), items,
-                    digest_of(keys, [v.digest or "" for _, v in items]), hashes, inputs.seal())
+                    digest_of(keys, [v.digest or "" for _, v in items]), hashes, inputs.seal(),
+                    sums.tobytes())

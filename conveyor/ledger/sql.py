@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS items(
     out_digest TEXT,
     out_size INTEGER,
     raw_digest TEXT,
+    key_crcs BLOB,
     UNIQUE(stage, key)
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items(stage, id) WHERE status = 'pending';
@@ -78,7 +79,8 @@ MIGRATIONS = {
     "3": ("ALTER TABLE gathers ADD COLUMN gkey TEXT; "  # group stages (schema 4)
           "ALTER TABLE gathers ADD COLUMN part INTEGER;"),
     "4": "",  # block rows (schema 5): keys that say so, and their index (in SCHEMA)
-    "5": "ALTER TABLE items ADD COLUMN raw_digest TEXT;",  # blocks' inputs as given (6)
+    "5": "ALTER TABLE items ADD COLUMN raw_digest TEXT; "  # blocks' inputs as given and
+         "ALTER TABLE items ADD COLUMN key_crcs BLOB;",  # their keys' CRCs (schema 6)
 }
 INSERT_GATHER = "INSERT INTO gathers(stage, value_id, gkey, part) VALUES(?, ?, ?, ?)"
 

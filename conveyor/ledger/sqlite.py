@@ -10,7 +10,8 @@ Tables::
     items    one row per (stage, key): status, attempts, the value it reads
              (input_id), and its output when it has exactly one (out_*); a
              block row of inputs also the digest of its inputs as given
-             (raw_digest: see conveyor.items.raw_digest)
+             (raw_digest: see conveyor.items.raw_digest) and its keys' CRCs
+             (key_crcs: see conveyor.ledger.blocks.crc)
     outputs  the other values: run inputs (item_id NULL) and the outputs of
              rows that produced none or several
     gathers  (stage, value id[, group key, partition]): the values a reduce or a
