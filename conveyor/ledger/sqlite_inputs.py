@@ -211,8 +211,8 @@ class SqliteInputs:
         dropped = set(keys)
         held = self._held_blocks(stage)
         touched = {block for key, (block, _) in held.items() if key in dropped}
-        kept = [(key, stored) for key, (block, stored) in held.items()
-                if block in touched and key not in dropped]
+        kept = [(key, stored) for _, key, stored in self._block_items(touched)
+                if key not in dropped]
         self._replace_blocks(stage, touched, blocks.cut(Inputs(kept)))
         return len(rows) + sum(1 for key in dropped if key in held)
 
@@ -291,7 +291,7 @@ class SqliteInputs:
                     f"SELECT i.key, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
                     f"WHERE i.id IN ({sql.marks(len(chunk))})", chunk):
                 if blocks.is_block(key):
-                    yield from (item.key for item in blocks.unpack(data))
+                    yield from (element[0] for element in blocks.elements(data))
                 else:
                     yield key
 
@@ -305,21 +305,30 @@ class SqliteInputs:
                 yield row_id, blocks.crcs(data)
 
     def _held_blocks(self, stage: str, skip: frozenset[int] = frozenset()
-                     ) -> dict[str, tuple[int, Stored]]:
+                     ) -> dict[str, tuple[int, str | None]]:
         """Each item in ``stage``'s block rows (but those in ``skip``): its block's row
-        id and its stored input."""
+        id and its input's digest (values not encoded again: see :meth:`_block_items`)."""
         ids = [i for (i,) in self._db.execute(
             f"SELECT id FROM items WHERE stage=? AND {sql.BLOCK_KEY.format(col='key')}",
             (stage,)) if i not in skip]
-        held: dict[str, tuple[int, Stored]] = {}
-        for chunk in sql.chunks(ids):
-            for row_id, data in self._db.execute(
-                    f"SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
-                    f"WHERE i.id IN ({sql.marks(len(chunk))})", chunk):
-                for item in blocks.unpack(data):
-                    held[item.key] = (row_id, Stored(item.data, item.ref, item.digest,
-                                                     len(item.data or b"")))
+        held: dict[str, tuple[int, str | None]] = {}
+        for row_id, data in self._block_values(ids):
+            for key, _, _, digest in blocks.elements(data):
+                held[key] = (row_id, digest)
         return held
+
+    def _block_items(self, rows: Iterable[int]) -> Iterator[tuple[int, str, Stored]]:
+        """Each item of the block rows ``rows``: its row id, key and stored input."""
+        for row_id, data in self._block_values(sorted(rows)):
+            for item in blocks.unpack(data):
+                yield row_id, item.key, Stored(item.data, item.ref, item.digest,
+                                               len(item.data or b""))
+
+    def _block_values(self, rows: list[int]) -> Iterator[tuple[int, bytes]]:
+        for chunk in sql.chunks(rows):
+            yield from self._db.execute(
+                f"SELECT i.id, o.data FROM items i JOIN outputs o ON o.id = i.input_id "
+                f"WHERE i.id IN ({sql.marks(len(chunk))})", chunk)
 
     def _replace_blocks(self, stage: str, gone: set[int], new: Iterable[blocks.Block]) -> None:
         """Remove block rows ``gone`` with all derived from them; write blocks ``new``."""
@@ -420,7 +429,7 @@ class SqliteInputs:
             old = held.get(key)
             if old is None:
                 counts[0] += 1
-            elif old[1].digest == value.digest:
+            elif old[1] == value.digest:
                 counts[2] += 1  # kept where it is, wherever it came (another order)
             else:
                 touched.add(old[0])
@@ -439,8 +448,8 @@ class SqliteInputs:
                 whole.append(block)
             else:
                 pieces.extend(items)
-        kept = [(key, stored) for key, (block, stored) in held.items()
-                if block in touched and key not in given_keys]
+        kept = [(key, stored) for _, key, stored in self._block_items(touched)
+                if key not in given_keys]
         self._replace_blocks(stage, touched, itertools.chain(
             whole, blocks.cut(Inputs(pieces)), blocks.cut(Inputs(kept))))
         missing = sorted([key for key, (block, _) in held.items() if key not in given_keys]
