@@ -182,8 +182,8 @@ class Inputs:
             yield key, put(data, dig)
 
 
-# Types whose values as inputs are keyed by their digest, and never written as a bare
-# JSON string: a str is its own key, and so is no other type written as a string
+# Types of bare inputs whose encoding fixes their key: a str, its own key, is the only
+# one written as a JSON string; the others are keyed by their value's digest
 _PLAIN = frozenset({str, int, float, bool, type(None), list, tuple, dict})
 
 

@@ -28,7 +28,9 @@ A block row of inputs also keeps the digest of its inputs as they were given
 (:func:`conveyor.items.raw_digest`: one encoding of the whole list, in C). A
 rerun that gives a block's inputs again as they were skips them whole, none
 looked at one by one: a rerun of a million unchanged inputs costs a fraction of
-a second, where keying and digesting each input costs seconds in Python.
+a second, where keying and digesting each input costs seconds in Python. It
+keeps its keys' CRCs too, so that a key the rerun has not seen before is looked
+for only in the blocks skipped that may hold it.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class Block(NamedTuple):
     """Inputs cut into one block: their keys and stored values, the block's digest, its
     keys' hashes (``hash(key)``: for duplicate checks within this process), the
     digest of its inputs as given (:func:`conveyor.items.raw_digest`; None for some),
-    and its keys' CRCs (:func:`crcs`), which the ledger keeps."""
+    and its keys' CRCs (:func:`crc`), which the ledger keeps."""
 
     key: str
     items: list[tuple[str, Stored]]
@@ -137,7 +139,7 @@ def crcs(data: bytes) -> "array[int]":
 
 
 class Held(NamedTuple):
-    """A block row a rerun's inputs may be: its id, its items, their raw digest."""
+    """A block row a rerun's inputs may be: its id, how many items, their raw digest."""
 
     row: int
     size: int
@@ -173,7 +175,7 @@ def cut(inputs: Inputs, held: Mapping[str, Held] | None = None
     while True:
         if held:
             first = inputs.next_key()
-            block = held.get(first) if first is not None else None
+            block = held.get(first)  # type: ignore[arg-type]  (None: not held)
             if block is not None and inputs.skip(block.size, block.raw):
                 yield Skipped(block.row, block.size, first)
                 continue
@@ -188,7 +190,7 @@ def cut(inputs: Inputs, held: Mapping[str, Held] | None = None
             if value.data is not None:
                 nbytes += value.size
             n = len(items)
-            sums.append(crc32(key.encode()))
+            sums.append(crc32(key.encode()))  # crc(key), inline
             if ((n >= SMALLEST and sums[-1] & mask == 0) or n >= LARGEST
                     or nbytes >= MOST_BYTES):
                 break

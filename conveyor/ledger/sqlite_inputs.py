@@ -362,11 +362,12 @@ class SqliteInputs:
         skipped: list[int] = []  # blocks matched unlooked-at: their keys' hashes not known
         unchanged = 0
         loose_blocks: list[blocks.Block] = []
-        held = {blocks.first_key(key): blocks.Held(row, blocks.size(key), raw)
-                for row, key, raw in db.execute(
-                    f"SELECT id, key, raw_digest FROM items WHERE stage=? AND "
-                    f"{sql.BLOCK_KEY.format(col='key')} AND raw_digest IS NOT NULL", (stage,))}
-        for block in blocks.cut(given, held):
+        skippable = {blocks.first_key(key): blocks.Held(row, blocks.size(key), raw)
+                     for row, key, raw in db.execute(
+                         f"SELECT id, key, raw_digest FROM items WHERE stage=? AND "
+                         f"{sql.BLOCK_KEY.format(col='key')} AND raw_digest IS NOT NULL",
+                         (stage,))}
+        for block in blocks.cut(given, skippable):
             if isinstance(block, blocks.Skipped):
                 if block.row in seen:  # the same block twice: each of its keys repeated
                     raise InputError(f"duplicate input key {block.first!r}")
@@ -377,7 +378,7 @@ class SqliteInputs:
             row = db.execute("SELECT id, input_digest, raw_digest FROM items "
                              "WHERE stage=? AND key=?", (stage, block.key)).fetchone()
             if row is not None and row[1] == block.digest:
-                if row[0] in seen:
+                if row[0] in seen:  # as above
                     raise InputError(f"duplicate input key {block.items[0][0]!r}")
                 seen.add(row[0])
                 matched.extend(block.hashes)
