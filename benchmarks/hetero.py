@@ -6,6 +6,11 @@ the default declaration (cpus=1). Budget: the machine's cores, one GPU.
 Bound: min(1 / 20 ms, cores / 15 ms) items/s. Also with batch_size=8 on B
 (20 ms per item in the batch). Prints one JSON line per variant.
 
+B's ``time.sleep(0.02)`` itself takes longer than 20 ms (the kernel wakes a sleeper
+late: about 0.2 ms here), which no schedule can win back; the same sleep is timed
+before the runs, and each line also gives the ratio to the bound with B's measured
+call (``ratio_of_measured_bound``). The target is judged on ``ratio``.
+
 The peer, in the same process run: Ray Data on the same work (three row-wise
 ``map`` calls, the middle one with ``num_gpus=1``), timed from building the
 dataset to every row materialised; ``ray.init`` is not timed (a cluster would
@@ -75,6 +80,8 @@ def main() -> None:
     n = 60 if args.quick else 1000
     cores = machine()["cpus"]
     bound = min(1 / B_COST, cores / (A_COST + C_COST))
+    b_call = sleep_cost(10 if args.quick else 100)
+    measured = min(1 / b_call, cores / (A_COST + C_COST))
     root = Path(args.run_dir or tempfile.mkdtemp(prefix="bench-hetero-"))
     peer = started = None
     if args.executor == "ray":  # conveyor's actors run on the Ray instance the peer uses
@@ -88,7 +95,8 @@ def main() -> None:
         wall = time.perf_counter() - start
         assert result.ok and result.counts["c"]["done"] == n
         ours.append({"batch_size": batch or 1, "seconds": round(wall, 3),
-                     "items_per_s": round(n / wall, 2), "ratio": round(n / wall / bound, 3)})
+                     "items_per_s": round(n / wall, 2), "ratio": round(n / wall / bound, 3),
+                     "ratio_of_measured_bound": round(n / wall / measured, 3)})
     # The peer runs after conveyor: Ray's processes outlive ray.shutdown() by a few
     # seconds, and would compete with conveyor's workers.
     if peer is None:
@@ -103,7 +111,16 @@ def main() -> None:
         peer.stop()
     for figure in ours:
         emit("hetero", executor=args.executor, n=n, **figure, bound_items_per_s=round(bound, 2),
+             b_call_ms=round(b_call * 1000, 3), measured_bound_items_per_s=round(measured, 2),
              target=0.95, **figures)
+
+
+def sleep_cost(n: int) -> float:
+    """Seconds B's ``time.sleep(B_COST)`` takes here, the mean of ``n``."""
+    start = time.perf_counter()
+    for _ in range(n):
+        time.sleep(B_COST)
+    return (time.perf_counter() - start) / n
 
 
 def start_ray(cores: int) -> tuple["RayData | None", float | None]:
