@@ -112,14 +112,9 @@ class Inputs:
         self._give_back(chunk)
         if not chunk or self._put is None:
             return None
-        raw = chunk[0]
-        if isinstance(raw, Item):
-            return raw.key if type(raw.key) is str else None
-        if type(raw) is str:
-            return raw
-        try:
-            return codec.digest(codec.encode(raw))[:16]
-        except codec.EncodeError:
+        try:  # keyed as it will be taken, its value kept nowhere
+            return next(iter(Inputs(chunk, _unkept)))[0]
+        except InputError:
             return None
 
     def skip(self, n: int, raw: str) -> bool:
@@ -209,4 +204,8 @@ def raw_digest(raws: list[Any]) -> str | None:
 
 
 def _never() -> None:
+    return None
+
+
+def _unkept(data: bytes, digest: str) -> Any:
     return None
