@@ -29,7 +29,11 @@ from helpers import DoneAtKills, done_count, executions, kill_driver, needs_wal_
 PIPELINES = Path(__file__).parent / "pipelines"
 RUNNER = ("import sys; sys.path.insert(0, {pipelines!r}); import counted; "
           "counted.pipe.run(counted.inputs({n}), run_dir=sys.argv[1], cpus=2)")
-N = 3000
+# Items are taken in as blocks of hundreds, each recorded done at once: the six kills
+# have used up to 2,993 of 3,000 items, leaving the last one (a kill inside a commit)
+# no commit to catch before the driver finished. With twice as many, 2,600 or more
+# were left at the last kill in five runs.
+N = 6000
 # (what each kill waits for, last-stage rows this driver must have recorded first). A
 # driver's first sync commits the ledger's schema on a first run; on a resume, its
 # preparation: the rows the dead driver left running made pending, the inputs compared.
