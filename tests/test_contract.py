@@ -8,6 +8,7 @@ fan-out, union, batches, reduce, context, failures and resume.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,28 @@ def test_class_stage_runs_setup_once_per_worker(executor, run_dir, tmp_path):
     calls = {line.split()[1] for line in lines if line.startswith("call")}
     assert len(setups) == len(set(setups)), "setup ran twice in one worker"
     assert calls <= set(setups)
+
+
+def test_setup_and_every_call_of_a_worker_run_on_one_thread(executor, run_dir):
+    """What setup() makes may be bound to its thread (a sqlite3 connection refuses
+    every other thread): the calls of a worker run on the thread that ran setup()."""
+    pipe = Pipeline("one-thread")
+
+    @pipe.stage(cpus=1)
+    class Count:
+        def setup(self):
+            self.db = sqlite3.connect(":memory:")
+            self.db.execute("create table seen (x int)")
+
+        def __call__(self, x):
+            self.db.execute("insert into seen values (?)", (x,))
+            return self.db.execute("select count(*) from seen").fetchone()[0]
+
+    # Enough items that a Ray worker gets many calls, each of several tasks.
+    result = pipe.run([Item(str(i), i) for i in range(200)], run_dir=run_dir,
+                      executor=executor, cpus=1)
+    assert result.ok, result.failures()
+    assert sorted(dict(result.outputs("Count")).values()) == list(range(1, 201))
 
 
 def test_load_prepares_each_value_before_the_call(executor, run_dir, tmp_path):

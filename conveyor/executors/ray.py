@@ -7,8 +7,8 @@
     │ start(): actor with num_cpus,      │─placed()─▶│ worker.actor.Actor           │
     │   num_gpus, memory, runtime_env    │           │   (Ray found it a place)     │
     │ set_up(): once leased a CPU        │──setup()─▶│   loads the group, setup()   │
-    │ send(): one actor call per block   │──run()───▶│   run(block) -> records      │
-    │   of tasks (or of batches)         │           │   (calls run in order)       │
+    │ send(): one actor call per block   │──run()───▶│   run(n, block) -> records   │
+    │   of tasks (or of batches)         │           │   (on one thread, in order)  │
     │ poll(): ray.wait on the calls' refs│◀──refs────│                              │
     └────────────────────────────────────┘           └──────────────────────────────┘
 
@@ -111,11 +111,15 @@ from ray.exceptions import RayActorError, RayError  # noqa: E402  (Ray is there 
 WAIT_SECONDS = 0.05  # the longest one ray.wait blocks, so wakeup() is honoured soon
 SETTLE_SECONDS = 30.0  # the longest an earlier call of a finished one may take to show
 PLACE_SECONDS = 30.0  # an actor not placed after this long is checked against live nodes
-# The work one actor call holds, once the group's pace is known. A call costs the actor
-# 1-4 ms of Ray's own between calls on a busy machine (its result out, the next call
-# in): a 20 ms stage ran at 0.76 of its rate with 25 ms calls (one item each), 0.84 with
-# 100 ms ones, 0.93 with 250 ms ones (benchmarks/hetero.py on Ray). Longer calls hold
-# outputs back from the next stage longer, and a worker that dies loses more.
+# The work one actor call holds, once the group's pace is known. Each call costs Ray
+# 1-5 ms between calls on a busy machine (its result out, the next call in), which the
+# actor now spends while the stage runs the next call (see worker.actor); what is left
+# per call is the driver's own (its ray.wait, records, the next call sent) and the stage
+# below waiting for a whole call's outputs. With a plain actor a 20 ms stage ran at 0.76
+# of its rate with 25 ms calls, 0.84 with 100 ms ones, 0.93 with 250 ms ones; with the
+# actor's own thread 100 ms calls still lost 0.3 s of B's time per 1,000 items to 250 ms
+# ones' 0.15 s (benchmarks/hetero.py on Ray). Longer calls hold outputs back from the
+# next stage longer, and a worker that dies loses more.
 CALL_SECONDS = 0.25
 BLOCK_UNITS = 256  # ... in at most this many tasks (or batches)
 TIMEOUT_SHARE = 10  # ... and at most this fraction (1/10) of the stage's timeout
@@ -144,6 +148,7 @@ class _Worker:
     setup_args: tuple[bytes, Mapping[str, str]]  # what set_up() sends: spec, env
     placing: bool = True  # ``setup`` is still the placed() call's
     made: int = 0  # calls made for it so far (sent or held)
+    sent: int = 0  # run() calls sent so far: each is numbered, setup() being 0
     calls: deque[_Call] = field(default_factory=deque)  # in flight, in the order sent
     held: deque[list[list[Claim]]] = field(default_factory=deque)  # blocks waiting for an
     #                                                       isolated call to be answered
@@ -334,7 +339,8 @@ class RayExecutor(Executor):
             if w.calls and (isolated or w.calls[-1].isolated):
                 break
             block = w.held.popleft()
-            ref = w.actor.run.remote(block)
+            ref = w.actor.run.remote(w.sent + 1, block)
+            w.sent += 1
             w.calls.append(_Call(ref, block, index[block[0][0].stage], isolated))
             self._calls[ref] = worker
         w.begin_head()

@@ -5,17 +5,30 @@ comes when the driver has leased it a CPU, and loads the group (the user's modul
 import then, after the pinned thread variables are set); ``run()`` takes a block of
 tasks per call. The class is kept apart from the executor so that an actor's process
 imports only what the worker side needs.
+
+The stage's code (``setup()`` and every call) runs on one thread of the actor's own,
+in the order the driver numbered the calls, not on the thread Ray hands a call to.
+Ray spends 1-5 ms between one call of an actor and the next (the result sent back,
+the next call taken in and decoded: benchmarks/hetero.py, B's calls on a busy
+machine), during which a plain actor runs nothing; here Ray does that while the
+thread runs the next call, which the driver has already queued. Ray's threads only
+hand calls over, so Ray may take calls in and answer them in any order (an async
+actor), while the stage's code still sees one thread and the order sent, as in a
+local worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import rundir
 from ..ledger.base import Claim
@@ -31,13 +44,22 @@ class Actor:
     def __init__(self, path: list[str]) -> None:
         sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
         self.broken = False
+        self.calls = InOrder()
 
-    def placed(self) -> None:
+    async def placed(self) -> None:
         """Answers once the actor has its place and process (see RayExecutor.start)."""
 
-    def setup(self, spec: bytes, env: Mapping[str, str]) -> tuple[Any, ...]:
-        """Load the group and run the stages' setup(); (READY, pid, seconds, host) or
-        (SETUP_FAILED, error, traceback)."""
+    async def setup(self, spec: bytes, env: Mapping[str, str]) -> tuple[Any, ...]:
+        """Load the group and run the stages' setup(): the driver's call 0."""
+        return await self.calls.run(0, self._setup, spec, env)
+
+    async def run(self, number: int, block: list[list[Claim]]
+                  ) -> tuple[list[Any], bool, Usage | None, float]:
+        """Run the driver's call ``number`` (1, 2, ...): a block of tasks."""
+        return await self.calls.run(number, self._run, block)
+
+    def _setup(self, spec: bytes, env: Mapping[str, str]) -> tuple[Any, ...]:
+        """(READY, pid, seconds, host) or (SETUP_FAILED, error, traceback)."""
         os.environ.update(env)  # pinned threads: before any module that reads them imports
         self.runner = GroupRunner(shipping.loads(spec))
         log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
@@ -51,7 +73,7 @@ class Actor:
         pin_torch(self.runner.spec.resources.threads)
         return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
 
-    def run(self, block: list[list[Claim]]) -> tuple[list[Any], bool, Usage | None, float]:
+    def _run(self, block: list[list[Claim]]) -> tuple[list[Any], bool, Usage | None, float]:
         """Records of a block of tasks (each list one call of the stage), in order, their
         files already durable; what the calls cost and the seconds they took."""
         if self.broken:
@@ -66,6 +88,36 @@ class Actor:
             self.runner.store.sync()
         return (records, False, (self.runner.meter.take(), peak_rss()),
                 time.monotonic() - began)
+
+
+class InOrder:
+    """Calls run one at a time on a thread of their own, in the order of their numbers
+    (0, 1, 2, ...), whatever order they are handed over in."""
+
+    def __init__(self) -> None:
+        self._handed = threading.Condition()
+        self._waiting: dict[int, tuple[Callable[..., Any], tuple[Any, ...], Future]] = {}
+        self._next = 0
+        threading.Thread(target=self._loop, name="conveyor-stage", daemon=True).start()
+
+    def run(self, number: int, call: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """``call(*args)`` once the calls numbered before it have run; its outcome."""
+        outcome: Future = Future()
+        with self._handed:
+            self._waiting[number] = (call, args, outcome)
+            self._handed.notify()
+        return asyncio.wrap_future(outcome)
+
+    def _loop(self) -> None:
+        while True:
+            with self._handed:
+                self._handed.wait_for(lambda: self._next in self._waiting)
+                call, args, outcome = self._waiting.pop(self._next)
+                self._next += 1
+            try:
+                outcome.set_result(call(*args))
+            except BaseException as exc:  # the actor's code broke: the driver drops it
+                outcome.set_exception(exc)
 
 
 def log_to(path: Path) -> None:
