@@ -20,7 +20,7 @@ def test_calls_run_in_their_numbers_order_on_one_thread_whatever_order_they_come
         return number * 10
 
     async def hand_over() -> list[int]:
-        calls = InOrder()
+        calls = InOrder("test")
         # 3 and 1 come before 0: neither may run until 0 has.
         later = [calls.run(n, call, n) for n in (3, 1)]
         await asyncio.sleep(0)
@@ -39,7 +39,7 @@ def test_a_call_that_raises_fails_its_own_outcome_and_the_next_still_runs():
         raise RuntimeError("the actor's code broke")
 
     async def hand_over() -> str:
-        calls = InOrder()
+        calls = InOrder("test")
         failed = calls.run(0, broken)
         after = calls.run(1, str, "next")
         with pytest.raises(RuntimeError, match="actor's code broke"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,35 @@ def test_load_prepares_each_value_before_the_call(executor, run_dir, tmp_path):
     assert dict(result.outputs("Scale")) == {f"i{i}": 10 * i + 1 for i in range(8)}
     assert dict(result.outputs("Pages")) == {f"i{i}": (10 * i + 1) % 4 for i in range(8)}
     assert sorted(map(int, read_log(log))) == list(range(8))  # once per value
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)],
+                         indirect=True)
+def test_a_worker_loads_the_next_batch_while_a_call_runs(executor, run_dir, tmp_path):
+    """A worker's loader runs ``load()`` ahead of the calls (``inline`` runs it in the
+    call): the first batch's call sees the next batch's load begin while it runs."""
+    pipe = Pipeline("load-ahead")
+
+    @pipe.stage(batch_size=2, prefetch=1, cpus=1)
+    class Model:
+        def load(self, value):
+            (tmp_path / f"loaded-{value}").touch()
+            return value
+
+        def __call__(self, values):
+            if 0 not in values:
+                return [True] * len(values)
+            # Polls for an event; the give-up only turns a loader that never runs ahead
+            # into a failed assertion instead of a hung test.
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "loaded-2").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return [(tmp_path / "loaded-2").exists()] * len(values)
+
+    result = pipe.run([Item(str(i), i) for i in range(4)], run_dir=run_dir,
+                      executor=executor, cpus=1)
+    assert result.ok, result.failures()
+    assert dict(result.outputs("Model")) == {str(i): True for i in range(4)}
 
 
 def test_an_error_in_load_fails_only_its_item_and_is_retried(executor, run_dir, tmp_path):

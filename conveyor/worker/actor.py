@@ -14,7 +14,9 @@ machine), during which a plain actor runs nothing; here Ray does that while the
 thread runs the next call, which the driver has already queued. Ray's threads only
 hand calls over, so Ray may take calls in and answer them in any order (an async
 actor), while the stage's code still sees one thread and the order sent, as in a
-local worker.
+local worker. A second thread loads each call's inputs as soon as it is handed over
+(decodes them, runs a class stage's ``load()``) into a bounded inbox, as a local
+worker's loader thread does, so the stage's thread finds them ready.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, Callable, Mapping
 from .. import rundir
 from ..ledger.base import Claim
 from . import shipping
+from .inbox import Inbox
 from .meter import Usage, peak_rss
 from .protocol import READY, SETUP_FAILED, pin_torch
 from .runner import GroupRunner
@@ -43,8 +46,10 @@ class Actor:
 
     def __init__(self, path: list[str]) -> None:
         sys.path[:0] = [p for p in path if p not in sys.path]  # the user's modules import
-        self.broken = False
-        self.calls = InOrder()
+        self.broken = True  # until setup() has run: nothing is loaded or called
+        self.calls = InOrder("conveyor-stage")  # setup() and the stage's calls
+        self.ahead = InOrder("conveyor-prefetch")  # the calls' inputs, loaded ahead
+        self.set_up = threading.Event()
 
     async def placed(self) -> None:
         """Answers once the actor has its place and process (see RayExecutor.start)."""
@@ -55,23 +60,44 @@ class Actor:
 
     async def run(self, number: int, block: list[list[Claim]]
                   ) -> tuple[list[Any], bool, Usage | None, float]:
-        """Run the driver's call ``number`` (1, 2, ...): a block of tasks."""
+        """Run the driver's call ``number`` (1, 2, ...): a block of tasks. Its inputs are
+        loaded (decoded, the stage's ``load()`` run) while the calls before it run."""
+        self.ahead.run(number - 1, self._load, block)
         return await self.calls.run(number, self._run, block)
 
     def _setup(self, spec: bytes, env: Mapping[str, str]) -> tuple[Any, ...]:
         """(READY, pid, seconds, host) or (SETUP_FAILED, error, traceback)."""
-        os.environ.update(env)  # pinned threads: before any module that reads them imports
-        self.runner = GroupRunner(shipping.loads(spec))
-        log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
-        began = time.monotonic()  # the stages' setup() alone, as a local worker reports it
         try:
-            self.runner.setup()
-        except BaseException as exc:
-            self.broken = True
-            return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
-                    f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        pin_torch(self.runner.spec.resources.threads)
-        return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
+            os.environ.update(env)  # pinned threads: before any module reading them imports
+            self.runner = GroupRunner(shipping.loads(spec))
+            log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
+            began = time.monotonic()  # the stages' setup() alone, as a local worker reports
+            try:
+                self.runner.setup()
+            except BaseException as exc:
+                return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
+                        f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            pin_torch(self.runner.spec.resources.threads)
+            self.inbox = Inbox.ahead_of(self.runner)
+            if not self.runner.loads:  # decoding inputs is conveyor's work, not the stage's
+                self.runner.meter.exclude(self.ahead.thread)
+            self.broken = False
+            return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
+        finally:
+            self.set_up.set()
+
+    def _load(self, block: list[list[Claim]]) -> None:
+        """Load a call's tasks into the inbox, in order, within its bound."""
+        self.set_up.wait()
+        if self.broken:
+            return
+        try:
+            for tasks in block:
+                for task in tasks:
+                    self.inbox.load(self.runner, task)
+        except BaseException:  # not a task's error (those are in its Loaded): conveyor's
+            traceback.print_exc()  # into the group's log
+            self.inbox.put(None)  # the stage's thread fails the call, not waits for ever
 
     def _run(self, block: list[list[Claim]]) -> tuple[list[Any], bool, Usage | None, float]:
         """Records of a block of tasks (each list one call of the stage), in order, their
@@ -81,7 +107,11 @@ class Actor:
         began = time.monotonic()
         records = []
         for tasks in block:
-            records.extend(self.runner.run([self.runner.load(task) for task in tasks]))
+            loaded = [self.inbox.get() for _ in tasks]
+            if None in loaded:
+                raise RuntimeError("loading a call's inputs failed: see the group's log")
+            assert [item.task.id for item in loaded] == [task.id for task in tasks]
+            records.extend(self.runner.run(loaded))
         if self.runner.store.take_wrote():
             # Values are fsynced as written; files a stage wrote in its item folder are
             # not, and the driver may be on another machine: flush them here.
@@ -94,11 +124,12 @@ class InOrder:
     """Calls run one at a time on a thread of their own, in the order of their numbers
     (0, 1, 2, ...), whatever order they are handed over in."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self._handed = threading.Condition()
         self._waiting: dict[int, tuple[Callable[..., Any], tuple[Any, ...], Future]] = {}
         self._next = 0
-        threading.Thread(target=self._loop, name="conveyor-stage", daemon=True).start()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
 
     def run(self, number: int, call: Callable[..., Any], *args: Any) -> asyncio.Future:
         """``call(*args)`` once the calls numbered before it have run; its outcome."""

@@ -35,7 +35,6 @@ when they load.
 
 from __future__ import annotations
 
-import collections
 import os
 import queue
 import signal
@@ -49,6 +48,7 @@ from typing import Any
 from ..envs import LABEL_VAR
 from ..ledger.base import Claim
 from . import shipping
+from .inbox import Inbox
 from .meter import peak_rss
 from .protocol import (
     INIT,
@@ -65,54 +65,6 @@ from .protocol import (
 from .runner import GroupRunner
 
 FLUSH_SECONDS = 0.1  # the longest a finished result waits in the worker
-PREFETCH_BYTES = 256 * 2**20  # decoded inputs held ahead of the stage, at most
-PREFETCH_ITEMS = 64  # ... and at most this many (or two batches)
-
-
-class _Inbox:
-    """Decoded tasks waiting for the main thread, bounded in count and bytes.
-
-    One item always fits, however large, so a single huge input still runs.
-    """
-
-    def __init__(self, items: int, nbytes: int) -> None:
-        self.items, self.nbytes = items, nbytes
-        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
-        self._held = 0
-        self._cond = threading.Condition()
-
-    def put(self, item: Any, size: int = 0) -> None:
-        with self._cond:
-            while self._queue and (len(self._queue) >= self.items
-                                   or self._held + size > self.nbytes):
-                self._cond.wait()
-            self._queue.append((item, size))
-            self._held += size
-            self._cond.notify_all()
-
-    def get(self, timeout: float | None = None) -> Any:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._queue, timeout):
-                raise queue.Empty
-            item, size = self._queue.popleft()
-            self._held -= size
-            self._cond.notify_all()
-            return item
-
-    def wait_room(self) -> None:
-        """Wait until one more item fits by count: called before loading it, so what is
-        loaded ahead never exceeds the bound, the item in the loader's hands included."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._queue) < self.items)
-
-    def get_nowait(self) -> Any:
-        return self.get(timeout=0)
-
-    def empty(self) -> bool:
-        with self._cond:
-            return not self._queue
-
-
 class _Reader(threading.Thread):
     """Receives messages as they arrive; tasks go to the loader as they are."""
 
@@ -137,23 +89,19 @@ class _Reader(threading.Thread):
 class _Loader(threading.Thread):
     """Decodes received tasks' inputs ahead of the main thread, into the bounded inbox."""
 
-    def __init__(self, received: queue.SimpleQueue, inbox: _Inbox, runner: Any) -> None:
+    def __init__(self, received: queue.SimpleQueue, inbox: Inbox, runner: Any) -> None:
         super().__init__(name="conveyor-prefetch", daemon=True)
         self.received, self.inbox, self.runner = received, inbox, runner
 
     def run(self) -> None:
         while (task := self.received.get()) is not None:
-            if self.runner.loads:
-                self.inbox.wait_room()
-            loaded = self.runner.load(Claim._make(task))
-            self.inbox.put(loaded, loaded.size)
+            self.inbox.load(self.runner, Claim._make(task))
         self.inbox.put(None)
 
 
 def serve(conn: Connection, runner: Any) -> None:
     """Run tasks from ``conn`` until told to stop or the driver goes away."""
-    ahead = runner.prefetch if runner.loads else max(PREFETCH_ITEMS, 2 * runner.batch_size)
-    inbox = _Inbox(ahead, PREFETCH_BYTES)
+    inbox = Inbox.ahead_of(runner)
     received: queue.SimpleQueue = queue.SimpleQueue()
     reader, loader = _Reader(conn, received), _Loader(received, inbox, runner)
     reader.start()
@@ -188,7 +136,7 @@ def serve(conn: Connection, runner: Any) -> None:
             return
 
 
-def _take(inbox: _Inbox, pending: list[Any], want: int, block: bool) -> bool:
+def _take(inbox: Inbox, pending: list[Any], want: int, block: bool) -> bool:
     """Move ready items into ``pending`` (waiting for one if ``block``). True on stop."""
     while len(pending) < want:
         try:
@@ -202,7 +150,7 @@ def _take(inbox: _Inbox, pending: list[Any], want: int, block: bool) -> bool:
     return False
 
 
-def _fill(inbox: _Inbox, pending: list[Any], batch: int, wait: float) -> bool:
+def _fill(inbox: Inbox, pending: list[Any], batch: int, wait: float) -> bool:
     """Top ``pending`` up to a batch, waiting ``wait`` seconds for stragglers. True on stop."""
     deadline = time.monotonic() + wait
     while len(pending) < batch:
