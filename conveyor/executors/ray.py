@@ -148,7 +148,6 @@ class _Worker:
     setup_args: tuple[bytes, Mapping[str, str]]  # what set_up() sends: spec, env
     placing: bool = True  # ``setup`` is still the placed() call's
     made: int = 0  # calls made for it so far (sent or held)
-    sent: int = 0  # run() calls sent so far: each is numbered, setup() being 0
     calls: deque[_Call] = field(default_factory=deque)  # in flight, in the order sent
     held: deque[list[list[Claim]]] = field(default_factory=deque)  # blocks waiting for an
     #                                                       isolated call to be answered
@@ -339,8 +338,9 @@ class RayExecutor(Executor):
             if w.calls and (isolated or w.calls[-1].isolated):
                 break
             block = w.held.popleft()
-            ref = w.actor.run.remote(w.sent + 1, block)
-            w.sent += 1
+            # Calls are numbered in the order sent (setup() is 0): those made, less those
+            # still held, is this one's number.
+            ref = w.actor.run.remote(w.made - len(w.held), block)
             w.calls.append(_Call(ref, block, index[block[0][0].stage], isolated))
             self._calls[ref] = worker
         w.begin_head()
