@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from conveyor.errors import LedgerError
-from conveyor.ledger import SqliteLedger
+from conveyor.ledger.sqlite import SqliteLedger
 
 # crashkit is shared with benchmarks/killdriver.py; appended, not put first, so that no
 # benchmark module shadows another of the same name

@@ -21,7 +21,8 @@ from conveyor import Item, Pipeline, codec
 from conveyor.engine import state
 from conveyor.errors import InputError
 from conveyor.items import Inputs, raw_digest
-from conveyor.ledger import Output, SqliteLedger, Status, blocks
+from conveyor.ledger import Output, Status, blocks
+from conveyor.ledger.sqlite import SqliteLedger
 from conveyor.observe.events import read_events
 from conveyor.store import Stored
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from conveyor import open_run
-from conveyor.ledger import SqliteLedger
+from conveyor.ledger.sqlite import SqliteLedger
 from helpers import DoneAtKills, done_count, executions, kill_driver, needs_wal_syncs, wait_for
 
 PIPELINES = Path(__file__).parent / "pipelines"

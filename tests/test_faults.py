@@ -23,7 +23,7 @@ import pytest
 
 from conveyor import Item, Pipeline, RunLockedError, open_run
 from conveyor.observe.events import read_events
-from conveyor.ledger import SqliteLedger
+from conveyor.ledger.sqlite import SqliteLedger
 from helpers import (DoneAtKills, append_log, done_count, executions, kill_driver, log_offset,
                      needs_wal_syncs, read_log, wait_for)
 

@@ -16,8 +16,9 @@ import pytest
 
 from conveyor import codec
 from conveyor.errors import IllegalTransition, InputError
-from conveyor.ledger import (KeyCollision, Ledger, MemoryLedger, Output, Record, SqliteLedger,
-                             Status, blocks, transition)
+from conveyor.ledger import KeyCollision, Ledger, Output, Record, Status, blocks, transition
+from conveyor.ledger.memory import MemoryLedger
+from conveyor.ledger.sqlite import SqliteLedger
 from conveyor.store import Stored
 
 
@@ -430,7 +431,8 @@ def test_uncommitted_writes_vanish_whole(tmp_path):
 CRASHER = textwrap.dedent("""
     import os, signal, sys
     from conveyor import codec
-    from conveyor.ledger import SqliteLedger, Output, Status
+    from conveyor.ledger import Output, Status
+    from conveyor.ledger.sqlite import SqliteLedger
     from conveyor.store import Stored
 
     def value(v):
