@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import InputError, Item, Pipeline, StageContractError, context, open_run
-from conveyor.ledger import SqliteLedger
+from conveyor.ledger.sqlite import SqliteLedger
 from helpers import append_log, read_log
 
 
@@ -209,6 +209,7 @@ def test_class_stage_runs_setup_once_per_worker(executor, run_dir, tmp_path):
     @pipe.stage(cpus=1)
     class Model:
         def setup(self):
+            time.sleep(0.2)  # a model's load: the setup seconds reported include it
             append_log(log, f"setup {os.getpid()}:{id(self)}")
             self.factor = 3
 
@@ -224,6 +225,8 @@ def test_class_stage_runs_setup_once_per_worker(executor, run_dir, tmp_path):
     calls = {line.split()[1] for line in lines if line.startswith("call")}
     assert len(setups) == len(set(setups)), "setup ran twice in one worker"
     assert calls <= set(setups)
+    assert result.setups["Model"]["setups"] == len(setups)
+    assert result.setups["Model"]["setup_s"] >= 0.2
 
 
 def test_setup_and_every_call_of_a_worker_run_on_one_thread(executor, run_dir):

@@ -2,8 +2,8 @@
 
 For debugging (a breakpoint in a stage just works) and for tests. A "worker"
 is a :class:`~conveyor.worker.runner.GroupRunner` held in this process; its setup
-runs when it is first sent work (a worker started ahead of time costs
-nothing until then), and tasks run as soon as they are sent. Nothing can be
+runs as it starts (the driver waits for it, and it is timed like a worker's), and
+tasks run as soon as they are sent. Nothing can be
 killed from outside, so a stage's ``timeout=`` is enforced by a timer
 (``SIGALRM``) that interrupts the call: the item fails with
 :class:`~conveyor.errors.StageTimeout` and is retried like any failure. The
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from functools import partial
@@ -36,7 +37,6 @@ class InlineExecutor(Executor):
     def __init__(self) -> None:
         self._runners: dict[int, GroupRunner] = {}
         self._wake = threading.Event()
-        self._pending_setup: set[int] = set()
         self._events: list[Event] = []
         self._next_id = 0
 
@@ -57,28 +57,25 @@ class InlineExecutor(Executor):
                                          f"there, or use the local executor", ""),
                              Exited(worker, "setup failed")]
             return worker
-        runner = self._runners[worker] = GroupRunner(spec)
+        runner = GroupRunner(spec)
         for stage in timed:
             runner.runners[stage.name].limit = partial(_deadline, stage.timeout)
-        self._pending_setup.add(worker)
-        self._events.append(Ready(worker))
+        began = time.monotonic()
+        try:
+            runner.setup()
+        except Exception as exc:
+            self._events += [SetupFailed(worker, f"setup of {spec.group!r} failed: "
+                                         f"{type(exc).__name__}: {exc}", traceback.format_exc()),
+                             Exited(worker, "setup failed")]
+            return worker
+        self._runners[worker] = runner
+        self._events.append(Ready(worker, time.monotonic() - began))
         return worker
 
     def send(self, worker: int, tasks: list[Claim]) -> None:
         runner = self._runners.get(worker)
         if runner is None:
             return
-        if worker in self._pending_setup:
-            self._pending_setup.discard(worker)
-            try:
-                runner.setup()
-            except Exception as exc:
-                self._events.append(SetupFailed(
-                    worker, f"setup of {runner.spec.group!r} failed: "
-                    f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-                del self._runners[worker]
-                self._events.append(Exited(worker, "setup failed"))
-                return
         loaded = [runner.load(task) for task in tasks]
         size = runner.batch_size
         records = []
