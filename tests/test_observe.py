@@ -17,6 +17,7 @@ from rich.console import Console
 
 from conveyor import Item, Pipeline
 from conveyor.observe.events import read_events
+from helpers import wait_for
 from conveyor.observe.metrics import Histogram
 from conveyor.observe.progress import ProgressModel, ProgressView, plain_lines, render_table
 from conveyor.observe.report import (SATURATED, Analysis, StageSummary, analyse, verdict,
@@ -231,6 +232,47 @@ def test_the_report_renders_in_a_real_browser_without_errors(bench_run, tmp_path
     assert "<svg" in dom and "workers per stage" in dom
 
 
+def test_status_lists_the_stages_while_the_inputs_are_still_taken_in(tmp_path):
+    script, run_dir = tmp_path / "intake.py", tmp_path / "run"
+    taking, release = tmp_path / "taking", tmp_path / "release"
+    # the inputs stop half-way until the test's release: the driver is taking them in
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        from conveyor import Pipeline
+        pipe = Pipeline("intake")
+        @pipe.stage
+        def first(x):
+            return x
+        @pipe.stage(after=first)
+        def second(x):
+            return x
+        def inputs():
+            yield from range(5)
+            open({str(taking)!r}, "w").close()
+            while not os.path.exists({str(release)!r}):
+                time.sleep(0.05)
+            yield from range(5, 10)
+        pipe.run(inputs(), run_dir={str(run_dir)!r}, cpus=1)
+    """))
+    stderr = tmp_path / "driver.err"
+    with stderr.open("w") as err:
+        driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                                  stderr=err)
+    try:
+        wait_for(taking.exists, "the inputs were being taken in", driver, stderr, pause=0.05)
+        out = subprocess.run([sys.executable, "-m", "conveyor", "status", str(run_dir),
+                              "--json"], capture_output=True, text=True, check=True)
+        found = json.loads(out.stdout)
+        assert found["pipeline"] == "intake"
+        assert list(found["stages"]) == ["first", "second"]
+        assert all(counts["done"] == 0 for counts in found["stages"].values())
+        assert found["state"]["state"] == "running"
+    finally:
+        release.touch()
+        driver.wait(timeout=60)
+    assert driver.returncode == 0, stderr.read_text()[-2000:]
+
+
 def test_status_reads_a_run_in_progress_from_another_process(tmp_path):
     module = tmp_path / "slowpipe.py"
     release = tmp_path / "release"
@@ -257,7 +299,7 @@ def test_status_reads_a_run_in_progress_from_another_process(tmp_path):
             out = subprocess.run([sys.executable, "-m", "conveyor", "status", str(run_dir),
                                   "--json"], capture_output=True, text=True)
             if out.returncode == 0:
-                # a run still taking its inputs in has no stages recorded yet
+                # the ledger is there a moment before the stages are recorded in it
                 counts = json.loads(out.stdout)["stages"].get("slow")
                 if counts and counts["done"] > 0:
                     seen = counts

@@ -36,12 +36,15 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
     ``retry`` names the stages whose failed items get a fresh set of retries
     (None: every stage).
     """
+    # Committed first: `conveyor status` from another process lists the stages from the
+    # run's first moments, not only once a long listing of inputs has been taken in.
+    ledger.set_meta("pipeline", pipeline.name)
+    ledger.set_meta("stages", ",".join(pipeline.stages))
+    ledger.commit()
     recovered = ledger.recover()
     if recovered:
         events.emit("recovered", items=recovered)
     order = pipeline.order()
-    ledger.set_meta("pipeline", pipeline.name)
-    ledger.set_meta("stages", ",".join(pipeline.stages))
     origin = origin_of(pipeline)
     if origin is not None:  # so that `conveyor retry` and `status --plan` can load it again
         ledger.set_meta("pipeline_origin", origin.to_json())
