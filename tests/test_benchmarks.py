@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 EXPECTED = {
     "hetero": {"items_per_s", "bound_items_per_s", "ratio", "target", "ray_data_items_per_s",
-               "ray_data_of_bound"},
+               "ray_data_of_bound", "b_first_item_s"},
     "cpu3": {"items_per_s", "bound_items_per_s", "ratio", "target"},
     "prefetch": {"items_per_s", "bound_items_per_s", "ratio", "target", "serial_items_per_s"},
     "overhead": {"items_per_s", "ray_data_cold_items_per_s", "ray_data_warm_items_per_s",
