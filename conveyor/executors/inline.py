@@ -3,11 +3,11 @@
 For debugging (a breakpoint in a stage just works) and for tests. A "worker"
 is a :class:`~conveyor.worker.runner.GroupRunner` held in this process; its setup
 runs as it starts (the driver waits for it, and it is timed like a worker's), and
-tasks run as soon as they are sent. Nothing can be
-killed from outside, so a stage's ``timeout=`` is enforced by a timer
-(``SIGALRM``) that interrupts the call: the item fails with
-:class:`~conveyor.errors.StageTimeout` and is retried like any failure. The
-timer needs the main thread; a run with timeouts on another thread is refused.
+tasks run as soon as they are sent. Nothing can be killed from outside, so a
+stage's ``timeout=`` is enforced by a timer (``SIGALRM``) that interrupts the call:
+the item fails with :class:`~conveyor.errors.StageTimeout` and is retried like any
+failure. The timer needs the main thread; a run with timeouts on another thread is
+refused.
 The stage's ``env`` is not applied; a stage with its own Python environment
 (``requirements=``/``python=``) cannot run here, and its items fail saying so.
 """
