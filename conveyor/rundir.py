@@ -17,6 +17,7 @@
       driver.json              a detached driver: pid, host, since, its command
       driver.log               a detached driver's stdout and stderr
       exit.json                a detached driver's exit code, written as it ends
+      intake.json              while a run takes its inputs in: how many it has read
       detached.pkl             what pipe.run(detach=True) hands its detached driver
       report.html              `conveyor report`'s default output
 
@@ -44,6 +45,7 @@ REPORT = "report.html"
 DRIVER = "driver.json"
 DRIVER_LOG = "driver.log"
 EXIT = "exit.json"
+INTAKE = "intake.json"
 DETACHED = "detached.pkl"
 
 PathLike = str | os.PathLike[str]

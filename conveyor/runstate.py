@@ -111,14 +111,18 @@ def driver(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def state(run_dir: str | os.PathLike[str], ok: Callable[[], bool]) -> dict[str, Any]:
     """The run's state (see the module docstring) as a JSON-ready dict: ``state``,
-    ``ok``, ``exit_code``, ``pid``, ``host``, ``since``, ``detached`` and ``log`` (a
-    detached driver's output). ``ok`` tells whether every item is done."""
+    ``ok``, ``exit_code``, ``pid``, ``host``, ``since``, ``detached``, ``log`` (a
+    detached driver's output) and, while running, ``taking_inputs`` (how many inputs a
+    run still taking them in has read; None once they are in). ``ok`` tells whether
+    every item is done."""
     run_dir = Path(run_dir)
     detached = _detached(run_dir)
     log = str(run_dir / rundir.DRIVER_LOG) if detached else None
     live = driver(run_dir)
     if live is not None:
-        return {"state": RUNNING, "ok": None, "exit_code": None, **live, "log": log}
+        taking = read_json(run_dir / rundir.INTAKE).get("taken")
+        return {"state": RUNNING, "ok": None, "exit_code": None, **live, "log": log,
+                "taking_inputs": taking}
     found = {"pid": detached.get("pid"), "host": detached.get("host"),
              "since": detached.get("since"), "detached": bool(detached), "log": log}
     return {**found, **_ended(run_dir, detached, ok)}
@@ -160,7 +164,10 @@ def describe(found: dict[str, Any]) -> str:
     name = found["state"]
     if name == RUNNING:
         how = "detached, " if found["detached"] else ""
-        return f"running ({how}pid {found['pid']} on {found['host']} since {found['since']})"
+        text = f"running ({how}pid {found['pid']} on {found['host']} since {found['since']})"
+        if found.get("taking_inputs") is not None:
+            text += f", taking inputs in: {found['taking_inputs']:,} read"
+        return text
     if name == FINISHED:
         text = "finished ok" if found["ok"] else "finished failed"
         return text if found["exit_code"] in (EXIT_OK, EXIT_FAILED) else \

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Item, Pipeline, codec
+from conveyor import Item, Pipeline, codec, items
 from conveyor.engine import state
 from conveyor.errors import InputError
 from conveyor.items import Inputs, raw_digest
@@ -200,6 +200,17 @@ def test_an_unchanged_rerun_looks_at_no_input_one_by_one(ledger, form):
     report = ledger.add_inputs("a", again.inputs(as_given(form)))
     assert (report.added, report.changed, report.unchanged, report.missing) == (0, 0, N, [])
     assert again.looked_at == 0 and ledger.counts() == {"a": {"done": N}}
+
+
+def test_inputs_being_taken_in_say_how_many_have_been_read(ledger, monkeypatch):
+    monkeypatch.setattr(items, "TAKING_SECONDS", 0.0)  # told at every look at the clock
+    told: list[int] = []
+    ledger.add_inputs("a", Inputs(as_given("values"), Counted().put, taking=told.append))
+    assert told == list(range(64, N + 1, 64))
+    finish_all(ledger)
+    told.clear()  # a rerun skips whole blocks unlooked-at: they are read all the same
+    ledger.add_inputs("a", Inputs(as_given("values"), Counted().put, taking=told.append))
+    assert told == list(range(64, N + 1, 64))
 
 
 @pytest.mark.parametrize("form", FORMS)

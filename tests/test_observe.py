@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conveyor import Item, Pipeline
+from conveyor import Item, Pipeline, open_run, rundir
 from conveyor.observe.events import read_events
 from helpers import wait_for
 from conveyor.observe.metrics import Histogram
@@ -91,6 +91,14 @@ def test_plain_lines_when_not_a_terminal():
     lines = plain_lines(model)
     assert lines[0].startswith("[0s] a: 3/4 done, 0 running, 0 failed")
     assert len(render(model, terminal=False).splitlines()) == 2
+
+
+def test_progress_says_how_far_the_inputs_are_read_while_they_are():
+    model = ProgressModel(["a"], clock=FakeClock())
+    assert "taking inputs in" not in render(model, terminal=True)
+    model.taking = 1234567
+    assert "taking inputs in: 1,234,567 read" in render(model, terminal=True)
+    assert plain_lines(model)[-1] == "[0s] taking inputs in: 1,234,567 read"
 
 
 def test_histogram_mean_and_percentile():
@@ -232,10 +240,38 @@ def test_the_report_renders_in_a_real_browser_without_errors(bench_run, tmp_path
     assert "<svg" in dom and "workers per stage" in dom
 
 
-def test_status_lists_the_stages_while_the_inputs_are_still_taken_in(tmp_path):
+def test_the_drivers_console_says_how_far_the_inputs_are_read(tmp_path):
+    from conveyor.observe.events import EventLog
+    from conveyor.observe.observer import Observer
+
+    pipe = Pipeline("intake")
+
+    @pipe.stage
+    def first(x):
+        return x
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=80)
+    events = EventLog(tmp_path)
+    observer = Observer(pipe, events, tmp_path, progress=True, bench=False, console=console)
+    observer.taking_inputs(1234)
+    observer.taking_inputs(56789)
+    assert json.loads((tmp_path / rundir.INTAKE).read_text()) == {"taken": 56789}
+    observer.prepared(None)
+    assert not (tmp_path / rundir.INTAKE).exists()
+    observer.finish(None, None)
+    events.close()
+    assert "taking inputs in: 56,789 read" in screen.getvalue()
+
+
+def test_status_says_how_far_a_run_has_read_its_inputs(tmp_path):
+    """A long listing (a bucket of millions of objects) takes a while to read: status
+    lists the stages meanwhile and says how many inputs have been read."""
     script, run_dir = tmp_path / "intake.py", tmp_path / "run"
-    taking, release = tmp_path / "taking", tmp_path / "release"
-    # the inputs stop half-way until the test's release: the driver is taking them in
+    reading, release = tmp_path / "reading", tmp_path / "release"
+    intake = run_dir / rundir.INTAKE
+    # a slow source: it goes on until the driver has said how far it is (or 2,000
+    # inputs later, when it never does), then waits for the test's release
     script.write_text(textwrap.dedent(f"""
         import os, time
         from conveyor import Pipeline
@@ -247,11 +283,16 @@ def test_status_lists_the_stages_while_the_inputs_are_still_taken_in(tmp_path):
         def second(x):
             return x
         def inputs():
-            yield from range(5)
-            open({str(taking)!r}, "w").close()
-            while not os.path.exists({str(release)!r}):
+            for i in range(2000):
+                yield i
+                if os.path.exists({str(intake)!r}):
+                    break
+                time.sleep(0.01)
+            open({str(reading)!r}, "w").close()
+            for _ in range(1200):  # a guard: a minute, if the test never releases it
+                if os.path.exists({str(release)!r}):
+                    break
                 time.sleep(0.05)
-            yield from range(5, 10)
         pipe.run(inputs(), run_dir={str(run_dir)!r}, cpus=1)
     """))
     stderr = tmp_path / "driver.err"
@@ -259,7 +300,8 @@ def test_status_lists_the_stages_while_the_inputs_are_still_taken_in(tmp_path):
         driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
                                   stderr=err)
     try:
-        wait_for(taking.exists, "the inputs were being taken in", driver, stderr, pause=0.05)
+        wait_for(reading.exists, "the driver said how far it had read", driver, stderr,
+                 pause=0.05)
         out = subprocess.run([sys.executable, "-m", "conveyor", "status", str(run_dir),
                               "--json"], capture_output=True, text=True, check=True)
         found = json.loads(out.stdout)
@@ -267,10 +309,26 @@ def test_status_lists_the_stages_while_the_inputs_are_still_taken_in(tmp_path):
         assert list(found["stages"]) == ["first", "second"]
         assert all(counts["done"] == 0 for counts in found["stages"].values())
         assert found["state"]["state"] == "running"
+        taken = found["state"]["taking_inputs"]
+        assert taken is not None and taken >= 1
+        out = subprocess.run([sys.executable, "-m", "conveyor", "status", str(run_dir)],
+                             capture_output=True, text=True, check=True)
+        assert "taking inputs in: " in out.stdout
+        following = tmp_path / "attach.err"
+        with following.open("w") as err:
+            attach = subprocess.Popen([sys.executable, "-m", "conveyor", "attach",
+                                       str(run_dir)], stdout=subprocess.DEVNULL, stderr=err)
+        wait_for(lambda: "taking inputs in: " in following.read_text(), "attach said so",
+                 attach, following, pause=0.05)
     finally:
         release.touch()
         driver.wait(timeout=60)
     assert driver.returncode == 0, stderr.read_text()[-2000:]
+    assert attach.wait(timeout=60) == 0
+    assert not intake.exists()
+    with open_run(run_dir) as result:
+        assert result.counts["second"]["done"] >= taken
+        assert "taking_inputs" not in result.status()
 
 
 def test_status_reads_a_run_in_progress_from_another_process(tmp_path):

@@ -63,6 +63,8 @@ def _follow(result: RunResult) -> None:
         running = True
         while running:
             running = runstate.driver(result.run_dir) is not None  # then the last counts
+            model.taking = runstate.read_json(result.run_dir / rundir.INTAKE).get("taken") \
+                if running else None
             for name, c in result.counts.items():
                 if name not in model.stages:  # recorded after we first looked
                     model.stages[name] = StageProgress(name, name)

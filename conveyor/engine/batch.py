@@ -85,7 +85,7 @@ class BatchRun(FrontEnd):
                 if inputs is not None:
                     engine.start_early()
                 prepare(self.pipeline, ledger, engine.store, inputs, self.force, self.retry,
-                        engine.events, lambda: self.signal)
+                        engine.events, lambda: self.signal, engine.observer.taking_inputs)
                 engine.prepared()
                 prepared = True
                 while self.signal is None and engine.fatal is None and not engine.finished():

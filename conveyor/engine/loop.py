@@ -98,7 +98,7 @@ class Engine:
         self._events: EventLog
         self._pool: WorkerPool
         self._watchdog: Watchdog
-        self._observer: Observer
+        self.observer: Observer  # what the run is doing, for the people who run it
         self._barriers: Barriers
         self._pressure: Backpressure
 
@@ -122,14 +122,14 @@ class Engine:
         self._pool = WorkerPool(self.executor, self.budget, events)
         self._watchdog = Watchdog(self._pool, self.executor, lambda name: self.pipeline[name],
                                   lambda group: self.groups[group].head.resources.ram)
-        self._observer = Observer(self.pipeline, events, self.run_dir, self.progress, self.bench)
-        self._observer.start(self.executor.name, self.budget, previous)
+        self.observer = Observer(self.pipeline, events, self.run_dir, self.progress, self.bench)
+        self.observer.start(self.executor.name, self.budget, previous)
         self._build_groups()
         for name in self.stages:  # the counts are this run's
             self._ledger.set_meta(SETUPS + name, "[0, 0.0]")
         self._barriers = Barriers(self.pipeline, self.stages, self.run_dir, self.store)
         self._barriers.open(ledger, events)
-        self._barriers.on_spill = self._observer.spilled
+        self._barriers.on_spill = self.observer.spilled
         self._pressure = Backpressure(self.stages, self.groups, self._barriers)
 
     @property
@@ -149,7 +149,7 @@ class Engine:
         """The front end has filled the ledger: read each stage's queue from it, commit."""
         self._count_pending()
         self.commit()
-        self._observer.prepared(self._ledger.counts() if self.progress else None)
+        self.observer.prepared(self._ledger.counts() if self.progress else None)
 
     def add_inputs(self, stage: str, items: list[tuple[str, bytes]]) -> None:
         """Queue ``(key, encoded value)`` inputs of ``stage`` while the engine runs."""
@@ -177,7 +177,7 @@ class Engine:
     def close(self, interrupted: str | None = None, error: str | None = None,
               counted: bool = True) -> None:
         """Record the run's end (``counted``: with its final queues) and close the events."""
-        self._observer.finish(interrupted, error, self.queues() if counted else None)
+        self.observer.finish(interrupted, error, self.queues() if counted else None)
         self._events.close()
 
     def _build_groups(self) -> None:
@@ -220,7 +220,7 @@ class Engine:
         """A new worker for ``group``, or None if its resources are not free now."""
         worker = self._pool.start(group.spec, now)
         if worker is not None:
-            self._observer.worker_started(worker.id, group.name, self.executor.pid(worker.id))
+            self.observer.worker_started(worker.id, group.name, self.executor.pid(worker.id))
         return worker
 
     # -- one turn ------------------------------------------------------------------------
@@ -268,7 +268,7 @@ class Engine:
             self._events.flush()
             self._last_commit = now
             workers = {name: len(self._pool.of(s.group)) for name, s in self.stages.items()}
-            self._observer.step(self.queues(), workers)
+            self.observer.step(self.queues(), workers)
 
     def queues(self) -> dict[str, dict[str, int]]:
         """Pending and running items per stage, as the engine counts them."""
@@ -281,7 +281,7 @@ class Engine:
         if isinstance(event, Results):
             self._unsynced |= event.wrote_files
             self._record(event.worker, event.records)
-            self._observer.used(event.worker, event.usage)
+            self.observer.used(event.worker, event.usage)
             return
         self._dirty = True
         worker = self._pool.workers.get(event.worker)
@@ -365,7 +365,7 @@ class Engine:
         records = self.front.shape(records)
         refused = {id(r.record): r.reason for r in self._ledger.record(records, worker)}
         applied = [r for r in records if id(r) not in refused]
-        self._observer.recorded(applied)
+        self.observer.recorded(applied)
         fused = {(r.stage, r.key) for r in applied if r.item_id is None}
         collided = []
         stages = self.stages
@@ -441,7 +441,7 @@ class Engine:
         """A worker is gone: the call it was in failed; the tasks it had not started, or
         finished without reporting, go back without using an attempt."""
         worker = self._pool.exited(worker_id, reason)
-        self._observer.worker_gone(worker_id)
+        self.observer.worker_gone(worker_id)
         if worker is None or not worker.inflight:
             return
         claims = list(worker.inflight.values())
@@ -492,7 +492,7 @@ class Engine:
             if isinstance(event, Results):
                 self._unsynced |= event.wrote_files
                 self._record(event.worker, event.records)
-                self._observer.used(event.worker, event.usage)
+                self.observer.used(event.worker, event.usage)
         for worker in list(self._pool.workers.values()):
             self._release(list(worker.inflight.values()))
             worker.inflight.clear()

@@ -30,11 +30,13 @@ from .fingerprint import fingerprints
 
 def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[Any] | None,
             force: tuple[str, ...], retry: tuple[str, ...] | None, events: EventLog,
-            interrupted: Callable[[], str | None]) -> dict[str, str]:
+            interrupted: Callable[[], str | None],
+            taking: Callable[[int], None] | None = None) -> dict[str, str]:
     """Bring ``ledger`` up to date with ``pipeline`` and ``inputs``; return stage fingerprints.
 
     ``retry`` names the stages whose failed items get a fresh set of retries
-    (None: every stage).
+    (None: every stage); ``taking`` is told how many inputs have been read, about
+    once a second while they are being read.
     """
     # Committed first: `conveyor status` from another process lists the stages from the
     # run's first moments, not only once a long listing of inputs has been taken in.
@@ -68,7 +70,7 @@ def prepare(pipeline: Pipeline, ledger: Ledger, store: Store, inputs: Iterable[A
         if pipeline.routes(name):
             ledger.refresh_routed(name)
     if inputs is not None:
-        report = ledger.add_inputs(root, Inputs(inputs, store.put, interrupted))
+        report = ledger.add_inputs(root, Inputs(inputs, store.put, interrupted, taking))
         listed = inputs if isinstance(inputs, Listing) else Listing(())
         gone = [k for k in report.missing if listed.covers(k)]
         missing = [k for k in report.missing if not listed.covers(k)]

@@ -9,6 +9,6 @@
 
 The engine calls the observer; views and the report read only the run
 directory (events and ledger), never the driver's memory. It may import the
-top-level modules (pipeline, resources, result, rundir) and
+top-level modules (pipeline, resources, result, rundir, runstate) and
 :mod:`conveyor.ledger.base`; never the engine, executors or front ends.
 """

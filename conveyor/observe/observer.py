@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
-from .. import __version__, rundir
+from .. import __version__, rundir, runstate
 from ..ledger.base import Record, call_sizes
 from ..pipeline import Pipeline
 from ..resources import Budget, format_size
@@ -52,6 +53,7 @@ class Observer:
         self._base: dict[str, dict[str, int]] = {}  # counts before this run started
         self._busy: dict[str, float] = {}
         self._batch_stages = {s.name for s in pipeline.stages.values() if s.batch_size}
+        self._taking: Status | None = None  # the console's line while inputs are read
 
     # -- the run's life ---------------------------------------------------------------------
 
@@ -67,9 +69,31 @@ class Observer:
                          versions={"conveyor": __version__,
                                    "python": platform.python_version()},
                          took_over=took_over, bench=self.bench)
+        (self.run_dir / rundir.INTAKE).unlink(missing_ok=True)  # a killed driver's, if any
+
+    def taking_inputs(self, taken: int) -> None:
+        """The run is still taking its inputs in, ``taken`` read so far: said in the run
+        directory (``conveyor status`` from anywhere) and on the console."""
+        runstate.write_json(self.run_dir / rundir.INTAKE, {"taken": taken})
+        if not self.view:
+            return
+        text = f"taking inputs in: {taken:,} read"
+        if self._taking is None:
+            self._taking = self.console.status(text)
+            self._taking.start()
+        else:
+            self._taking.update(text)
+
+    def _taken_in(self) -> None:
+        """The inputs are in (or the run ended while they were read)."""
+        (self.run_dir / rundir.INTAKE).unlink(missing_ok=True)
+        if self._taking is not None:
+            self._taking.stop()
+            self._taking = None
 
     def prepared(self, counts: dict[str, dict[str, int]] | None) -> None:
         """The ledger is ready; ``counts`` are what earlier runs finished (views need them)."""
+        self._taken_in()
         self._base = counts or {}
         if self.view:
             self.view.start()
@@ -79,6 +103,7 @@ class Observer:
         if queues is not None:  # the last stretch, so the figures cover the whole run
             self.events.emit("tick", **self.metrics.tick(queues))
         wall = time.time() - self.metrics.started
+        self._taken_in()
         if self.view:
             self.view.stop()
         if self.bench:

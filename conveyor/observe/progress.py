@@ -75,6 +75,7 @@ class ProgressModel:
                                            cpus=(cpus or {}).get(name, 0.0))
                        for name in stages}
         self.machine: dict[str, float] = {}
+        self.taking: int | None = None  # inputs read so far, while they are being read
         self.started = clock()
 
     def update(self, name: str, *, done: int, pending: int, running: int, failed: int,
@@ -137,8 +138,12 @@ def render_table(model: ProgressModel) -> Table:
                       f"[red]{s.failed}[/]" if s.failed else "0", _rate(s.rate()),
                       _duration(s.eta()), str(s.workers),
                       "-" if s.busy is None else f"{s.busy:.0%}", _cpu(s))
-    table.caption = _machine(model)
+    table.caption = "  ".join(filter(None, (_taking(model), _machine(model))))
     return table
+
+
+def _taking(model: ProgressModel) -> str:
+    return "" if model.taking is None else f"taking inputs in: {model.taking:,} read"
 
 
 def _machine(model: ProgressModel) -> str:
@@ -160,9 +165,9 @@ def plain_lines(model: ProgressModel) -> list[str]:
                      f"{s.running} running, {s.failed} failed, {_rate(s.rate())} items/s, "
                      f"ETA {_duration(s.eta())}, {s.workers} workers, "
                      f"cpu used/declared {_cpu(s, markup=False)}")
-    machine = _machine(model)
-    if machine:
-        lines.append(f"[{_duration(model.elapsed())}] {machine}")
+    for extra in (_taking(model), _machine(model)):
+        if extra:
+            lines.append(f"[{_duration(model.elapsed())}] {extra}")
     return lines
 
 
