@@ -1,7 +1,8 @@
 """Watching a run for the people who run it: events, live progress, benchmark mode.
 
-The driver tells the :class:`Observer` what happens (results recorded,
-workers started and gone) and lets it take a step each loop turn. The
+The driver tells the :class:`Observer` what happens (how far it has read its
+inputs, while it does: kept in ``intake.json``; results recorded, workers started
+and gone) and lets it take a step each loop turn. The
 observer keeps :class:`~conveyor.observe.metrics.RunMetrics`, writes a ``tick`` event
 every few seconds (per-stage counts, rates, busy time, queue depths; worker
 CPU, RSS and GPU memory; the machine's CPU, RAM and GPUs), keeps the live
