@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from . import rundir
 from .errors import ConveyorError
-from .observe.events import read_events
+from .observe.events import latest
 
 #: 0 the run is ok; 1 some items failed (or are left pending); 2 a usage,
 #: definition or input error (nothing ran); 130 interrupted (rerun to resume).
@@ -130,12 +130,8 @@ def state(run_dir: str | os.PathLike[str], ok: Callable[[], bool]) -> dict[str, 
 
 def _ended(run_dir: Path, detached: dict[str, Any], ok: Callable[[], bool]) -> dict[str, Any]:
     """How the last run ended: ``state``, ``ok``, ``exit_code``."""
-    start = end = None
-    for event in read_events(run_dir):
-        if event["event"] == "run_start":
-            start = event
-        elif event["event"] == "run_end":
-            end = event
+    last = latest(run_dir, "run_start", "run_end")  # a run_end before run_start: none
+    start, end = last.get("run_start"), last.get("run_end")
     exited = exit_record(run_dir, detached.get("pid"))
     if exited is not None and (start is None or start["t"] <= exited.get("ended", 0)):
         code = exited.get("code")

@@ -16,7 +16,8 @@ import pytest
 from rich.console import Console
 
 from conveyor import Item, Pipeline, open_run, rundir
-from conveyor.observe.events import read_events
+from conveyor.observe import events as event_log
+from conveyor.observe.events import EventLog, last_run, latest, read_events
 from helpers import wait_for
 from conveyor.observe.metrics import Histogram
 from conveyor.observe.progress import ProgressModel, ProgressView, plain_lines, render_table
@@ -99,6 +100,34 @@ def test_progress_says_how_far_the_inputs_are_read_while_they_are():
     model.taking = 1234567
     assert "taking inputs in: 1,234,567 read" in render(model, terminal=True)
     assert plain_lines(model)[-1] == "[0s] taking inputs in: 1,234,567 read"
+
+
+def test_the_last_run_is_read_from_the_end_of_the_log(tmp_path, monkeypatch):
+    """Status reads the ends of a run's events (the last run's start, its last tick, its
+    end) from the end of the log; the answer is the one a read of every line gives,
+    whatever the pieces the log is read in and however long its lines."""
+    log = EventLog(tmp_path)
+    for run in range(3):
+        log.emit("run_start", run=run)
+        for n in range(40):
+            log.emit("tick", n=n, pad="x" * (n * 7 % 90))
+            if n == 17:
+                log.emit("failure", error="a 'run_start' and a \"tick\" in text " + "y" * 300)
+        if run < 2:  # the last run has no end: running, or crashed
+            log.emit("run_end", run=run)
+    log.close()
+    with open(tmp_path / rundir.EVENTS, "ab") as fh:
+        fh.write(b'{"t": 1, "event": "tick", "n": 9')  # torn: the driver was killed mid-line
+    every = list(read_events(tmp_path))
+    began = max(i for i, e in enumerate(every) if e["event"] == "run_start")
+    for piece in (16, 100, 1 << 20):
+        monkeypatch.setattr(event_log, "SCAN_BYTES", piece)
+        assert last_run(tmp_path) == every[began:]
+        found = latest(tmp_path, "run_start", "tick", "run_end", "failure")
+        assert found == {"run_start": every[began], "tick": every[-1],
+                         "failure": every[began + 19]}
+        assert found["tick"]["n"] == 39 and found["failure"]["event"] == "failure"
+    assert latest(tmp_path / "none", "tick") == {} and last_run(tmp_path / "none") == []
 
 
 def test_histogram_mean_and_percentile():

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..resources import format_size
-from .events import last_run
+from .events import latest
 
 CPU_OVER = 1.25  # used / declared CPUs above which a stage is named
 RAM_NEAR = 0.9  # peak / declared RAM at or above which a stage is named
@@ -127,7 +127,8 @@ def from_events(events: Iterable[dict[str, Any]]) -> dict[str, StageUsage]:
 
 def read_usage(run_dir: str | os.PathLike[str]) -> dict[str, StageUsage]:
     """Per-stage usage of the last run in ``run_dir`` (empty if it recorded none)."""
-    return from_events(last_run(run_dir))
+    found = latest(run_dir, "run_start", "tick")
+    return from_events(found[name] for name in ("run_start", "tick") if name in found)
 
 
 def warnings(usage: dict[str, StageUsage]) -> list[str]:
