@@ -122,12 +122,12 @@ def test_the_last_run_is_read_from_the_end_of_the_log(tmp_path, monkeypatch):
     began = max(i for i, e in enumerate(every) if e["event"] == "run_start")
     for piece in (16, 100, 1 << 20):
         monkeypatch.setattr(event_log, "SCAN_BYTES", piece)
-        assert last_run(tmp_path) == every[began:]
+        assert list(last_run(tmp_path)) == every[began:]
         found = latest(tmp_path, "run_start", "tick", "run_end", "failure")
         assert found == {"run_start": every[began], "tick": every[-1],
                          "failure": every[began + 19]}
         assert found["tick"]["n"] == 39 and found["failure"]["event"] == "failure"
-    assert latest(tmp_path / "none", "tick") == {} and last_run(tmp_path / "none") == []
+    assert latest(tmp_path / "none", "tick") == {} and list(last_run(tmp_path / "none")) == []
 
 
 def test_histogram_mean_and_percentile():
@@ -230,6 +230,54 @@ def test_the_verdict_names_the_stage_built_to_be_slow(bench_run):
             lives += hours * (s["cpus"] * 0.04 + s["ram"] / 2**30 * 0.005 + s["gpus"] * 2.5)
     assert analysis.total_cost == pytest.approx(lives)
     assert all(s.cost > 0 for s in analysis.stages)
+
+
+def test_a_long_runs_report_keeps_its_figures_and_bounds_its_charts(monkeypatch):
+    """A week of ticks and leases: the figures are those of every event, while the
+    charts keep a bounded number of ticks and each worker row a bounded number of bars,
+    each bar covering the leases it stands for."""
+    from conveyor.observe import digest as digests
+
+    monkeypatch.setattr(digests, "MAX_POINTS", 10)
+    monkeypatch.setattr(digests, "MAX_BARS", 8)
+    events = [{"t": 0.0, "event": "run_start", "budget": {"cpus": 2.0}}]
+    leases = {0: [], 1: []}
+    for w in (0, 1):  # as the driver writes them: the lease before the worker_start
+        events += [{"t": 0.1, "event": "lease", "worker": w, "cpus": 1.0},
+                   {"t": 0.1, "event": "worker_start", "worker": w, "group": "g", "cpus": 1.0,
+                    "ram": 0, "gpus": 0.0}]
+    t, since = 0.1, {0: 0.1, 1: 0.1}
+    for n in range(1, 500):
+        t = n * 2.0
+        for w in (0, 1):
+            if (n + w) % 3 == 0:  # a pause: the lease goes back, then comes again
+                events.append({"t": t, "event": "unlease", "worker": w})
+                leases[w].append((since[w], t))
+                since[w] = t + 0.5 + w
+                events.append({"t": since[w], "event": "lease", "worker": w, "cpus": 1.0})
+        events.append({"t": t + 1.9, "event": "tick",
+                       "stages": {"g": {"busy": 1.5, "done": n, "pending": n % 2}},
+                       "machine": {"cpu": 50.0, "ram_used": 1, "ram_total": 2}})
+    end = t + 3.0
+    events.append({"t": end, "event": "run_end"})
+    for w in (0, 1):
+        leases[w].append((since[w], end))
+    found = digests.RunDigest.of(events)
+    ticks = [e for e in events if e["event"] == "tick"]
+    assert found.tick_count == len(ticks) and found.last_tick is ticks[-1]
+    assert found.stages["g"].busy == pytest.approx(1.5 * len(ticks))
+    assert found.stages["g"].done == 499 and found.stages["g"].queued == 250
+    kept = found.chart_ticks
+    assert len(kept) <= 2 * 10 and kept[0] is ticks[0] and kept[-1] is ticks[-1]
+    assert len({round(kept[i + 1]["t"] - kept[i]["t"], 6) for i in range(len(kept) - 2)}) == 1
+    # both workers leased: every moment but each one's pauses
+    paused = sum(b - a for w in (0, 1) for (_, a), (b, _) in zip(leases[w], leases[w][1:]))
+    assert found.cpu_full == pytest.approx(end - 0.1 - paused)
+    for w in (0, 1):
+        bars = found.lives[w].leases
+        assert len(bars) < 2 * 8 and bars == sorted(bars)
+        assert all(any(a <= x and y <= b for a, b in bars) for x, y in leases[w])
+        assert found.lives[w].end == end
 
 
 @pytest.mark.parametrize("busy,opening", [

@@ -5,7 +5,8 @@
     engine ──▶ observer.Observer ──▶ events.EventLog (RUN_DIR/events.jsonl)
                   │ metrics.RunMetrics: per-stage counters, worker and machine samples
                   └ progress: the model (fed by events) and its views (table, lines)
-    conveyor report ──▶ report.analyse(events) ──▶ report.render (charts.py: SVG)
+    conveyor report ──▶ report.analyse: digest.RunDigest (the events in one pass,
+                        bounded) ──▶ report.render (charts.py: SVG)
 
 The engine calls the observer; views and the report read only the run
 directory (events and ledger), never the driver's memory. It may import the

@@ -54,19 +54,22 @@ def read_events(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def last_run(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The events of the most recent run in a run directory (read from where it began:
-    the runs before it cost a scan from the end, not their parsing)."""
+def last_run(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The events of the most recent run in a run directory, its ``run_start`` first,
+    read as they are iterated (the runs before it cost a scan from the end, not their
+    parsing)."""
     path = Path(run_dir) / rundir.EVENTS
     if not path.exists():
-        return []
+        return
     began = next((at for at, line in _backwards(path, {_mark("run_start")})
                   if (_parse(line) or {}).get("event") == "run_start"), None)
     if began is None:
-        return []
+        return
     with open(path, "rb") as fh:
         fh.seek(began)
-        return [event for event in map(_parse, fh) if event is not None]
+        for event in map(_parse, fh):
+            if event is not None:
+                yield event
 
 
 def latest(run_dir: str | os.PathLike[str], *names: str) -> dict[str, dict[str, Any]]:

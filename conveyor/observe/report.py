@@ -26,24 +26,13 @@ from .. import rundir
 from ..resources import DEFAULT_PRICES, format_size, hourly_price
 from ..result import RunResult
 from . import charts
+from .digest import RunDigest, StageTicks, WorkerLife
 from .events import last_run
 from .usage import StageUsage, from_events
 
 SATURATED = 0.6  # a stage busier than this is a candidate bottleneck
 MAX_ROWS = 60  # worker rows in the timeline
 MAX_FAILURES = 1000
-
-
-@dataclass
-class WorkerLife:
-    id: int
-    group: str
-    start: float
-    end: float
-    cpus: float
-    ram: int
-    gpus: float
-    leases: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +68,7 @@ class Analysis:
     budget: dict[str, Any]
     stages: list[StageSummary]
     workers: list[WorkerLife]
-    ticks: list[dict[str, Any]]
+    ticks: list[dict[str, Any]]  # for the charts: at most about digest.MAX_POINTS
     failures: list[dict[str, Any]]
     prices: dict[str, float]
     cpu_full_share: float  # share of the run with every CPU of the budget leased
@@ -103,14 +92,11 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
     """Everything the report shows, computed from the run directory."""
     run_dir = Path(run_dir)
     prices = {**DEFAULT_PRICES, **(prices or {})}
-    events = last_run(run_dir)
-    if not events:
+    digest = RunDigest.of(last_run(run_dir))
+    if digest is None:
         raise ValueError(f"{run_dir} has no run events (events.jsonl) to report on")
-    start_event = events[0]
-    usage = from_events(events)
-    end = next((e["t"] for e in reversed(events) if e["event"] == "run_end"), events[-1]["t"])
-    workers = _workers(events, end)
-    ticks = [e for e in events if e["event"] == "tick"]
+    start_event, end, workers = digest.start, digest.end, list(digest.lives.values())
+    usage = from_events([start_event] + ([digest.last_tick] if digest.last_tick else []))
     with RunResult(run_dir) as result:
         counts = result.counts
         failures = result.failures()
@@ -126,23 +112,22 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
                          failed=c.get("failed", 0), routed_out=c.get("routed-out", 0),
                          pending=c.get("pending", 0) + c.get("running", 0),
                          spilled=spilled.get(name), usage=usage.get(name))
-        s.busy = sum(t["stages"].get(name, {}).get("busy", 0.0) for t in ticks)
+        over = digest.stages.get(name, StageTicks())
+        s.busy = over.busy
         s.alive = sum(w.end - w.start for w in workers if w.group == s.group)
-        done_here = max((t["stages"].get(name, {}).get("done", 0) for t in ticks), default=0)
-        s.rate = done_here / (end - start_event["t"]) if end > start_event["t"] else 0.0
-        last = ticks[-1]["stages"].get(name, {}) if ticks else {}
+        s.rate = over.done / (end - start_event["t"]) if end > start_event["t"] else 0.0
+        last = digest.last_tick["stages"].get(name, {}) if digest.last_tick else {}
         if last.get("batches"):
             s.mean_batch = last["batch_items"] / last["batches"]
-        if ticks:
-            s.queued_share = sum(1 for t in ticks if t["stages"].get(name, {}).get("pending", 0)
-                                 ) / len(ticks)
+        if digest.tick_count:
+            s.queued_share = over.queued / digest.tick_count
         stages.append(s)
     _costs(stages, workers, prices)
+    wall = end - start_event["t"]
     analysis = Analysis(start_event.get("pipeline", "?"), run_dir, start_event["t"], end,
                         start_event.get("executor", "?"), start_event.get("budget", {}),
-                        stages, workers, ticks, failures, prices,
-                        _cpu_full_share(workers, start_event.get("budget", {}),
-                                        start_event["t"], end))
+                        stages, workers, digest.chart_ticks, failures, prices,
+                        digest.cpu_full / wall if wall > 0 else 0.0)
     analysis.verdict = " ".join([verdict(analysis), *declarations(usage)])
     analysis.setups = setups
     return analysis
@@ -161,26 +146,6 @@ def declarations(usage: dict[str, StageUsage]) -> list[str]:
     return sentences
 
 
-def _workers(events: list[dict[str, Any]], end: float) -> list[WorkerLife]:
-    lives: dict[int, WorkerLife] = {}
-    leased: dict[int, float] = {}
-    for e in events:
-        kind = e["event"]
-        if kind == "worker_start":
-            lives[e["worker"]] = WorkerLife(e["worker"], e["group"], e["t"], end, e["cpus"],
-                                            e["ram"], e["gpus"])
-        elif kind == "worker_exit" and e["worker"] in lives:
-            lives[e["worker"]].end = e["t"]
-        elif kind == "lease":
-            leased[e["worker"]] = e["t"]
-        elif kind == "unlease" and e["worker"] in leased and e["worker"] in lives:
-            lives[e["worker"]].leases.append((leased.pop(e["worker"]), e["t"]))
-    for worker_id, since in leased.items():
-        if worker_id in lives:
-            lives[worker_id].leases.append((since, lives[worker_id].end))
-    return list(lives.values())
-
-
 def _costs(stages: list[StageSummary], workers: list[WorkerLife], prices: dict[str, float]
            ) -> None:
     by_group: dict[str, float] = {}
@@ -193,22 +158,6 @@ def _costs(stages: list[StageSummary], workers: list[WorkerLife], prices: dict[s
         busy = sum(s.busy for s in members)
         for s in members:
             s.cost = cost * (s.busy / busy if busy else 1 / len(members))
-
-
-def _cpu_full_share(workers: list[WorkerLife], budget: dict[str, Any], start: float,
-                    end: float) -> float:
-    """Share of the run during which the leases held every CPU of the budget."""
-    cpus = budget.get("cpus")
-    if not cpus or end <= start:
-        return 0.0
-    edges = sorted([(a, w.cpus) for w in workers for a, _ in w.leases]
-                   + [(b, -w.cpus) for w in workers for _, b in w.leases])
-    held, last, full = 0.0, start, 0.0
-    for t, delta in edges:
-        if held >= cpus - 1e-6:
-            full += t - last
-        held, last = held + delta, t
-    return full / (end - start)
 
 
 def verdict(a: Analysis) -> str:
