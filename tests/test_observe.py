@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -278,6 +279,24 @@ def test_a_long_runs_report_keeps_its_figures_and_bounds_its_charts(monkeypatch)
         assert len(bars) < 2 * 8 and bars == sorted(bars)
         assert all(any(a <= x and y <= b for a, b in bars) for x, y in leases[w])
         assert found.lives[w].end == end
+
+
+@pytest.mark.parametrize("span,x,label", [(5, 2.5, "2.5s"), (300, 150, "150s"),
+                                          (3600, 1800, "30m"), (86400, 43200, "12.0h"),
+                                          (7 * 86400, 3 * 86400, "3.0d")])
+def test_a_charts_time_axis_speaks_in_the_unit_of_its_span(span, x, label):
+    from conveyor.observe import charts
+
+    svg = charts.lines({"a": [(0.0, 1.0), (float(span), 2.0)]}, "done")
+    assert charts._seconds(x, span) == label and f">{charts._seconds(span, span)}<" in svg
+
+
+def test_a_chart_of_nothing_but_zeros_has_a_plain_axis():
+    from conveyor.observe import charts
+
+    svg = charts.lines({"queued": [(0.0, 0.0), (10.0, 0.0)]}, "queues")
+    labels = re.findall(r">([^<]+)</text>", svg)
+    assert labels[:5] == ["0", "0.25", "0.5", "0.75", "1"]  # not 1.1e-09 and its fractions
 
 
 @pytest.mark.parametrize("busy,opening", [

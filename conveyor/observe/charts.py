@@ -34,7 +34,16 @@ def _fmt(value: float) -> str:
 
 
 def _seconds(x: float, span: float) -> str:
-    return f"{x:.1f}s" if span < 10 else f"{x:.0f}s"
+    """A time axis label, in the unit that suits the whole span (a week is in days)."""
+    if span < 10:
+        return f"{x:.1f}s"
+    if span < 600:
+        return f"{x:.0f}s"
+    if span < 3 * 3600:
+        return f"{x / 60:.0f}m"
+    if span < 3 * 86400:
+        return f"{x / 3600:.1f}h"
+    return f"{x / 86400:.1f}d"
 
 
 def lines(series: dict[str, Sequence[tuple[float, float]]], title: str, unit: str = "",
@@ -44,7 +53,7 @@ def lines(series: dict[str, Sequence[tuple[float, float]]], title: str, unit: st
     if not points:
         return f'<p class="empty">{escape(title)}: nothing was recorded.</p>'
     x_max = max(max(x for x, _ in points), 1e-9)
-    top = y_max if y_max is not None else max(max(y for _, y in points), 1e-9) * 1.1
+    top = y_max if y_max is not None else max(max(y for _, y in points), 0) * 1.1 or 1.0
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def sx(x: float) -> float:
