@@ -6,6 +6,7 @@
       ledger.db                the SQLite ledger (ledger.db-wal, -shm beside it)
       lock                     flock of the driver that holds the run
       events.jsonl             the event stream (start, workers, ticks, failures, end)
+      events.last              where in it the last run began (byte offset, start time)
       store.url                where large values live, if not here (--store)
       values/ab/<digest>.json  values too large to keep inline in the ledger
       artifacts/STAGE/KEY/     an item's own files (ctx.output_dir)
@@ -34,6 +35,7 @@ from pathlib import Path
 LEDGER = "ledger.db"
 LOCK = "lock"
 EVENTS = "events.jsonl"
+EVENTS_LAST = "events.last"
 STORE_URL = "store.url"
 VALUES = "values"
 ARTIFACTS = "artifacts"

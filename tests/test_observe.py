@@ -121,14 +121,30 @@ def test_the_last_run_is_read_from_the_end_of_the_log(tmp_path, monkeypatch):
         fh.write(b'{"t": 1, "event": "tick", "n": 9')  # torn: the driver was killed mid-line
     every = list(read_events(tmp_path))
     began = max(i for i, e in enumerate(every) if e["event"] == "run_start")
-    for piece in (16, 100, 1 << 20):
-        monkeypatch.setattr(event_log, "SCAN_BYTES", piece)
-        assert list(last_run(tmp_path)) == every[began:]
-        found = latest(tmp_path, "run_start", "tick", "run_end", "failure")
-        assert found == {"run_start": every[began], "tick": every[-1],
-                         "failure": every[began + 19]}
-        assert found["tick"]["n"] == 39 and found["failure"]["event"] == "failure"
+    said = tmp_path / rundir.EVENTS_LAST
+    told = said.read_bytes()  # where the third run began, written with its start
+    stale = json.dumps({"offset": (tmp_path / rundir.EVENTS).stat().st_size + 10,
+                        "t": 1.0})  # a driver killed between that and its start's line
+    for where in (told, None, stale):  # as written; an older version's run; not to be trusted
+        if where is None:
+            said.unlink()
+        else:
+            said.write_bytes(where if isinstance(where, bytes) else where.encode())
+        for piece in (16, 100, 1 << 20):
+            monkeypatch.setattr(event_log, "SCAN_BYTES", piece)
+            assert list(last_run(tmp_path)) == every[began:]
+            found = latest(tmp_path, "run_start", "tick", "run_end", "failure")
+            assert found == {"run_start": every[began], "tick": every[-1],
+                             "failure": every[began + 19]}
+            assert found["tick"]["n"] == 39 and found["failure"]["event"] == "failure"
     assert latest(tmp_path / "none", "tick") == {} and list(last_run(tmp_path / "none")) == []
+    # the next driver's events begin on a line of their own, after the torn one
+    log = EventLog(tmp_path)
+    log.emit("run_start", run=3)
+    log.close()
+    assert [e["event"] for e in last_run(tmp_path)] == ["run_start"]
+    assert list(read_events(tmp_path))[-1]["run"] == 3  # read whole, too
+    assert latest(tmp_path, "run_start", "tick")["run_start"]["run"] == 3
 
 
 def test_histogram_mean_and_percentile():
