@@ -315,6 +315,22 @@ def test_a_chart_of_nothing_but_zeros_has_a_plain_axis():
     assert labels[:5] == ["0", "0.25", "0.5", "0.75", "1"]  # not 1.1e-09 and its fractions
 
 
+def test_a_stage_whose_workers_come_and_go_has_a_row_per_worker_at_once():
+    from conveyor.observe.digest import WorkerLife
+    from conveyor.observe.report import render
+
+    # 200 lives one after another (stopped idle, started again), one beside the first
+    lives = [WorkerLife(i, "g", i * 10.0, i * 10.0 + 5, 1.0, 0, 0.0,
+                        [(i * 10.0 + 1, i * 10.0 + 2)]) for i in range(200)]
+    lives.append(WorkerLife(200, "g", 3.0, 8.0, 1.0, 0, 0.0))
+    analysis = Analysis("p", Path("run"), 0.0, 2000.0, "local", {"cpus": 2},
+                        [StageSummary("g", "g", {}, busy=200.0, alive=1005.0)], lives, [], [],
+                        {}, cpu_full_share=0.0)
+    page = render(analysis)
+    assert re.findall(r'text-anchor="end">(g #[^<]*)</text>', page) == ["g #0 +199", "g #200"]
+    assert "more rows.</p>" not in page
+
+
 @pytest.mark.parametrize("busy,opening", [
     (0.9, "Stage 'heavy' limited throughput: its workers were busy 90%"),
     (0.5, "No stage was saturated: the busiest, 'heavy', was busy 50%"),

@@ -133,6 +133,21 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
     return analysis
 
 
+def _lanes(lives: list[WorkerLife]) -> list[list[WorkerLife]]:
+    """``lives`` (by stage, then start) on rows: each on the first row of its group whose
+    last life had ended when it began. A long run that stops idle workers and starts
+    them again has thousands of lives, and as many rows as ran at once."""
+    lanes: list[list[WorkerLife]] = []
+    for life in lives:
+        lane = next((lane for lane in lanes
+                     if lane[-1].group == life.group and lane[-1].end <= life.start), None)
+        if lane is None:
+            lanes.append([life])
+        else:
+            lane.append(life)
+    return lanes
+
+
 def declarations(usage: dict[str, StageUsage]) -> list[str]:
     """Sentences for the verdict on declarations the run outgrew (none if all held)."""
     cpu = [w for u in usage.values() if (w := u.cpu_warning())]
@@ -271,11 +286,14 @@ def render(a: Analysis) -> str:
 
     rows = []
     order = {name: i for i, name in enumerate(names)}
-    lives = sorted(a.workers, key=lambda w: (order.get(w.group.split("+")[0], 99), w.start))
-    for w in lives[:MAX_ROWS]:
-        bars = [(w.start - t0, w.end - t0, False)] + [(x - t0, y - t0, True) for x, y in w.leases]
-        rows.append((f"{w.group} #{w.id}", order.get(w.group.split("+")[0], 0), bars))
-    more = (f"<p>and {len(lives) - MAX_ROWS} more workers.</p>" if len(lives) > MAX_ROWS else "")
+    lanes = _lanes(sorted(a.workers, key=lambda w: (order.get(w.group.split("+")[0], 99),
+                                                     w.start)))
+    for lane in lanes[:MAX_ROWS]:
+        bars = [bar for w in lane for bar in [(w.start - t0, w.end - t0, False)]
+                + [(x - t0, y - t0, True) for x, y in w.leases]]
+        label = f"{lane[0].group} #{lane[0].id}" + (f" +{len(lane) - 1}" if len(lane) > 1 else "")
+        rows.append((label, order.get(lane[0].group.split("+")[0], 0), bars))
+    more = (f"<p>and {len(lanes) - MAX_ROWS} more rows.</p>" if len(lanes) > MAX_ROWS else "")
 
     def series(key: str) -> dict[str, list[tuple[float, float]]]:
         return {n: [(t["t"] - t0, t["stages"].get(n, {}).get(key, 0)) for t in a.ticks]
@@ -315,7 +333,8 @@ def render(a: Analysis) -> str:
 <p>Cost: declared resources while workers held them, at {escape(prices)}.</p>
 {_setups(a)}
 <h2>Workers</h2>
-<p>Each row is a worker: faint while it lived, solid while it held CPUs.</p>
+<p>Each row is a worker (#id), then the workers of its stage that started after it
+ended (+n): faint while one lived, solid while it held CPUs.</p>
 {charts.timeline(rows, a.wall, "workers per stage")}{more}
 <h2>Throughput</h2>
 {charts.lines({n: pts for n, pts in series("rate").items()}, "items per second", "/s")}
