@@ -4,6 +4,10 @@ The driver appends events (run start and end, workers starting and exiting
 with their resources, failures) as they happen and flushes them with each
 ledger commit. Views (status, report, benchmarks, tests) read the file; they
 never need the driver's memory. Every event has ``t`` (unix time) and ``event``.
+
+A busy week writes GBs of it, so readers take only what they need:
+``events.last`` says where the last run began; :func:`latest` reads a few lines
+from the ends of that run, :func:`last_run` streams it.
 """
 
 from __future__ import annotations
