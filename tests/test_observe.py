@@ -307,6 +307,17 @@ def test_a_charts_time_axis_speaks_in_the_unit_of_its_span(span, x, label):
     assert charts._seconds(x, span) == label and f">{charts._seconds(span, span)}<" in svg
 
 
+def test_a_timeline_makes_room_for_a_fused_groups_label():
+    from conveyor.observe import charts
+
+    label = "first+second+third #0 +3"
+    svg = charts.timeline([(label, 0, [(0.0, 1.0, True)])], 1.0, "workers")
+    x = re.search(r'<text class="axis" x="([0-9.]+)"[^>]*>' + re.escape(label), svg).group(1)
+    assert float(x) >= charts.CHAR_PX * len(label)  # the label begins inside the picture
+    short = charts.timeline([("a #0", 0, [(0.0, 1.0, True)])], 1.0, "workers")
+    assert f'x="{charts.LEFT - 6}"' in short  # a short one keeps the usual margin
+
+
 def test_a_chart_of_nothing_but_zeros_has_a_plain_axis():
     from conveyor.observe import charts
 

@@ -14,6 +14,7 @@ from typing import Sequence
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 860, 220, 60, 150, 14, 28
+CHAR_PX = 6.5  # the width of a character of an axis label, about (11 px sans-serif)
 
 
 def colour(index: int) -> str:
@@ -94,23 +95,26 @@ def timeline(rows: list[tuple[str, int, list[tuple[float, float, bool]]]], span:
     """
     if not rows:
         return f'<p class="empty">{escape(title)}: no workers ran.</p>'
-    row_h, plot_w = 16, WIDTH - LEFT - RIGHT
+    # room for the longest label (a fused group's is its stages' names): 11 px text
+    left = min(max(LEFT, round(12 + CHAR_PX * max(len(label) for label, _, _ in rows))),
+               WIDTH // 3)
+    row_h, plot_w = 16, WIDTH - left - RIGHT
     height = TOP + len(rows) * row_h + BOTTOM
     span = max(span, 1e-9)
     out = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" '
            f'aria-label="{escape(title)}">', f"<title>{escape(title)}</title>"]
     for i, (label, col, bars) in enumerate(rows):
         y = TOP + i * row_h
-        out.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 11}" '
+        out.append(f'<text class="axis" x="{left - 6}" y="{y + 11}" '
                    f'text-anchor="end">{escape(label)}</text>')
         for start, end, strong in bars:
-            x0 = LEFT + start / span * plot_w
+            x0 = left + start / span * plot_w
             w = max((end - start) / span * plot_w, 0.8)
             out.append(f'<rect x="{x0:.1f}" y="{y + 2}" width="{w:.1f}" height="{row_h - 4}" '
                        f'fill="{colour(col)}" fill-opacity="{1.0 if strong else 0.25}">'
                        f"<title>{escape(label)}: {start:.1f}s – {end:.1f}s</title></rect>")
     for x in _ticks(0, span):
-        out.append(f'<text class="axis" x="{LEFT + x / span * plot_w:.1f}" y="{height - 8}" '
+        out.append(f'<text class="axis" x="{left + x / span * plot_w:.1f}" y="{height - 8}" '
                    f'text-anchor="middle">{_seconds(x, span)}</text>')
     out.append("</svg>")
     return "\n".join(out)
