@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
-import traceback
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Iterator, Mapping
@@ -60,16 +58,14 @@ class InlineExecutor(Executor):
         runner = GroupRunner(spec)
         for stage in timed:
             runner.runners[stage.name].limit = partial(_deadline, stage.timeout)
-        began = time.monotonic()
         try:
-            runner.setup()
+            seconds = runner.setup()
         except Exception as exc:
-            self._events += [SetupFailed(worker, f"setup of {spec.group!r} failed: "
-                                         f"{type(exc).__name__}: {exc}", traceback.format_exc()),
+            self._events += [SetupFailed(worker, *runner.setup_failed(exc)),
                              Exited(worker, "setup failed")]
             return worker
         self._runners[worker] = runner
-        self._events.append(Ready(worker, time.monotonic() - began))
+        self._events.append(Ready(worker, seconds))
         return worker
 
     def send(self, worker: int, tasks: list[Claim]) -> None:

@@ -71,18 +71,16 @@ class Actor:
             os.environ.update(env)  # pinned threads: before any module reading them imports
             self.runner = GroupRunner(shipping.loads(spec))
             log_to(rundir.log(self.runner.spec.run_dir, self.runner.spec.group))
-            began = time.monotonic()  # the stages' setup() alone, as a local worker reports
             try:
-                self.runner.setup()
+                seconds = self.runner.setup()  # the stages' setup() alone, as locally
             except BaseException as exc:
-                return (SETUP_FAILED, f"setup of {self.runner.spec.group!r} failed: "
-                        f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                return (SETUP_FAILED, *self.runner.setup_failed(exc))
             pin_torch(self.runner.spec.resources.threads)
             self.inbox = Inbox.ahead_of(self.runner)
             if not self.runner.loads:  # decoding inputs is conveyor's work, not the stage's
                 self.runner.meter.exclude(self.ahead.thread)
             self.broken = False
-            return (READY, os.getpid(), time.monotonic() - began, socket.gethostname())
+            return (READY, os.getpid(), seconds, socket.gethostname())
         finally:
             self.set_up.set()
 

@@ -209,15 +209,13 @@ def main(fd: int, slot_fd: int) -> None:
         return
     runner = GroupRunner(spec)
     runner.note = slot.note
-    began = time.monotonic()
     try:
-        runner.setup()
+        seconds = runner.setup()
     except BaseException as exc:
-        _send(conn, (SETUP_FAILED, f"setup of {spec.group!r} failed: "
-                     f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        _send(conn, (SETUP_FAILED, *runner.setup_failed(exc)))
         return
     pin_torch(spec.resources.threads)
-    _send(conn, (READY, os.getpid(), time.monotonic() - began))
+    _send(conn, (READY, os.getpid(), seconds))
     serve(conn, runner)
 
 

@@ -375,10 +375,19 @@ class GroupRunner:
         self.note: Callable[[int, int, int], None] = lambda stage, item, count: None
         self.meter = Meter()  # CPU and wall seconds of each stage's calls
 
-    def setup(self) -> None:
-        """Every stage's ``setup()``, in chain order."""
+    def setup(self) -> float:
+        """Every stage's ``setup()``, in chain order; the seconds they took (what a worker
+        reports as Ready: what stopping it would cost again)."""
+        began = time.monotonic()
         for runner in self.runners.values():
             runner.setup()
+        return time.monotonic() - began
+
+    def setup_failed(self, exc: BaseException) -> tuple[str, str]:
+        """What a worker reports of a ``setup()`` that raised ``exc`` (called where it is
+        caught): a line naming the group, and the traceback."""
+        return (f"setup of {self.spec.group!r} failed: {type(exc).__name__}: {exc}",
+                traceback.format_exc())
 
     def load(self, task: Claim) -> Loaded:
         return self.runners[task.stage].load(task)
