@@ -28,7 +28,7 @@ from ..result import RunResult
 from . import charts
 from .digest import RunDigest, StageTicks, WorkerLife
 from .events import last_run
-from .usage import StageUsage, from_events
+from .usage import StageUsage, of_run
 
 SATURATED = 0.6  # a stage busier than this is a candidate bottleneck
 MAX_ROWS = 60  # worker rows in the timeline
@@ -96,7 +96,7 @@ def analyse(run_dir: str | Path, prices: dict[str, float] | None = None) -> Anal
     if digest is None:
         raise ValueError(f"{run_dir} has no run events (events.jsonl) to report on")
     start_event, end, workers = digest.start, digest.end, list(digest.lives.values())
-    usage = from_events([start_event] + ([digest.last_tick] if digest.last_tick else []))
+    usage = of_run(start_event, digest.last_tick)
     with RunResult(run_dir) as result:
         counts = result.counts
         failures = result.failures()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..resources import format_size
 from .events import latest
@@ -106,16 +106,12 @@ def suggest_ram(peak: int) -> str:
     return f"{math.ceil(want / 2**28) / 4:g}GiB"
 
 
-def from_events(events: Iterable[dict[str, Any]]) -> dict[str, StageUsage]:
-    """Per-stage usage from one run's events: declarations from ``run_start``, the
-    figures from the last ``tick`` (they are running totals)."""
-    declared: dict[str, dict[str, Any]] = {}
-    figures: dict[str, dict[str, Any]] = {}
-    for e in events:
-        if e["event"] == "run_start":
-            declared = {s["name"]: s for s in e.get("stages", [])}
-        elif e["event"] == "tick":
-            figures = e["stages"]
+def of_run(start: dict[str, Any] | None, last_tick: dict[str, Any] | None
+           ) -> dict[str, StageUsage]:
+    """Per-stage usage of one run: declarations from its ``run_start``, the figures from
+    its last ``tick`` (they are running totals)."""
+    declared = {s["name"]: s for s in (start or {}).get("stages", [])}
+    figures: dict[str, dict[str, Any]] = (last_tick or {}).get("stages", {})
     found = {}
     for name, spec in declared.items():
         f = figures.get(name, {})
@@ -128,7 +124,7 @@ def from_events(events: Iterable[dict[str, Any]]) -> dict[str, StageUsage]:
 def read_usage(run_dir: str | os.PathLike[str]) -> dict[str, StageUsage]:
     """Per-stage usage of the last run in ``run_dir`` (empty if it recorded none)."""
     found = latest(run_dir, "run_start", "tick")
-    return from_events(found[name] for name in ("run_start", "tick") if name in found)
+    return of_run(found.get("run_start"), found.get("tick"))
 
 
 def warnings(usage: dict[str, StageUsage]) -> list[str]:
