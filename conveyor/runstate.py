@@ -120,12 +120,22 @@ def state(run_dir: str | os.PathLike[str], ok: Callable[[], bool]) -> dict[str, 
     log = str(run_dir / rundir.DRIVER_LOG) if detached else None
     live = driver(run_dir)
     if live is not None:
-        taking = read_json(run_dir / rundir.INTAKE).get("taken")
         return {"state": RUNNING, "ok": None, "exit_code": None, **live, "log": log,
-                "taking_inputs": taking}
+                "taking_inputs": intake(run_dir)}
     found = {"pid": detached.get("pid"), "host": detached.get("host"),
              "since": detached.get("since"), "detached": bool(detached), "log": log}
     return {**found, **_ended(run_dir, detached, ok)}
+
+
+def intake(run_dir: str | os.PathLike[str]) -> int | None:
+    """How many inputs a running driver still taking them in has read (its
+    ``intake.json``); None once they are in."""
+    return read_json(Path(run_dir) / rundir.INTAKE).get("taken")
+
+
+def taking(taken: int) -> str:
+    """How status, attach and the driver's console say it."""
+    return f"taking inputs in: {taken:,} read"
 
 
 def _ended(run_dir: Path, detached: dict[str, Any], ok: Callable[[], bool]) -> dict[str, Any]:
@@ -162,7 +172,7 @@ def describe(found: dict[str, Any]) -> str:
         how = "detached, " if found["detached"] else ""
         text = f"running ({how}pid {found['pid']} on {found['host']} since {found['since']})"
         if found.get("taking_inputs") is not None:
-            text += f", taking inputs in: {found['taking_inputs']:,} read"
+            text += f", {taking(found['taking_inputs'])}"
         return text
     if name == FINISHED:
         text = "finished ok" if found["ok"] else "finished failed"

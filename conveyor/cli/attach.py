@@ -63,8 +63,7 @@ def _follow(result: RunResult) -> None:
         running = True
         while running:
             running = runstate.driver(result.run_dir) is not None  # then the last counts
-            model.taking = runstate.read_json(result.run_dir / rundir.INTAKE).get("taken") \
-                if running else None
+            model.taking = runstate.intake(result.run_dir) if running else None
             for name, c in result.counts.items():
                 if name not in model.stages:  # recorded after we first looked
                     model.stages[name] = StageProgress(name, name)

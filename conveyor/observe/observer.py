@@ -78,7 +78,7 @@ class Observer:
         runstate.write_json(self.run_dir / rundir.INTAKE, {"taken": taken})
         if not self.view:
             return
-        text = f"taking inputs in: {taken:,} read"
+        text = runstate.taking(taken)
         if self._taking is None:
             self._taking = self.console.status(text)
             self._taking.start()

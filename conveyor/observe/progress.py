@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from .. import runstate
 from ..resources import format_size
 from .usage import CPU_OVER
 
@@ -143,7 +144,7 @@ def render_table(model: ProgressModel) -> Table:
 
 
 def _taking(model: ProgressModel) -> str:
-    return "" if model.taking is None else f"taking inputs in: {model.taking:,} read"
+    return "" if model.taking is None else runstate.taking(model.taking)
 
 
 def _machine(model: ProgressModel) -> str:
