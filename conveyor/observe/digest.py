@@ -6,8 +6,9 @@ gigabytes and draw charts no browser opens. :class:`RunDigest` keeps instead:
 
 * per stage, the sums and maxima over every tick (busy time, items done, ticks with
   items queued) and the last tick (running totals: batches, usage);
-* at most :data:`MAX_POINTS` ticks for the charts: every tick until there are twice
-  that many, then every other one, and so on (evenly spaced, whatever the length);
+* fewer than twice :data:`MAX_POINTS` ticks for the charts: every tick until there
+  are twice that many, then every other one of them and of those to come, and so on
+  (evenly spaced, whatever the length);
 * per worker, its life and its leases as bars, a lease that begins within one
   :data:`MAX_BARS`-th of the run so far after the last ended joining it (below what
   the timeline can draw);
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-MAX_POINTS = 1000  # ticks kept for the charts (a chart is 650 pixels wide)
+MAX_POINTS = 1000  # ticks kept for the charts: this many to twice as many (650 pixels)
 MAX_BARS = 1000  # lease bars per worker row, about
 
 

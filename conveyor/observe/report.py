@@ -68,7 +68,7 @@ class Analysis:
     budget: dict[str, Any]
     stages: list[StageSummary]
     workers: list[WorkerLife]
-    ticks: list[dict[str, Any]]  # for the charts: at most about digest.MAX_POINTS
+    ticks: list[dict[str, Any]]  # for the charts: under 2 * digest.MAX_POINTS
     failures: list[dict[str, Any]]
     prices: dict[str, float]
     cpu_full_share: float  # share of the run with every CPU of the budget leased
