@@ -11,7 +11,12 @@ CONSTRAINTS := constraints.txt
 
 .PHONY: demo test venv bench system-deps lock clean
 
+# pip compiles an installed wheel's modules; an editable install leaves that to the
+# first import, which a shell with PYTHONDONTWRITEBYTECODE=1 never does: every driver and
+# worker process would compile conveyor from source (about 0.1 s each here). Up-to-date
+# files are skipped, so this costs nothing when there is nothing to do.
 venv: $(STAMP)
+	$(PY) -m compileall -q conveyor
 
 # torch first, pinned: 2.13.0 is the CPU build on disk; any other spec would pull
 # gigabytes of CUDA packages. Everything else then finds its torch satisfied.

@@ -70,4 +70,5 @@ def check_benchmark(name: str, tmp_path: Path, *args: str) -> list[dict]:
             assert record["duplicated_outputs"] == record["reexecuted_done"] == 0
         assert EXPECTED[name] <= set(record), set(record)
         assert record["machine"]["cpus"] >= 1 and record["date"]
+        assert record["machine"]["bytecode"] in ("cached", "source")
     return lines
