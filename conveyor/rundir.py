@@ -14,9 +14,10 @@
       gather/STAGE/part-N.tsv  a group's partition: group key <tab> value, sorted by key
       side/STAGE.db            a stage read as a side input: key -> value, for lookups
       logs/GROUP.log           a worker group's stdout and stderr
+      logs/GROUP.log.1         the piece before, once GROUP.log grew past 64 MiB
       bench.json               per-stage figures of a --bench run
       driver.json              a detached driver: pid, host, since, its command
-      driver.log               a detached driver's stdout and stderr
+      driver.log               a detached driver's stdout and stderr (driver.log.1 too)
       exit.json                a detached driver's exit code, written as it ends
       intake.json              while a run takes its inputs in: how many it has read
       detached.pkl             what pipe.run(detach=True) hands its detached driver

@@ -4,6 +4,7 @@
 
     engine ──▶ observer.Observer ──▶ events.EventLog (RUN_DIR/events.jsonl)
                   │ metrics.RunMetrics: per-stage counters, worker and machine samples
+                  │ logs: at each tick, logs grown past their size moved to NAME.log.1
                   └ progress: the model (fed by events) and its views (table, lines)
     conveyor report ──▶ report.analyse: digest.RunDigest (the events in one pass,
                         bounded) ──▶ report.render (charts.py: SVG)

@@ -5,9 +5,10 @@ inputs, while it does: kept in ``intake.json``; results recorded, workers starte
 and gone) and lets it take a step each loop turn. The
 observer keeps :class:`~conveyor.observe.metrics.RunMetrics`, writes a ``tick`` event
 every few seconds (per-stage counts, rates, busy time, queue depths; worker
-CPU, RSS and GPU memory; the machine's CPU, RAM and GPUs), keeps the live
-progress view up to date, and in benchmark mode writes ``bench.json`` and
-prints its table at the end. It never touches the ledger after the start.
+CPU, RSS and GPU memory; the machine's CPU, RAM and GPUs) and then trims the
+logs grown past their size (:mod:`.logs`), keeps the live progress view up to
+date, and in benchmark mode writes ``bench.json`` and prints its table at the end.
+It never touches the ledger after the start.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..ledger.base import Record, call_sizes
 from ..pipeline import Pipeline
 from ..resources import Budget, format_size
 from ..worker.meter import Usage
+from . import logs
 from .events import EventLog
 from .metrics import RunMetrics
 from .progress import ProgressModel, ProgressView
@@ -140,10 +142,12 @@ class Observer:
         self.metrics.gone(worker_id)
 
     def step(self, queues: dict[str, dict[str, int]], workers: dict[str, int]) -> None:
-        """Each loop turn: a tick event when one is due, and the progress view."""
+        """Each loop turn: a tick event when one is due (and logs trimmed to size),
+        and the progress view."""
         if self.metrics.due():
             tick = self.metrics.tick(queues)
             self.events.emit("tick", **tick)
+            logs.trim_all(self.run_dir)
             for name, s in tick["stages"].items():
                 if workers.get(name):
                     self._busy[name] = min(1.0, s["busy"] / (workers[name] * tick["seconds"]))
