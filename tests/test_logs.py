@@ -45,6 +45,16 @@ def test_a_log_past_its_size_moves_to_dot_one_and_its_writer_goes_on_at_the_star
     assert not trim(tmp_path / "missing.log", limit=0)
 
 
+def test_a_log_whose_copy_cannot_be_written_is_left_whole(tmp_path):
+    """No room for the copy (here: a folder where it would go) leaves the log as it
+    was, and says so, rather than failing the run whose driver trims it."""
+    log = tmp_path / "g.log"
+    log.write_bytes(b"x" * 300)
+    (tmp_path / "g.log.1.part").mkdir()
+    assert not trim(log, limit=200)
+    assert log.read_bytes() == b"x" * 300 and not (tmp_path / "g.log.1").exists()
+
+
 def test_a_log_trimmed_while_a_process_writes_to_it_stays_in_order(tmp_path):
     """A real writer goes on appending while the log is trimmed under it: what is kept
     is in the order written, nothing twice, no zeros, and the writer's last line is in

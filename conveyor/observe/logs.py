@@ -39,10 +39,16 @@ def trim(log: Path, limit: int | None = None) -> bool:
         return False
     previous = log.with_name(log.name + ".1")
     part = log.with_name(log.name + ".1.part")
-    with open(log, "rb") as source, open(part, "wb") as copy:
-        shutil.copyfileobj(source, copy)
-        while chunk := source.read(1 << 20):  # what was written during the copy
-            copy.write(chunk)
-        os.truncate(log, 0)
+    try:
+        with open(log, "rb") as source, open(part, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+            while chunk := source.read(1 << 20):  # what was written during the copy
+                copy.write(chunk)
+            copy.flush()  # a full disk fails here, before anything is truncated
+            os.truncate(log, 0)
+    except OSError:  # no room for the copy: the log stays whole, and the run goes on
+        if part.is_file():
+            part.unlink()
+        return False
     os.replace(part, previous)
     return True
